@@ -1,0 +1,214 @@
+"""The EM driver: passes over a data source, and the iteration loop around them.
+
+One pass over the data per iteration: the E-step under the current parameters and the
+statistics for the next M-step come from the same read of each row, and the mean
+log-likelihood it returns is the bound for the current parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+
+import numba
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from ._kernels.gaussian import GIVEN, HARD, SOFT, gaussian_pass
+from ._params import GaussianParams
+from ._stats import GaussianStats
+
+__all__ = ["threads", "accumulate", "predict_pass", "em_loop", "SOFT", "HARD", "GIVEN"]
+
+# Scratch memory for partial statistics in one wave of blocks (see the kernel).
+_WAVE_BYTES = 8 * 2**20
+
+_EMPTY_1D = np.empty(0)
+_EMPTY_LABELS = np.empty(0, dtype=np.int64)
+
+
+@contextlib.contextmanager
+def threads(n_jobs):
+    """Run kernels on ``n_jobs`` threads (None: all cores; -1 all; -2 all but one).
+
+    BLAS is held to one thread meanwhile: the kernels call it from each of their own threads.
+    """
+    n_max = numba.config.NUMBA_NUM_THREADS
+    if n_jobs is None:
+        n = n_max
+    elif n_jobs < 0:
+        n = max(1, n_max + 1 + n_jobs)
+    else:
+        n = min(n_jobs, n_max)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield n
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _wave_blocks(K, d, s2_size):
+    per_block = 8 * (K + K * d + s2_size)
+    return int(np.clip(_WAVE_BYTES // per_block, 16, 4096))
+
+
+def _raise_bad_row(start, bad):
+    raise ValueError(
+        f"Input X contains NaN or infinity in row {start + bad}. "
+        "Remove or impute non-finite values before fitting."
+    )
+
+
+def _check_loglik(loglik):
+    if not np.isfinite(loglik):
+        raise ValueError(
+            "The log-likelihood of the data is not finite: some rows have zero density under "
+            "every component. Scale the data, or increase reg_covar."
+        )
+
+
+def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
+               resp_for_chunk=None) -> GaussianStats:
+    """One pass over ``source``: the statistics for the M-step, and the log-likelihood sum.
+
+    ``mode`` HARD assigns each row wholly to its most likely component; GIVEN takes the
+    responsibilities of each chunk from ``resp_for_chunk(start, m)``.
+    """
+    kind, shift, prec, aux, const = params.kernel_layout()
+    stats = GaussianStats.zeros(params.covariance_type, shift)
+    K, d = shift.shape
+    s2 = stats.s2.reshape(prec.shape[0], prec.shape[1], prec.shape[2])
+    waves = _wave_blocks(K, d, s2.size)
+    no_resp = np.empty((0, K))
+    total = 0.0
+    n = 0
+    for start, block in source.chunks(chunk_size):
+        m = block.shape[0]
+        resp_in = no_resp
+        if mode == GIVEN:
+            resp_in = np.ascontiguousarray(resp_for_chunk(start, m), dtype=np.float64)
+        loglik, bad = gaussian_pass(
+            kind, mode, block, shift, prec, aux, const, resp_in, True, waves,
+            stats.s0, stats.s1, s2, _EMPTY_1D, no_resp, _EMPTY_LABELS,
+        )
+        if bad >= 0:
+            _raise_bad_row(start, bad)
+        total += loglik
+        n += m
+    stats.n_samples = n
+    stats.loglik = total
+    if mode != GIVEN:
+        _check_loglik(total)
+    return stats
+
+
+def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=None,
+                 resp=None, labels=None) -> tuple[float, int]:
+    """One pass filling whichever per-row outputs are given; returns (loglik sum, n rows).
+
+    Outputs are arrays of n_samples rows (float64 log-likelihoods and responsibilities, int64
+    labels), possibly memory-mapped; each chunk's rows are written as soon as computed.
+    """
+    kind, shift, prec, aux, const = params.kernel_layout()
+    K = shift.shape[0]
+    no_resp = np.empty((0, K))
+    s2 = np.empty((0, 0, 0))
+    total = 0.0
+    n = 0
+    for start, block in source.chunks(chunk_size):
+        m = block.shape[0]
+        views = [
+            _EMPTY_1D if row_loglik is None else row_loglik[start : start + m],
+            no_resp if resp is None else resp[start : start + m],
+            _EMPTY_LABELS if labels is None else labels[start : start + m],
+        ]
+        loglik, bad = gaussian_pass(
+            kind, SOFT, block, shift, prec, aux, const, no_resp, False, 1024,
+            np.empty(0), np.empty((0, 0)), s2, views[0], views[1], views[2],
+        )
+        if bad >= 0:
+            _raise_bad_row(start, bad)
+        total += loglik
+        n += m
+    return total, n
+
+
+class _Progress:
+    """scikit-learn's verbose messages for the EM iterations."""
+
+    def __init__(self, verbose, verbose_interval):
+        self.verbose = verbose
+        self.interval = verbose_interval
+
+    def init_begin(self, n_init):
+        if self.verbose == 1:
+            print(f"Initialization {n_init}")
+        elif self.verbose >= 2:
+            print(f"Initialization {n_init}")
+            self.t_init = self.t_iter = time.perf_counter()
+
+    def iteration(self, n_iter, change, lower_bound):
+        if n_iter % self.interval != 0:
+            return
+        if self.verbose == 1:
+            print(f"  Iteration {n_iter}")
+        elif self.verbose >= 2:
+            now = time.perf_counter()
+            print(
+                f"  Iteration {n_iter}\t time lapse {now - self.t_iter:.5f}s\t "
+                f"lower bound {lower_bound:.8f}\t ll change {change:.5g}"
+            )
+            self.t_iter = now
+
+    def init_end(self, lower_bound, converged):
+        word = "converged" if converged else "did not converge"
+        if self.verbose == 1:
+            print(f"Initialization {word}.")
+        elif self.verbose >= 2:
+            elapsed = time.perf_counter() - self.t_init
+            print(f"Initialization {word}. time lapse {elapsed:.5f}s\t lower bound {lower_bound:.5f}.")
+
+
+def em_loop(source, params: GaussianParams, *, tol, reg_covar, max_iter, chunk_size=None,
+            lower_bound=-np.inf, progress=None):
+    """Iterate EM from ``params`` until ``abs(change in bound) < tol`` or ``max_iter``.
+
+    Returns
+    -------
+    params : GaussianParams
+        After the last M-step.
+    lower_bounds : list of float
+        The bound (mean log-likelihood per row) of each iteration, under the parameters that
+        iteration started from, as scikit-learn records it.
+    converged : bool
+    n_iter : int
+    """
+    lower_bounds = []
+    converged = False
+    for n_iter in range(1, max_iter + 1):
+        previous = lower_bound
+        stats = accumulate(source, params, chunk_size=chunk_size)
+        params = GaussianParams.from_stats(stats, reg_covar)
+        lower_bound = stats.loglik / stats.n_samples
+        lower_bounds.append(lower_bound)
+        change = lower_bound - previous
+        if progress is not None:
+            progress.iteration(n_iter, change, lower_bound)
+        # EM never lowers the bound; more than rounding means a numerical problem or a bug.
+        if change < -1e-9 * max(1.0, abs(lower_bound)):
+            warnings.warn(
+                f"The EM bound decreased by {-change:.3g} at iteration {n_iter} (from "
+                f"{previous:.10g} to {lower_bound:.10g}). EM guarantees it never does, so the "
+                "covariances are close to singular: increase reg_covar or scale the data.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        if abs(change) < tol:
+            converged = True
+            break
+    if progress is not None:
+        progress.init_end(lower_bound, converged)
+    return params, lower_bounds, converged, n_iter

@@ -1,0 +1,16 @@
+"""Compilation settings shared by every kernel."""
+
+import os
+
+# Compiled kernels are cached on disk next to their source; FASTEM_NUMBA_CACHE=0 turns the
+# cache off (useful when profiling or when the package directory is read-only).
+CACHE = os.environ.get("FASTEM_NUMBA_CACHE", "1") != "0"
+
+# Fast-math flags without 'nnan' and 'ninf': the log-sum-exp needs -inf to behave, and the
+# finiteness checks on the data must not be optimized away.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+# Rows per block. Partial statistics belong to blocks, not to threads, and are merged in block
+# order, so results are bit-identical for any number of threads, and for any chunk size that is
+# a multiple of BLOCK_ROWS.
+BLOCK_ROWS = 256

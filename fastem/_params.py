@@ -1,0 +1,160 @@
+"""Parameters of a Gaussian mixture: the M-step from statistics, and the kernels' layout.
+
+Conventions are scikit-learn's, so fitted attributes can be compared and exchanged with
+``sklearn.mixture.GaussianMixture``: covariances of shape (K, d, d) 'full', (d, d) 'tied',
+(K, d) 'diag', (K,) 'spherical'; ``precisions_cholesky`` is the upper-triangular U with
+precision = U U^T (for 'diag' and 'spherical', 1 / sqrt(covariance)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg
+
+from ._kernels.gaussian import DIAG, FULL, SPHERICAL, TIED
+from ._stats import GaussianStats
+
+__all__ = ["GaussianParams", "COVARIANCE_TYPES"]
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+_KIND = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
+
+_ILL_DEFINED = (
+    "Fitting the mixture model failed because some components have ill-defined empirical "
+    "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
+    "number of components, increase reg_covar, or scale the input data."
+)
+
+
+def precisions_cholesky_from_covariances(covariances, covariance_type):
+    """U with U U^T = inverse covariance (upper triangular), or 1/sqrt for diag/spherical."""
+    if covariance_type in ("diag", "spherical"):
+        if np.any(covariances <= 0.0):
+            raise ValueError(_ILL_DEFINED)
+        return 1.0 / np.sqrt(covariances)
+    mats = covariances[None] if covariance_type == "tied" else covariances
+    out = np.empty_like(mats)
+    for k, cov in enumerate(mats):
+        try:
+            L = linalg.cholesky(cov, lower=True)
+        except linalg.LinAlgError:
+            raise ValueError(_ILL_DEFINED) from None
+        out[k] = linalg.solve_triangular(L, np.eye(cov.shape[0]), lower=True).T
+    return out[0] if covariance_type == "tied" else out
+
+
+def precisions_cholesky_from_precisions(precisions, covariance_type):
+    """Upper-triangular U with U U^T = precision, from the precision matrices themselves."""
+    if covariance_type in ("diag", "spherical"):
+        return np.sqrt(precisions)
+    mats = precisions[None] if covariance_type == "tied" else precisions
+    out = np.empty_like(mats)
+    for k, prec in enumerate(mats):
+        # J P J = L L^T with J the exchange matrix gives P = (J L J)(J L J)^T, J L J upper.
+        L = linalg.cholesky(prec[::-1, ::-1], lower=True)
+        out[k] = L[::-1, ::-1]
+    return out[0] if covariance_type == "tied" else out
+
+
+def covariances_from_precisions_cholesky(precisions_cholesky, covariance_type):
+    """Inverse of :func:`precisions_cholesky_from_covariances`."""
+    if covariance_type in ("diag", "spherical"):
+        return 1.0 / precisions_cholesky**2
+    mats = precisions_cholesky[None] if covariance_type == "tied" else precisions_cholesky
+    out = np.empty_like(mats)
+    for k, U in enumerate(mats):
+        U_inv = linalg.solve_triangular(U, np.eye(U.shape[0]), lower=False)
+        out[k] = U_inv.T @ U_inv
+    return out[0] if covariance_type == "tied" else out
+
+
+def precisions_from_cholesky(precisions_cholesky, covariance_type):
+    """The precision matrices U U^T (or squares for diag/spherical)."""
+    if covariance_type in ("diag", "spherical"):
+        return precisions_cholesky**2
+    if covariance_type == "tied":
+        return precisions_cholesky @ precisions_cholesky.T
+    return np.matmul(precisions_cholesky, precisions_cholesky.transpose(0, 2, 1))
+
+
+@dataclass
+class GaussianParams:
+    """Weights, means and precision Cholesky factors of a Gaussian mixture (float64)."""
+
+    covariance_type: str
+    weights: np.ndarray
+    means: np.ndarray
+    precisions_cholesky: np.ndarray
+    covariances: np.ndarray | None = None
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @classmethod
+    def from_stats(cls, stats: GaussianStats, reg_covar: float, normalize: str = "sum"):
+        """The M-step: maximum-likelihood parameters from the statistics, plus ``reg_covar``.
+
+        ``normalize='sum'`` divides the component masses by their sum (an EM iteration);
+        ``'n_samples'`` by the number of rows (an initialization), as scikit-learn does.
+        """
+        covariance_type = stats.covariance_type
+        s0, s1, s2, shift = stats.s0, stats.s1, stats.s2, stats.shift
+        nk = s0 + 10 * np.finfo(np.float64).eps
+        means = (s0[:, None] * shift + s1) / nk[:, None]
+        delta = means - shift
+        d = shift.shape[1]
+        if covariance_type == "full":
+            cross = s1[:, :, None] * delta[:, None, :]
+            scatter = s2 - cross - cross.transpose(0, 2, 1) + s0[:, None, None] * (
+                delta[:, :, None] * delta[:, None, :]
+            )
+            covariances = scatter / nk[:, None, None]
+            covariances[:, np.arange(d), np.arange(d)] += reg_covar
+        elif covariance_type == "tied":
+            between = means - shift[0]
+            covariances = (s2 - (nk[:, None] * between).T @ between) / nk.sum()
+            covariances.flat[:: d + 1] += reg_covar
+        elif covariance_type == "diag":
+            covariances = (s2 - 2 * delta * s1 + s0[:, None] * delta**2) / nk[:, None] + reg_covar
+        else:
+            trace = s2 - 2 * np.sum(delta * s1, axis=1) + s0 * np.sum(delta**2, axis=1)
+            covariances = trace / (nk * d) + reg_covar
+        weights = nk / (nk.sum() if normalize == "sum" else stats.n_samples)
+        precisions_cholesky = precisions_cholesky_from_covariances(covariances, covariance_type)
+        return cls(covariance_type, weights, means, precisions_cholesky, covariances)
+
+    def kernel_layout(self):
+        """(kind, shift, prec, aux, const) as `fastem._kernels.gaussian.gaussian_pass` reads them."""
+        ct = self.covariance_type
+        K, d = self.means.shape
+        U = self.precisions_cholesky
+        aux = np.zeros((K, 0))
+        shift = np.ascontiguousarray(self.means, dtype=np.float64)
+        if ct == "full":
+            prec = U
+            log_det = np.log(np.diagonal(U, axis1=1, axis2=2)).sum(axis=1)
+        elif ct == "tied":
+            prec = U[None]
+            log_det = np.full(K, np.log(np.diag(U)).sum())
+            # One common centre for every component keeps the (x - c) P product shared.
+            centre = self.weights @ self.means
+            aux = (self.means - centre) @ U
+            shift = np.repeat(centre[None], K, axis=0)
+        elif ct == "diag":
+            prec = U[:, None, :]
+            log_det = np.log(U).sum(axis=1)
+        else:
+            prec = U[:, None, None]
+            log_det = d * np.log(U)
+        with np.errstate(divide="ignore"):  # a weight of exactly 0 makes a component impossible
+            const = np.log(self.weights) + log_det - 0.5 * d * np.log(2 * np.pi)
+        return (
+            _KIND[ct],
+            shift,
+            np.ascontiguousarray(prec, dtype=np.float64),
+            np.ascontiguousarray(aux, dtype=np.float64),
+            np.ascontiguousarray(const, dtype=np.float64),
+        )
