@@ -1,0 +1,188 @@
+"""k-means kernels: a fused Lloyd pass over one chunk, and k-means++ seeding distances.
+
+Callers (``fastem/_kmeans.py``) validate every shape before calling: these kernels do not
+check bounds.
+
+Determinism. :func:`lloyd_chunk` gives each block of ``block_rows`` consecutive rows its own
+slot in the wave buffers; a block's partial statistics depend only on its rows and the
+centers, and the blocks are merged serially, in block order, into accumulators that persist
+across chunks. Results are therefore bit-identical for any number of threads, for any wave
+size, and for any chunking whose chunks (except the last) hold a multiple of ``block_rows``.
+The merge is a separate function compiled without fast-math, so the order of its additions is
+exactly the order written.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._config import CACHE, FASTMATH
+
+# numba accepts a bool, dict or set for ``fastmath``, not the frozenset of _config.
+_FASTMATH = set(FASTMATH)
+
+
+@njit(nogil=True, cache=CACHE)
+def merge_blocks(n_blocks, buf_counts, buf_sums, buf_inertia, buf_bad, counts, sums, inertia):
+    """Add the first ``n_blocks`` block partials, in block order, into the accumulators.
+
+    Parameters
+    ----------
+    n_blocks : int
+        Number of filled slots in the buffers.
+    buf_counts : ndarray of shape (n_slots, K), int64
+        Input: rows assigned to each center, per block.
+    buf_sums : ndarray of shape (n_slots, K, d), float64
+        Input: sum of ``x - centers[k]`` over the rows assigned to ``k``, per block.
+    buf_inertia : ndarray of shape (n_slots,), float64
+        Input: sum of squared distances to the nearest center, per block.
+    buf_bad : ndarray of shape (n_slots,), int64
+        Input: first non-finite row of each block (chunk-local index), or -1.
+    counts : ndarray of shape (K,), int64
+        Input/output accumulator.
+    sums : ndarray of shape (K, d), float64
+        Input/output accumulator.
+    inertia : ndarray of shape (1,), float64
+        Input/output accumulator.
+
+    Returns
+    -------
+    first_bad : int
+        Chunk-local index of the first non-finite row among these blocks, or -1.
+    """
+    n_clusters, n_features = sums.shape
+    first_bad = -1
+    for b in range(n_blocks):
+        if first_bad < 0 and buf_bad[b] >= 0:
+            first_bad = buf_bad[b]
+        inertia[0] += buf_inertia[b]
+        for k in range(n_clusters):
+            c = buf_counts[b, k]
+            if c > 0:
+                counts[k] += c
+                for j in range(n_features):
+                    sums[k, j] += buf_sums[b, k, j]
+    return first_bad
+
+
+@njit(parallel=True, nogil=True, cache=CACHE, fastmath=_FASTMATH)
+def lloyd_chunk(X, centers, block_rows, counts, sums, inertia, labels, min_dist,
+                buf_counts, buf_sums, buf_inertia, buf_bad):
+    """One fused Lloyd pass over a chunk: assign, accumulate, check finiteness.
+
+    Each row goes to its nearest center (squared Euclidean distance, computed from
+    differences in float64; ties go to the lowest center index). Rows that are not all finite
+    are skipped and reported.
+
+    Parameters
+    ----------
+    X : ndarray of shape (m, d), float32 or float64, C-contiguous
+        Input: the chunk.
+    centers : ndarray of shape (K, d), float64, K >= 1
+        Input: the current centers.
+    block_rows : int
+        Input: rows per block (``BLOCK_ROWS``).
+    counts : ndarray of shape (K,), int64
+        Input/output: rows assigned to each center, accumulated.
+    sums : ndarray of shape (K, d), float64
+        Input/output: sum of ``x - centers[k]`` over the rows assigned to ``k``, accumulated.
+        Summing offsets from the center instead of raw rows keeps precision on data far from
+        the origin; the new center is ``centers[k] + sums[k] / counts[k]``.
+    inertia : ndarray of shape (1,), float64
+        Input/output: sum of squared distances to the nearest center, accumulated.
+    labels : ndarray of shape (m,) or (0,), int64
+        Output: nearest center of each row (-1 for a non-finite row). Length 0 means "do not
+        store labels or distances".
+    min_dist : ndarray of shape (m,) or (0,), float64
+        Output: squared distance of each row to its nearest center (NaN for a non-finite
+        row). Same length as ``labels``.
+    buf_counts, buf_sums, buf_inertia, buf_bad : ndarrays of shapes (W, K), (W, K, d), (W,), (W,)
+        Scratch: the block partials of one wave of ``W`` blocks. ``W`` bounds the memory and
+        does not change the results.
+
+    Returns
+    -------
+    first_bad : int
+        Chunk-local index of the first non-finite row, or -1. When a non-finite row is found
+        the pass stops at the end of its wave and the accumulators hold partial statistics.
+    """
+    m, n_features = X.shape
+    n_clusters = centers.shape[0]
+    wave = buf_counts.shape[0]
+    store = labels.shape[0] > 0
+    n_blocks = (m + block_rows - 1) // block_rows
+    for wave_start in range(0, n_blocks, wave):
+        n_wave = min(wave, n_blocks - wave_start)
+        for b in prange(n_wave):
+            r0 = (wave_start + b) * block_rows
+            r1 = min(r0 + block_rows, m)
+            for k in range(n_clusters):
+                buf_counts[b, k] = 0
+                for j in range(n_features):
+                    buf_sums[b, k, j] = 0.0
+            block_inertia = 0.0
+            block_bad = -1
+            for i in range(r0, r1):
+                finite = True
+                for j in range(n_features):
+                    if not np.isfinite(X[i, j]):
+                        finite = False
+                if not finite:
+                    if block_bad < 0:
+                        block_bad = i
+                    if store:
+                        labels[i] = -1
+                        min_dist[i] = np.nan
+                    continue
+                best = 0
+                best_dist = np.inf
+                for k in range(n_clusters):
+                    dist = 0.0
+                    for j in range(n_features):
+                        t = np.float64(X[i, j]) - centers[k, j]
+                        dist += t * t
+                    if dist < best_dist:
+                        best_dist = dist
+                        best = k
+                block_inertia += best_dist
+                buf_counts[b, best] += 1
+                for j in range(n_features):
+                    buf_sums[b, best, j] += np.float64(X[i, j]) - centers[best, j]
+                if store:
+                    labels[i] = best
+                    min_dist[i] = best_dist
+            buf_inertia[b] = block_inertia
+            buf_bad[b] = block_bad
+        first_bad = merge_blocks(n_wave, buf_counts, buf_sums, buf_inertia, buf_bad,
+                                 counts, sums, inertia)
+        if first_bad >= 0:
+            return first_bad
+    return -1
+
+
+@njit(parallel=True, nogil=True, cache=CACHE, fastmath=_FASTMATH)
+def kpp_min_distances(X, candidates, closest, out):
+    """k-means++ seeding step: squared distance to the nearest center if a candidate is added.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float64, C-contiguous
+        Input: the (in-memory, finite) sample.
+    candidates : ndarray of shape (T,), int64, values in ``[0, n)``
+        Input: rows of ``X`` tried as the next center.
+    closest : ndarray of shape (n,), float64
+        Input: squared distance of each row to its nearest chosen center (``inf`` before the
+        first center).
+    out : ndarray of shape (T, n), float64
+        Output: ``out[t, i] = min(closest[i], ||X[i] - X[candidates[t]]||^2)``. The row of the
+        chosen candidate becomes the next ``closest``.
+    """
+    n, n_features = X.shape
+    n_candidates = candidates.shape[0]
+    for i in prange(n):
+        for t in range(n_candidates):
+            c = candidates[t]
+            dist = 0.0
+            for j in range(n_features):
+                u = X[i, j] - X[c, j]
+                dist += u * u
+            out[t, i] = min(dist, closest[i])
