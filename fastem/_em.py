@@ -15,6 +15,7 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ._kernels._config import BLOCK_ROWS
 from ._kernels.gaussian import GIVEN, HARD, SOFT, gaussian_pass
 from ._params import GaussianParams
 from ._stats import GaussianStats
@@ -77,7 +78,7 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     ``mode`` HARD assigns each row wholly to its most likely component; GIVEN takes the
     responsibilities of each chunk from ``resp_for_chunk(start, m)``.
     """
-    kind, shift, prec, aux, const = params.kernel_layout()
+    kind, shift, centre, prec, aux, const = params.kernel_layout()
     stats = GaussianStats.zeros(params.covariance_type, shift)
     K, d = shift.shape
     s2 = stats.s2.reshape(prec.shape[0], prec.shape[1], prec.shape[2])
@@ -85,13 +86,13 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     no_resp = np.empty((0, K))
     total = 0.0
     n = 0
-    for start, block in source.chunks(chunk_size):
+    for start, block in source.chunks(chunk_size, prefetch=True):
         m = block.shape[0]
         resp_in = no_resp
         if mode == GIVEN:
             resp_in = np.ascontiguousarray(resp_for_chunk(start, m), dtype=np.float64)
         loglik, bad = gaussian_pass(
-            kind, mode, block, shift, prec, aux, const, resp_in, True, waves,
+            kind, mode, block, shift, centre, prec, aux, const, resp_in, True, BLOCK_ROWS, waves,
             stats.s0, stats.s1, s2, _EMPTY_1D, no_resp, _EMPTY_LABELS,
         )
         if bad >= 0:
@@ -112,13 +113,13 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
     Outputs are arrays of n_samples rows (float64 log-likelihoods and responsibilities, int64
     labels), possibly memory-mapped; each chunk's rows are written as soon as computed.
     """
-    kind, shift, prec, aux, const = params.kernel_layout()
+    kind, shift, centre, prec, aux, const = params.kernel_layout()
     K = shift.shape[0]
     no_resp = np.empty((0, K))
     s2 = np.empty((0, 0, 0))
     total = 0.0
     n = 0
-    for start, block in source.chunks(chunk_size):
+    for start, block in source.chunks(chunk_size, prefetch=True):
         m = block.shape[0]
         views = [
             _EMPTY_1D if row_loglik is None else row_loglik[start : start + m],
@@ -126,7 +127,7 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
             _EMPTY_LABELS if labels is None else labels[start : start + m],
         ]
         loglik, bad = gaussian_pass(
-            kind, SOFT, block, shift, prec, aux, const, no_resp, False, 1024,
+            kind, SOFT, block, shift, centre, prec, aux, const, no_resp, False, BLOCK_ROWS, 1024,
             np.empty(0), np.empty((0, 0)), s2, views[0], views[1], views[2],
         )
         if bad >= 0:

@@ -127,22 +127,24 @@ class GaussianParams:
         return cls(covariance_type, weights, means, precisions_cholesky, covariances)
 
     def kernel_layout(self):
-        """(kind, shift, prec, aux, const) as `fastem._kernels.gaussian.gaussian_pass` reads them."""
+        """(kind, shift, centre, prec, aux, const) as `fastem._kernels.gaussian.gaussian_pass`
+        reads them (see the table in that module)."""
         ct = self.covariance_type
         K, d = self.means.shape
         U = self.precisions_cholesky
+        means = np.ascontiguousarray(self.means, dtype=np.float64)
+        centre = self.weights @ means / self.weights.sum()
         aux = np.zeros((K, 0))
-        shift = np.ascontiguousarray(self.means, dtype=np.float64)
+        shift = means
         if ct == "full":
-            prec = U
+            prec = U.transpose(0, 2, 1)  # the kernel multiplies P^T (d, d) @ (x - c)^T (d, nb)
             log_det = np.log(np.diagonal(U, axis1=1, axis2=2)).sum(axis=1)
+            aux = np.einsum("kd,kde->ke", means - centre, U)
         elif ct == "tied":
-            prec = U[None]
+            prec = U.T[None]
             log_det = np.full(K, np.log(np.diag(U)).sum())
-            # One common centre for every component keeps the (x - c) P product shared.
-            centre = self.weights @ self.means
-            aux = (self.means - centre) @ U
-            shift = np.repeat(centre[None], K, axis=0)
+            aux = (means - centre) @ U
+            shift = np.repeat(centre[None], K, axis=0)  # statistics around one common centre
         elif ct == "diag":
             prec = U[:, None, :]
             log_det = np.log(U).sum(axis=1)
@@ -154,6 +156,7 @@ class GaussianParams:
         return (
             _KIND[ct],
             shift,
+            np.ascontiguousarray(centre, dtype=np.float64),
             np.ascontiguousarray(prec, dtype=np.float64),
             np.ascontiguousarray(aux, dtype=np.float64),
             np.ascontiguousarray(const, dtype=np.float64),

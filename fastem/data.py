@@ -554,7 +554,7 @@ def _read_npy_header(path):
 
 
 class NpySource(MemmapSource):
-    """A ``.npy`` file, memory-mapped read-only.
+    """A ``.npy`` file, memory-mapped copy-on-write (the file is never written).
 
     The header is validated first: object arrays are refused without unpickling anything, and a
     truncated or corrupt file raises ``ValueError``. The file's size, modification time and
@@ -573,7 +573,9 @@ class NpySource(MemmapSource):
         _working_dtype(dtype)
         _check_shape(shape, f"the array in {name!r}")
         guard = _FileGuard(self.path, header)
-        array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        # Copy-on-write rather than read-only: nothing writes to it, and a writeable view lets the
+        # kernels reuse their in-memory specialization instead of compiling one for read-only data.
+        array = np.load(self.path, mmap_mode="c", allow_pickle=False)
         super().__init__(array, _guard=guard)
 
 

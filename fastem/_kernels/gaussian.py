@@ -7,24 +7,26 @@ One kernel, :func:`gaussian_pass`, serves every covariance type and every use:
   accumulated into the caller's float64 arrays;
 * ``predict`` / ``predict_proba`` / ``score_samples``: per-row outputs, statistics off.
 
-Rows are processed in fixed-size blocks of ``BLOCK_ROWS``. Each block writes its partial
+Rows are processed in fixed-size blocks of ``block_rows`` (``_config.BLOCK_ROWS``). Each block writes its partial
 statistics to its own slot; slots are merged serially in block order. Which thread computed a
 block therefore never changes a bit of the result. No array of shape (n_samples, n_components)
-is allocated: responsibilities live in a (BLOCK_ROWS, n_components) scratch array per block.
+is allocated: responsibilities live in a (n_components, BLOCK_ROWS) scratch array per block.
 
 Statistics are kept around a shift (the current means, or for 'tied' one common centre), which
 keeps second moments accurate for data far from the origin.
 
 Parameter layout (validated in Python before every call; the kernel trusts it):
 
-=========  ==================  ====================  ================  ===================
-kind       prec                aux                   s2                shift
-=========  ==================  ====================  ================  ===================
-FULL       (K, d, d) P_k       unused                (K, d, d)         (K, d) the means
-TIED       (1, d, d) P         (K, d) (mu_k - c) @ P  (1, d, d)         (K, d) every row c
-DIAG       (K, 1, d) p_k       unused                (K, 1, d)         (K, d) the means
-SPHERICAL  (K, 1, 1) p_k       unused                (K, 1, 1)         (K, d) the means
-=========  ==================  ====================  ================  ===================
+=========  ==================  =======================  ================  ===================
+kind       prec                aux                      s2                shift
+=========  ==================  =======================  ================  ===================
+FULL       (K, d, d) P_k^T     (K, d) (mu_k - c) @ P_k  (K, d, d)         (K, d) the means
+TIED       (1, d, d) P^T       (K, d) (mu_k - c) @ P    (1, d, d)         (K, d) every row c
+DIAG       (K, 1, d) p_k       unused                   (K, 1, d)         (K, d) the means
+SPHERICAL  (K, 1, 1) p_k       unused                   (K, 1, 1)         (K, d) the means
+=========  ==================  =======================  ================  ===================
+
+``centre`` (d,) is c, the weighted mean of the means: Mahalanobis terms are computed around it.
 
 ``P`` is the Cholesky factor of the precision (scikit-learn's ``precisions_cholesky_``), and
 ``const[k] = log w_k + log det P_k - d/2 log(2 pi)``, so that
@@ -34,218 +36,226 @@ SPHERICAL  (K, 1, 1) p_k       unused                (K, 1, 1)         (K, d) th
 import numpy as np
 from numba import njit, prange
 
-from ._config import BLOCK_ROWS, CACHE, FASTMATH
+from ._config import CACHE, FASTMATH
 
 FULL, TIED, DIAG, SPHERICAL = 0, 1, 2, 3
 SOFT, HARD, GIVEN = 0, 1, 2  # responsibilities: posterior, one-hot argmax, supplied by caller
 
 # Below this many features a product with a (d, d) matrix is cheaper as plain loops than as a
-# BLAS call; above it, the per-block work is shaped as matrix products.
+# BLAS call; from it on, the per-block work of 'full' and 'tied' is shaped as matrix products.
 SMALL_D = 8
 
 _jit = dict(cache=CACHE, fastmath=FASTMATH, nogil=True)
 
+# Inside a block the rows are held transposed, XT (d, nb), and `logp` and `R` are (K, nb), so
+# that every loop over the rows of a block is innermost, contiguous and vectorizable, and the
+# products with (d, d) matrices are single BLAS calls on (d, nb) operands.
+
 
 @njit(**_jit)
-def _load_block(X, r0, r1, Xd):
-    """Copy rows r0:r1 of X into float64 scratch; return the first non-finite row or -1."""
-    d = X.shape[1]
+def _load_columns(X, r0, r1, XT):
+    """Copy rows r0:r1 of X into float64 XT (d, nb), transposed; first non-finite row or -1."""
     for i in range(r1 - r0):
-        for j in range(d):
+        for j in range(X.shape[1]):
             v = X[r0 + i, j]
             if not np.isfinite(v):
                 return r0 + i
-            Xd[i, j] = v
+            XT[j, i] = v
     return -1
 
 
 @njit(**_jit)
-def _log_prob_block(kind, Xd, shift, prec, aux, const, logp):
-    """logp[i, k] = log w_k + log N(x_i | mu_k, Sigma_k) for the rows of one block."""
-    nb, d = Xd.shape
-    K = shift.shape[0]
-    if kind == FULL and d >= SMALL_D:
-        for k in range(K):
-            Y = np.dot(Xd - shift[k], prec[k])
-            for i in range(nb):
-                acc = 0.0
-                for j in range(d):
-                    acc += Y[i, j] * Y[i, j]
-                logp[i, k] = const[k] - 0.5 * acc
-    elif kind == TIED and d >= SMALL_D:
-        Y = np.dot(Xd - shift[0], prec[0])
+def _centre(XT, mu, DT):
+    """DT = XT - mu[:, None]."""
+    d, nb = XT.shape
+    for j in range(d):
+        m = mu[j]
         for i in range(nb):
-            for k in range(K):
-                acc = 0.0
-                for j in range(d):
-                    t = Y[i, j] - aux[k, j]
-                    acc += t * t
-                logp[i, k] = const[k] - 0.5 * acc
-    else:
-        diff = np.empty(d)
-        for i in range(nb):
-            for k in range(K):
-                for j in range(d):
-                    diff[j] = Xd[i, j] - shift[k, j]
-                acc = 0.0
-                if kind == FULL or kind == TIED:
-                    P = prec[0] if kind == TIED else prec[k]
-                    for j in range(d):
-                        t = 0.0
-                        for m in range(j + 1):  # P is upper triangular
-                            t += diff[m] * P[m, j]
-                        if kind == TIED:
-                            t -= aux[k, j]
-                        acc += t * t
-                elif kind == DIAG:
-                    for j in range(d):
-                        t = diff[j] * prec[k, 0, j]
-                        acc += t * t
-                else:
-                    p = prec[k, 0, 0]
-                    for j in range(d):
-                        t = diff[j] * p
-                        acc += t * t
-                logp[i, k] = const[k] - 0.5 * acc
+            DT[j, i] = XT[j, i] - m
 
 
 @njit(**_jit)
-def _responsibilities(logp, R):
-    """Normalize each row of logp into R with a stable log-sum-exp; return its log-likelihoods."""
-    nb, K = logp.shape
+def _logp(kind, XT, shift, centre, prec, aux, const, logp):
+    """logp[k, i] = log w_k + log N(x_i | mu_k, Sigma_k) for the rows of one block."""
+    d, nb = XT.shape
+    K = shift.shape[0]
+    acc = np.empty(nb)
+    if kind == FULL or kind == TIED:
+        # (x - mu_k) P_k = (x - c) P_k - (mu_k - c) P_k: one product for every component, and
+        # an error of only eps * |mu_k - c| / sigma since c is near the data.
+        DT = np.empty((d, nb))
+        _centre(XT, centre, DT)
+        n_mats = prec.shape[0]
+        YT = np.empty((n_mats * d, nb))
+        if d >= SMALL_D:
+            np.dot(prec.reshape((n_mats * d, d)), DT, YT)
+        else:
+            for q in range(n_mats):
+                for j in range(d):
+                    row = q * d + j
+                    YT[row, :] = 0.0
+                    for m in range(j + 1):  # P^T is lower triangular
+                        p = prec[q, j, m]
+                        for i in range(nb):
+                            YT[row, i] += p * DT[m, i]
+    for k in range(K):
+        acc[:] = 0.0
+        if kind == DIAG or kind == SPHERICAL:
+            for j in range(d):
+                mu = shift[k, j]
+                p = prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
+                for i in range(nb):
+                    y = (XT[j, i] - mu) * p
+                    acc[i] += y * y
+        else:
+            q = k if kind == FULL else 0
+            for j in range(d):
+                a = aux[k, j]
+                row = q * d + j
+                for i in range(nb):
+                    y = YT[row, i] - a
+                    acc[i] += y * y
+        c = const[k]
+        for i in range(nb):
+            logp[k, i] = c - 0.5 * acc[i]
+
+
+@njit(**_jit)
+def _normalize(logp, R, best):
+    """Responsibilities R (K, nb) from logp by a stable log-sum-exp; returns the rows'
+    log-likelihoods, and the most likely component of each row in `best`."""
+    K, nb = logp.shape
+    m = logp[0].copy()
+    best[:] = 0
+    for k in range(1, K):
+        for i in range(nb):
+            if logp[k, i] > m[i]:
+                m[i] = logp[k, i]
+                best[i] = k
+    s = np.zeros(nb)
+    for k in range(K):
+        for i in range(nb):
+            e = np.exp(logp[k, i] - m[i])
+            R[k, i] = e
+            s[i] += e
+    inv = 1.0 / s
+    for k in range(K):
+        for i in range(nb):
+            R[k, i] *= inv[i]
     ll = np.empty(nb)
     for i in range(nb):
-        m = logp[i, 0]
-        for k in range(1, K):
-            if logp[i, k] > m:
-                m = logp[i, k]
-        s = 0.0
-        for k in range(K):
-            e = np.exp(logp[i, k] - m)
-            R[i, k] = e
-            s += e
-        inv = 1.0 / s
-        for k in range(K):
-            R[i, k] *= inv
-        ll[i] = m + np.log(s)
+        ll[i] = m[i] + np.log(s[i])
     return ll
 
 
 @njit(**_jit)
-def _stats_block(kind, Xd, R, shift, p0, p1, p2):
-    """Add the block's responsibility-weighted statistics around `shift` into its own slot."""
-    nb, d = Xd.shape
+def _stats(kind, XT, R, shift, p0, p1, p2):
+    """One block's statistics into its own slot (p0, p1, p2); full/tied: upper triangle."""
+    d, nb = XT.shape
     K = shift.shape[0]
+    DT = np.empty((d, nb))
+    WT = np.empty((d, nb))
     for k in range(K):
         acc = 0.0
         for i in range(nb):
-            acc += R[i, k]
-        p0[k] += acc
-    if kind == TIED:
-        D = Xd - shift[0]
-        p1 += np.dot(R.T, D) if d >= SMALL_D else _small_rt_d(R, D)
-        if d >= SMALL_D:
-            p2[0] += np.dot(D.T, D)
-        else:
+            acc += R[k, i]
+        p0[k] = acc
+        if kind != TIED or k == 0:  # for 'tied' the centred rows are shared
+            _centre(XT, shift[k], DT)
+        for j in range(d):
+            acc = 0.0
             for i in range(nb):
-                for a in range(d):
-                    for b in range(d):
-                        p2[0, a, b] += D[i, a] * D[i, b]
-        return
-    if kind == FULL and d >= SMALL_D:
-        for k in range(K):
-            D = Xd - shift[k]
-            Dw = D * R[:, k : k + 1]
-            for i in range(nb):
-                for j in range(d):
-                    p1[k, j] += Dw[i, j]
-            p2[k] += np.dot(Dw.T, D)
-        return
-    diff = np.empty(d)
-    for i in range(nb):
-        for k in range(K):
-            r = R[i, k]
-            for j in range(d):
-                diff[j] = Xd[i, j] - shift[k, j]
-                p1[k, j] += r * diff[j]
-            if kind == FULL:
-                for a in range(d):
-                    ra = r * diff[a]
-                    for b in range(d):
-                        p2[k, a, b] += ra * diff[b]
-            elif kind == DIAG:
-                for j in range(d):
-                    p2[k, 0, j] += r * diff[j] * diff[j]
+                acc += R[k, i] * DT[j, i]
+            p1[k, j] = acc
+        if kind == FULL:
+            for a in range(d):
+                for i in range(nb):
+                    WT[a, i] = R[k, i] * DT[a, i]
+            if d >= SMALL_D:
+                np.dot(WT, DT.T, p2[k])
             else:
-                acc = 0.0
-                for j in range(d):
-                    acc += diff[j] * diff[j]
-                p2[k, 0, 0] += r * acc
-
-
-@njit(**_jit)
-def _small_rt_d(R, D):
-    """R.T @ D with plain loops, for few features."""
-    K = R.shape[1]
-    nb, d = D.shape
-    out = np.zeros((K, d))
-    for i in range(nb):
-        for k in range(K):
-            r = R[i, k]
+                for a in range(d):
+                    for b in range(a, d):
+                        acc = 0.0
+                        for i in range(nb):
+                            acc += WT[a, i] * DT[b, i]
+                        p2[k, a, b] = acc
+        elif kind == DIAG:
             for j in range(d):
-                out[k, j] += r * D[i, j]
-    return out
+                acc = 0.0
+                for i in range(nb):
+                    acc += R[k, i] * DT[j, i] * DT[j, i]
+                p2[k, 0, j] = acc
+        elif kind == SPHERICAL:
+            acc = 0.0
+            for j in range(d):
+                for i in range(nb):
+                    acc += R[k, i] * DT[j, i] * DT[j, i]
+            p2[k, 0, 0] = acc
+    if kind == TIED:
+        if d >= SMALL_D:
+            np.dot(DT, DT.T, p2[0])
+        else:
+            for a in range(d):
+                for b in range(a, d):
+                    acc = 0.0
+                    for i in range(nb):
+                        acc += DT[a, i] * DT[b, i]
+                    p2[0, a, b] = acc
+    if kind == FULL or kind == TIED:  # exactly symmetric, whatever the product's rounding
+        for k in range(p2.shape[0]):
+            for a in range(d):
+                for b in range(a):
+                    p2[k, a, b] = p2[k, b, a]
 
 
 @njit(**_jit)
-def _block(kind, mode, X, r0, r1, shift, prec, aux, const, resp_in, compute_stats,
+def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, compute_stats,
            p0, p1, p2, row_loglik, resp_out, labels):
-    """Process rows r0:r1: returns (sum of row log-likelihoods, first non-finite row or -1)."""
+    """Process rows r0:r1 into slot (p0, p1, p2) and the per-row outputs.
+
+    Returns (sum of the rows' log-likelihoods, first non-finite row or -1).
+    """
     nb = r1 - r0
     d = X.shape[1]
     K = shift.shape[0]
-    p0[:] = 0.0
-    p1[:] = 0.0
-    p2[:] = 0.0
-    Xd = np.empty((nb, d))
-    bad = _load_block(X, r0, r1, Xd)
+    XT = np.empty((d, nb))
+    bad = _load_columns(X, r0, r1, XT)
     if bad >= 0:
         return 0.0, bad
-    R = np.empty((nb, K))
+    R = np.empty((K, nb))
     total = 0.0
     if mode == GIVEN:
         for i in range(nb):
             for k in range(K):
-                R[i, k] = resp_in[r0 + i, k]
+                R[k, i] = resp_in[r0 + i, k]
     else:
-        logp = np.empty((nb, K))
-        _log_prob_block(kind, Xd, shift, prec, aux, const, logp)
-        ll = _responsibilities(logp, R)
+        logp = np.empty((K, nb))
+        _logp(kind, XT, shift, centre, prec, aux, const, logp)
+        best = np.empty(nb, dtype=np.int64)
+        ll = _normalize(logp, R, best)
         for i in range(nb):
             total += ll[i]
         if row_loglik.shape[0] > 0:
             row_loglik[r0:r1] = ll
-        if labels.shape[0] > 0 or mode == HARD:
+        if labels.shape[0] > 0:
+            labels[r0:r1] = best
+        if mode == HARD:
+            R[:] = 0.0
             for i in range(nb):
-                best = 0
-                for k in range(1, K):
-                    if logp[i, k] > logp[i, best]:
-                        best = k
-                if labels.shape[0] > 0:
-                    labels[r0 + i] = best
-                if mode == HARD:
-                    R[i, :] = 0.0
-                    R[i, best] = 1.0
+                R[best[i], i] = 1.0
         if resp_out.shape[0] > 0:
-            resp_out[r0:r1] = R
+            for i in range(nb):
+                for k in range(K):
+                    resp_out[r0 + i, k] = R[k, i]
     if compute_stats:
-        _stats_block(kind, Xd, R, shift, p0, p1, p2)
+        _stats(kind, XT, R, shift, p0, p1, p2)
     return total, -1
 
 
 @njit(parallel=True, **_jit)
-def gaussian_pass(kind, mode, X, shift, prec, aux, const, resp_in, compute_stats, wave_blocks,
-                  s0, s1, s2, row_loglik, resp_out, labels):
+def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compute_stats, block_rows,
+                  wave_blocks, s0, s1, s2, row_loglik, resp_out, labels):
     """One pass over a chunk of rows.
 
     Parameters
@@ -257,12 +267,15 @@ def gaussian_pass(kind, mode, X, shift, prec, aux, const, resp_in, compute_stats
         GIVEN (responsibilities read from `resp_in`).
     X : (n, d) float32 or float64, C-contiguous
         In: the rows.
-    shift, prec, aux, const : float64
+    shift, centre, prec, aux, const : float64
         In: the parameters, laid out as in the module docstring.
     resp_in : (n, K) float64 if mode == GIVEN, else (0, K)
         In: responsibilities to accumulate.
     compute_stats : bool
         Whether to accumulate statistics.
+    block_rows : int
+        Rows per block (``BLOCK_ROWS``; an argument so that cached kernels never hold a stale
+        value).
     wave_blocks : int
         Blocks computed in parallel between two merges; bounds the scratch memory. Any value
         gives the same bits, since merging always follows block order.
@@ -286,7 +299,7 @@ def gaussian_pass(kind, mode, X, shift, prec, aux, const, resp_in, compute_stats
     n = X.shape[0]
     K = shift.shape[0]
     d = X.shape[1]
-    n_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    n_blocks = (n + block_rows - 1) // block_rows
     W = min(wave_blocks, n_blocks)
     p0 = np.empty((W, K))
     p1 = np.empty((W, K, d))
@@ -294,14 +307,13 @@ def gaussian_pass(kind, mode, X, shift, prec, aux, const, resp_in, compute_stats
     part_ll = np.empty(W)
     part_bad = np.empty(W, dtype=np.int64)
     total = 0.0
-    first_bad = -1
     for w0 in range(0, n_blocks, W):
         nw = min(W, n_blocks - w0)
         for w in prange(nw):
-            r0 = (w0 + w) * BLOCK_ROWS
-            r1 = min(n, r0 + BLOCK_ROWS)
+            r0 = (w0 + w) * block_rows
+            r1 = min(n, r0 + block_rows)
             part_ll[w], part_bad[w] = _block(
-                kind, mode, X, r0, r1, shift, prec, aux, const, resp_in, compute_stats,
+                kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, compute_stats,
                 p0[w], p1[w], p2[w], row_loglik, resp_out, labels,
             )
         for w in range(nw):
@@ -312,4 +324,4 @@ def gaussian_pass(kind, mode, X, shift, prec, aux, const, resp_in, compute_stats
                 s0 += p0[w]
                 s1 += p1[w]
                 s2 += p2[w]
-    return total, first_bad
+    return total, -1
