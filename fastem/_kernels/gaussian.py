@@ -37,6 +37,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._config import CACHE, FASTMATH
+from ._math import exp_nonpositive
 
 FULL, TIED, DIAG, SPHERICAL = 0, 1, 2, 3
 SOFT, HARD, GIVEN = 0, 1, 2  # responsibilities: posterior, one-hot argmax, supplied by caller
@@ -135,7 +136,7 @@ def _normalize(logp, R, best):
     s = np.zeros(nb)
     for k in range(K):
         for i in range(nb):
-            e = np.exp(logp[k, i] - m[i])
+            e = exp_nonpositive(logp[k, i] - m[i])
             R[k, i] = e
             s[i] += e
     inv = 1.0 / s
