@@ -84,25 +84,24 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     s2 = stats.s2.reshape(prec.shape[0], prec.shape[1], prec.shape[2])
     waves = _wave_blocks(K, d, s2.size)
     no_resp = np.empty((0, K))
-    total = 0.0
+    loglik = np.zeros(1)
     n = 0
     for start, block in source.chunks(chunk_size, prefetch=True):
         m = block.shape[0]
         resp_in = no_resp
         if mode == GIVEN:
             resp_in = np.ascontiguousarray(resp_for_chunk(start, m), dtype=np.float64)
-        loglik, bad = gaussian_pass(
+        bad = gaussian_pass(
             kind, mode, block, shift, centre, prec, aux, const, resp_in, True, BLOCK_ROWS, waves,
-            stats.s0, stats.s1, s2, _EMPTY_1D, no_resp, _EMPTY_LABELS,
+            loglik, stats.s0, stats.s1, s2, _EMPTY_1D, no_resp, _EMPTY_LABELS,
         )
         if bad >= 0:
             _raise_bad_row(start, bad)
-        total += loglik
         n += m
     stats.n_samples = n
-    stats.loglik = total
+    stats.loglik = float(loglik[0])
     if mode != GIVEN:
-        _check_loglik(total)
+        _check_loglik(stats.loglik)
     return stats
 
 
@@ -117,7 +116,7 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
     K = shift.shape[0]
     no_resp = np.empty((0, K))
     s2 = np.empty((0, 0, 0))
-    total = 0.0
+    loglik = np.zeros(1)
     n = 0
     for start, block in source.chunks(chunk_size, prefetch=True):
         m = block.shape[0]
@@ -126,15 +125,14 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
             no_resp if resp is None else resp[start : start + m],
             _EMPTY_LABELS if labels is None else labels[start : start + m],
         ]
-        loglik, bad = gaussian_pass(
+        bad = gaussian_pass(
             kind, SOFT, block, shift, centre, prec, aux, const, no_resp, False, BLOCK_ROWS, 1024,
-            np.empty(0), np.empty((0, 0)), s2, views[0], views[1], views[2],
+            loglik, np.empty(0), np.empty((0, 0)), s2, views[0], views[1], views[2],
         )
         if bad >= 0:
             _raise_bad_row(start, bad)
-        total += loglik
         n += m
-    return total, n
+    return float(loglik[0]), n
 
 
 class _Progress:

@@ -9,15 +9,18 @@ User-given ``weights_init``, ``means_init`` and ``precisions_init`` then replace
 from __future__ import annotations
 
 import numpy as np
+from sklearn.utils.random import sample_without_replacement
 
-from ._em import GIVEN, HARD, accumulate
+from ._em import GIVEN, HARD, _raise_bad_row, accumulate
 from ._kmeans import _kmeans_plusplus, kmeans_centers
 from ._params import GaussianParams, precisions_cholesky_from_precisions
 from ._stats import GaussianStats
+from .data import sample_rows
 
 __all__ = ["initial_params"]
 
 _PICKED_SAMPLE = 10_000  # rows among which k-means++ picks its K rows
+_CHOICE_ROWS = 2**24  # up to here 'random_from_data' draws exactly as scikit-learn does
 
 
 def _unit_precisions(covariance_type, K, d):
@@ -37,10 +40,38 @@ def _count_rows(source, chunk_size):
     return source.n_samples
 
 
-def _picked_rows_stats(covariance_type, rows, n_samples):
-    """Statistics of responsibilities that are one-hot on K given rows and zero elsewhere."""
-    K = rows.shape[0]
-    stats = GaussianStats.zeros(covariance_type, rows)
+def _raise_first_bad_row(source, chunk_size):
+    """Raise the non-finite-row error naming the first such row of the whole source."""
+    for start, block in source.chunks(chunk_size):
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            _raise_bad_row(start, int(np.argmin(finite)))
+    raise AssertionError("no non-finite row found")  # pragma: no cover
+
+
+def _picked_rows_stats(covariance_type, rows, n_samples, source, chunk_size):
+    """Statistics of responsibilities that are one-hot on K given rows and zero elsewhere.
+
+    For 'full', 'diag' and 'spherical' each component's scatter about its own row is zero. The
+    'tied' second moment is, as scikit-learn computes it, ``X^T X`` summed over *every* row
+    whatever the responsibilities (they are assumed to sum to 1 on each row), so it needs a
+    pass over the data; it is taken around the origin, as scikit-learn does, so that the
+    initial tied covariance is scikit-learn's.
+    """
+    K, d = rows.shape
+    if not np.isfinite(rows).all():
+        _raise_first_bad_row(source, chunk_size)
+    if covariance_type != "tied":
+        stats = GaussianStats.zeros(covariance_type, rows)
+    else:
+        stats = GaussianStats.zeros(covariance_type, np.zeros((K, d)))
+        stats.s1[:] = rows
+        for start, block in source.chunks(chunk_size):
+            block = np.asarray(block, dtype=np.float64)
+            finite = np.isfinite(block).all(axis=1)
+            if not finite.all():
+                _raise_bad_row(start, int(np.argmin(finite)))
+            stats.s2 += block.T @ block
     stats.s0[:] = 1.0
     stats.n_samples = n_samples
     return stats
@@ -67,23 +98,20 @@ def _stats_from_method(method, source, K, covariance_type, random_state, chunk_s
                           resp_for_chunk=resp_for_chunk)
     n = _count_rows(source, chunk_size)
     if method == "random_from_data":
-        indices = random_state.choice(n, size=K, replace=False)
+        if n <= _CHOICE_ROWS:  # scikit-learn's draw, so that both pick the same rows
+            indices = random_state.choice(n, size=K, replace=False)
+        else:  # RandomState.choice permutes all n rows: O(n) memory
+            indices = sample_without_replacement(n, K, random_state=random_state)
         order = np.argsort(indices)
         rows = np.empty((K, d))
         rows[order] = source.take(indices[order])
     else:  # 'k-means++' on a uniform sample of the rows
-        if n <= _PICKED_SAMPLE:
-            sample = source.take(np.arange(n))
-        else:
-            sample = source.take(np.sort(random_state.choice(n, _PICKED_SAMPLE, replace=False)))
-        sample = np.asarray(sample, dtype=np.float64)
-        bad = ~np.isfinite(sample).all(axis=1)
-        if bad.any():
-            raise ValueError("Input X contains NaN or infinity in its rows; remove or impute them.")
+        sample = np.asarray(sample_rows(source, _PICKED_SAMPLE, random_state, chunk_size),
+                            dtype=np.float64)
+        if not np.isfinite(sample).all():
+            _raise_first_bad_row(source, chunk_size)
         rows = _kmeans_plusplus(sample, K, random_state)
-    if not np.isfinite(rows).all():
-        raise ValueError("Input X contains NaN or infinity in its rows; remove or impute them.")
-    return _picked_rows_stats(covariance_type, rows, n)
+    return _picked_rows_stats(covariance_type, rows, n, source, chunk_size)
 
 
 def initial_params(source, *, n_components, covariance_type, init_params, random_state,

@@ -254,9 +254,23 @@ def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, comp
     return total, -1
 
 
+@njit(cache=CACHE, nogil=True)  # no fast-math: the additions happen exactly in this order
+def _merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2):
+    """Add the slots of one wave into the running totals, in block order."""
+    for w in range(nw):
+        if part_bad[w] >= 0:
+            return part_bad[w]
+        loglik[0] += part_ll[w]
+        if compute_stats:
+            s0 += p0[w]
+            s1 += p1[w]
+            s2 += p2[w]
+    return -1
+
+
 @njit(parallel=True, **_jit)
-def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compute_stats, block_rows,
-                  wave_blocks, s0, s1, s2, row_loglik, resp_out, labels):
+def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compute_stats,
+                  block_rows, wave_blocks, loglik, s0, s1, s2, row_loglik, resp_out, labels):
     """One pass over a chunk of rows.
 
     Parameters
@@ -280,6 +294,9 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
     wave_blocks : int
         Blocks computed in parallel between two merges; bounds the scratch memory. Any value
         gives the same bits, since merging always follows block order.
+    loglik : (1,) float64
+        In/out: running sum of the rows' log-likelihoods (unchanged in GIVEN mode). Carried
+        across chunks, so that the sum follows block order whatever the chunking.
     s0 (K,), s1 (K, d), s2 (see module docstring) : float64
         In/out: statistics, added to in block order.
     row_loglik : (n,) float64 or (0,)
@@ -291,8 +308,6 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
 
     Returns
     -------
-    loglik_sum : float
-        Sum of the rows' log-likelihoods (0 in GIVEN mode).
     first_bad_row : int
         Index in X of the first row holding NaN or infinity, or -1. When it is not -1 the
         outputs are incomplete and must be discarded.
@@ -307,7 +322,6 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
     p2 = np.empty((W, s2.shape[0], s2.shape[1], s2.shape[2]))
     part_ll = np.empty(W)
     part_bad = np.empty(W, dtype=np.int64)
-    total = 0.0
     for w0 in range(0, n_blocks, W):
         nw = min(W, n_blocks - w0)
         for w in prange(nw):
@@ -317,12 +331,7 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
                 kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, compute_stats,
                 p0[w], p1[w], p2[w], row_loglik, resp_out, labels,
             )
-        for w in range(nw):
-            if part_bad[w] >= 0:
-                return total, part_bad[w]
-            total += part_ll[w]
-            if compute_stats:
-                s0 += p0[w]
-                s1 += p1[w]
-                s2 += p2[w]
-    return total, -1
+        bad = _merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2)
+        if bad >= 0:
+            return bad
+    return -1

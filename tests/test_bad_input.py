@@ -1,0 +1,329 @@
+"""Bad input: every mistake raises a clear ValueError/TypeError from Python, and a failed fit
+leaves a fitted model as it was. Degenerate but valid data fits, thanks to reg_covar."""
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+
+from fastem import GaussianMixture
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+INITS = ("kmeans", "k-means++", "random", "random_from_data")
+BAD_VALUES = [pytest.param(np.nan, id="nan"), pytest.param(np.inf, id="+inf"),
+              pytest.param(-np.inf, id="-inf")]
+DTYPES = [pytest.param(np.float64, id="float64"), pytest.param(np.float32, id="float32")]
+FIRST_BAD = r"NaN or infinity in row 37\b"
+
+
+@pytest.fixture(scope="module")
+def X():
+    """400 rows, 2 blobs in 3-D."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    X[:200] += 5.0
+    return X
+
+
+@pytest.fixture(scope="module")
+def fitted(X):
+    return GaussianMixture(2, random_state=0).fit(X)
+
+
+def with_bad_rows(X, value, dtype, rows=(37, 290)):
+    """X as dtype with `value` in the given rows (37 the first); other rows untouched."""
+    Xb = X.astype(dtype)  # a copy
+    for row in rows:
+        Xb[row, row % X.shape[1]] = value
+    return Xb
+
+
+def explicit(K=2, d=3):
+    return dict(weights_init=np.full(K, 1.0 / K), means_init=np.arange(K * d, dtype=float)
+                .reshape(K, d), precisions_init=np.repeat(np.eye(d)[None], K, axis=0))
+
+
+# --------------------------------------------------------------------------- non-finite X
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("value", BAD_VALUES)
+@pytest.mark.parametrize("init", INITS + ("explicit",))
+def test_fit_names_the_first_non_finite_row(X, value, dtype, init):
+    kwargs = explicit() if init == "explicit" else dict(init_params=init, random_state=0)
+    with pytest.raises(ValueError, match=FIRST_BAD):
+        GaussianMixture(2, **kwargs).fit(with_bad_rows(X, value, dtype))
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_fit_names_the_first_non_finite_row_beyond_the_first_chunk(X, init):
+    Xb = with_bad_rows(X, np.nan, np.float64, rows=(300, 390))
+    with pytest.raises(ValueError, match=r"NaN or infinity in row 300\b"):
+        GaussianMixture(2, init_params=init, random_state=0, chunk_size=256).fit(Xb)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("value", BAD_VALUES)
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "score_samples", "score",
+                                    "bic", "aic", "fit_predict"])
+def test_methods_name_the_first_non_finite_row(fitted, X, method, value, dtype):
+    model = copy.deepcopy(fitted)  # fit_predict refits
+    with pytest.raises(ValueError, match=FIRST_BAD):
+        getattr(model, method)(with_bad_rows(X, value, dtype))
+
+
+def test_predict_names_rows_counted_from_the_start_across_chunks(fitted, X):
+    model = copy.deepcopy(fitted).set_params(chunk_size=256)
+    with pytest.raises(ValueError, match=r"NaN or infinity in row 300\b"):
+        model.predict(with_bad_rows(X, np.inf, np.float64, rows=(300,)))
+
+
+def test_non_finite_initial_parameters(X):
+    with pytest.raises(ValueError, match="means_init contains NaN or infinity"):
+        GaussianMixture(2, means_init=[[0, 0, np.nan], [1, 1, 1]]).fit(X)
+    with pytest.raises(ValueError, match="weights_init contains NaN or infinity"):
+        GaussianMixture(2, weights_init=[np.inf, 0.5]).fit(X)
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("method", ["fit", "predict", "score_samples"])
+def test_wrong_ndim(fitted, X, method):
+    model = copy.deepcopy(fitted)
+    with pytest.raises(ValueError, match="Expected 2D array, got 1D array"):
+        getattr(model, method)(X[:, 0])
+    with pytest.raises(ValueError, match="Found array with dim 3"):
+        getattr(model, method)(X[None])
+
+
+def test_empty_and_featureless(fitted, X):
+    with pytest.raises(ValueError, match=r"0 sample\(s\)"):
+        GaussianMixture(1).fit(X[:0])
+    with pytest.raises(ValueError, match=r"1 sample\(s\).*minimum of 2"):
+        GaussianMixture(1).fit(X[:1])
+    with pytest.raises(ValueError, match=r"0 feature\(s\)"):
+        GaussianMixture(1).fit(np.empty((10, 0)))
+    with pytest.raises(ValueError, match=r"0 sample\(s\)"):
+        fitted.predict(X[:0])
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "score_samples", "score",
+                                    "bic", "aic"])
+def test_different_number_of_features(fitted, X, method):
+    with pytest.raises(ValueError, match="X has 2 features, but GaussianMixture is expecting 3"):
+        getattr(fitted, method)(X[:, :2])
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "score_samples", "score",
+                                    "bic", "aic", "sample"])
+def test_not_fitted(X, method):
+    args = () if method == "sample" else (X,)
+    with pytest.raises(NotFittedError):
+        getattr(GaussianMixture(2), method)(*args)
+
+
+def test_bad_sample_size(fitted):
+    for n in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="n_samples"):
+            fitted.sample(n)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+BAD_SETTINGS = [
+    (dict(n_components=0), ValueError, "n_components must be >= 1"),
+    (dict(n_components=401), ValueError, "Expected n_samples >= n_components"),
+    (dict(n_components=2.5), TypeError, "n_components must be an integer"),
+    (dict(covariance_type="unknown"), ValueError, "covariance_type must be one of"),
+    (dict(tol=-1e-3), ValueError, "tol must be >= 0"),
+    (dict(tol=np.nan), ValueError, "tol must be finite"),
+    (dict(reg_covar=-1e-6), ValueError, "reg_covar must be >= 0"),
+    (dict(max_iter=0), ValueError, "max_iter must be >= 1"),
+    (dict(max_iter=10.0), TypeError, "max_iter must be an integer"),
+    (dict(n_init=0), ValueError, "n_init must be >= 1"),
+    (dict(init_params="kmeans++"), ValueError, "init_params must be one of"),
+    (dict(warm_start="yes"), TypeError, "warm_start must be a bool"),
+    (dict(chunk_size=0), ValueError, "chunk_size must be a positive integer"),
+    (dict(chunk_size=-5), ValueError, "chunk_size must be a positive integer"),
+    (dict(chunk_size=2.5), TypeError, "chunk_size must be a positive integer"),
+    (dict(chunk_size="256"), TypeError, "chunk_size must be a positive integer"),
+    (dict(n_jobs=0), ValueError, "n_jobs must be a positive number of threads"),
+    (dict(n_jobs=1.5), TypeError, "n_jobs must be an integer"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, match", BAD_SETTINGS,
+                         ids=[",".join(f"{k}={v!r}" for k, v in c[0].items())
+                              for c in BAD_SETTINGS])
+def test_bad_settings(X, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        GaussianMixture(**{"n_components": 2, **kwargs}).fit(X)
+
+
+def test_bad_chunk_size_in_predict(fitted, X):
+    model = copy.deepcopy(fitted).set_params(chunk_size=0)
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        model.predict(X)
+
+
+# --------------------------------------------------------------------------- initial parameters
+
+
+@pytest.mark.parametrize("weights, match", [
+    ([0.2, 0.3, 0.5], r"weights_init must have shape \(2,\)"),
+    ([[0.5, 0.5]], r"weights_init must have shape \(2,\)"),
+    ([-0.5, 1.5], r"weights_init must be in the range \[0, 1\]"),
+    ([0.3, 0.3], "weights_init must sum to 1"),
+])
+def test_bad_weights_init(X, weights, match):
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(2, weights_init=weights).fit(X)
+
+
+def test_bad_means_init(X):
+    with pytest.raises(ValueError, match=r"means_init must have shape \(2, 3\)"):
+        GaussianMixture(2, means_init=np.zeros((2, 4))).fit(X)
+    with pytest.raises(ValueError, match=r"means_init must have shape \(2, 3\)"):
+        GaussianMixture(2, means_init=np.zeros((3, 3))).fit(X)
+    with pytest.raises(TypeError, match="means_init must be an array of numbers"):
+        GaussianMixture(2, means_init=[["a", "b", "c"], ["d", "e", "f"]]).fit(X)
+
+
+SHAPES = {"full": (2, 3, 3), "tied": (3, 3), "diag": (2, 3), "spherical": (2,)}
+
+
+def good_precisions(covariance_type):
+    return {"full": np.repeat(np.eye(3)[None], 2, axis=0), "tied": np.eye(3),
+            "diag": np.ones((2, 3)), "spherical": np.ones(2)}[covariance_type]
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_bad_precisions_init(X, covariance_type):
+    def fit(precisions):
+        GaussianMixture(2, covariance_type=covariance_type,
+                        precisions_init=precisions).fit(X)
+
+    good = good_precisions(covariance_type)
+    wrong_shape = np.ones(SHAPES[covariance_type] + (1,))
+    with pytest.raises(ValueError, match="precisions_init must have shape"):
+        fit(wrong_shape)
+    if covariance_type in ("full", "tied"):
+        asymmetric = good.copy()
+        asymmetric[..., 0, 1] = 0.5
+        with pytest.raises(ValueError, match="must be symmetric"):
+            fit(asymmetric)
+        indefinite = good.copy()
+        indefinite[..., 2, 2] = -1.0
+        with pytest.raises(ValueError, match="must be positive definite"):
+            fit(indefinite)
+        singular = good.copy()
+        singular[..., 2, 2] = 0.0
+        with pytest.raises(ValueError, match="must be positive definite"):
+            fit(singular)
+    else:
+        for value in (0.0, -1.0):
+            bad = good.copy()
+            bad.flat[-1] = value
+            with pytest.raises(ValueError, match="must be positive"):
+                fit(bad)
+
+
+# --------------------------------------------------------------------------- degenerate data
+
+
+def assert_finite_fit(gm):
+    for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
+        assert np.all(np.isfinite(getattr(gm, name))), name
+    assert np.isfinite(gm.lower_bound_)
+
+
+def full_covariances(gm):
+    cov, ct = gm.covariances_, gm.covariance_type
+    K, d = gm.means_.shape
+    if ct == "full":
+        return cov
+    if ct == "tied":
+        return np.broadcast_to(cov, (K, d, d))
+    if ct == "diag":
+        return np.stack([np.diag(c) for c in cov])
+    return np.stack([c * np.eye(d) for c in cov])
+
+
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_degenerate_data_fits_thanks_to_reg_covar(covariance_type, init):
+    rng = np.random.default_rng(1)
+    identical = np.full((100, 3), 2.5)
+    constant_column = np.c_[rng.normal(size=(200, 2)), np.full(200, 5.0)]
+    few_distinct = np.repeat(rng.normal(size=(3, 2)), 20, axis=0)  # 3 points, 5 components
+    for data, K in ((identical, 1), (identical, 3), (constant_column, 2), (few_distinct, 5)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gm = GaussianMixture(K, covariance_type=covariance_type, init_params=init,
+                                 random_state=0).fit(data)
+        assert_finite_fit(gm)
+        assert_allclose(gm.weights_.sum(), 1.0)
+        assert np.all(np.linalg.eigvalsh(full_covariances(gm)) >= 0.5e-6)
+        if data is identical:
+            # Components left empty (k-means finds one cluster) keep weight ~eps and the
+            # mean 0, as in scikit-learn; the used ones sit on the point.
+            used = gm.weights_ > 1e-8
+            assert_allclose(gm.means_[used], 2.5, rtol=1e-12)
+            assert_allclose(full_covariances(gm), np.broadcast_to(1e-6 * np.eye(3), (K, 3, 3)),
+                            rtol=1e-6, atol=1e-15)
+        if data is constant_column:
+            assert_allclose(gm.means_[:, 2], 5.0, rtol=1e-12)
+        assert np.all(np.isfinite(gm.score_samples(data)))
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_degenerate_data_without_reg_covar_says_what_to_do(covariance_type):
+    with pytest.raises(ValueError, match="ill-defined empirical covariance.*increase reg_covar"):
+        GaussianMixture(2, covariance_type=covariance_type, reg_covar=0).fit(np.ones((50, 3)))
+
+
+# --------------------------------------------------------------------------- failed fits
+
+
+def fitted_attributes(gm):
+    return {k: copy.deepcopy(v) for k, v in vars(gm).items() if k.endswith("_")}
+
+
+def assert_same_attributes(gm, before):
+    after = fitted_attributes(gm)
+    assert after.keys() == before.keys()
+    for name, value in before.items():
+        assert_array_equal(after[name], value, err_msg=name, strict=True)
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_failed_fit_leaves_the_model_unchanged(X, warm_start):
+    gm = GaussianMixture(2, random_state=0, warm_start=warm_start).fit(X)
+    before = fitted_attributes(gm)
+    labels = gm.predict(X)
+    bad_data = [
+        with_bad_rows(X, np.nan, np.float64),                         # NaN, same features
+        np.c_[with_bad_rows(X, np.inf, np.float64), X[:, :1]],        # inf, 4 features
+        X[:1],                                                        # too few rows
+    ]
+    for data in bad_data:
+        with pytest.raises(ValueError):
+            gm.fit(data)
+        assert_same_attributes(gm, before)
+        assert gm.n_features_in_ == 3
+        assert_array_equal(gm.predict(X), labels)
+    # A bad setting fails the same way.
+    gm.set_params(tol=-1.0)
+    with pytest.raises(ValueError, match="tol"):
+        gm.fit(X)
+    assert_same_attributes(gm, before)
+    # And a fit that fails in its EM iterations (collapsed data, no regularization).
+    gm.set_params(tol=1e-3, reg_covar=0.0, warm_start=False)
+    with pytest.raises(ValueError, match="ill-defined"):
+        gm.fit(np.ones((50, 3)))
+    assert_same_attributes(gm, before)

@@ -1,0 +1,589 @@
+"""fastem.GaussianMixture: against the NumPy oracle and scikit-learn, and its invariants.
+
+Every fit here is small (hundreds to a few thousand rows). Fits run with ``tol=0`` and a fixed
+``max_iter`` warn ``ConvergenceWarning`` by design; the tests that do so say it with the
+``ignore_convergence`` mark, and ``test_convergence_warning`` checks the warning itself.
+"""
+
+import itertools
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from fastem import GaussianMixture, reference
+from fastem._em import GIVEN, accumulate
+from fastem._kernels._config import BLOCK_ROWS
+from fastem._params import GaussianParams, precisions_cholesky_from_precisions
+from fastem.data import ArraySource
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+PARAMS = ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_")
+
+ignore_convergence = pytest.mark.filterwarnings(
+    "ignore::sklearn.exceptions.ConvergenceWarning"
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def assert_rel(actual, desired, rtol, err_msg=""):
+    """Relative agreement, with entries near zero judged against the largest entry."""
+    desired = np.asarray(desired, dtype=np.float64)
+    scale = np.abs(desired).max() if desired.size else 0.0
+    assert_allclose(actual, desired, rtol=rtol, atol=rtol * max(scale, 1e-300), err_msg=err_msg)
+
+
+def random_spd(rng, d):
+    a = rng.normal(size=(d, d))
+    return a @ a.T / d + 0.5 * np.eye(d)
+
+
+def random_start(X, covariance_type, n_components, seed):
+    """A valid starting point near the data: (weights, means, precisions_cholesky, precisions).
+
+    ``precisions`` is what ``precisions_init`` takes; ``precisions_cholesky`` what
+    ``reference.em`` takes.
+    """
+    rng = np.random.default_rng(seed)
+    K, d = n_components, X.shape[1]
+    weights = rng.dirichlet(np.full(K, 5.0))
+    means = X[rng.choice(X.shape[0], K, replace=False)] + rng.normal(scale=0.3, size=(K, d))
+    covariances = {
+        "full": lambda: np.stack([random_spd(rng, d) for _ in range(K)]),
+        "tied": lambda: random_spd(rng, d),
+        "diag": lambda: rng.uniform(0.5, 2.0, size=(K, d)),
+        "spherical": lambda: rng.uniform(0.5, 2.0, size=K),
+    }[covariance_type]()
+    prec_chol = reference.precisions_cholesky_from_covariances(covariances, covariance_type)
+    return weights, means, prec_chol, precisions_from_cholesky(prec_chol, covariance_type)
+
+
+def precisions_from_cholesky(prec_chol, covariance_type):
+    if covariance_type == "full":
+        return prec_chol @ np.swapaxes(prec_chol, 1, 2)
+    if covariance_type == "tied":
+        return prec_chol @ prec_chol.T
+    return prec_chol**2
+
+
+def explicit_init(weights, means, precisions):
+    return dict(weights_init=weights, means_init=means, precisions_init=precisions)
+
+
+def fitted_state(gm):
+    """Everything a fit sets, for exact comparisons."""
+    return {name: getattr(gm, name) for name in
+            PARAMS + ("lower_bound_", "lower_bounds_", "n_iter_", "converged_")}
+
+
+def assert_identical_fits(a, b, X):
+    """Bit-identical parameters, bounds and per-row outputs."""
+    for name, value in fitted_state(a).items():
+        assert_array_equal(value, getattr(b, name), err_msg=name, strict=True)
+    assert_array_equal(a.predict_proba(X), b.predict_proba(X), strict=True)
+    assert_array_equal(a.score_samples(X), b.score_samples(X), strict=True)
+    assert_array_equal(a.predict(X), b.predict(X), strict=True)
+
+
+def sklearn_fit(X, **kwargs):
+    """scikit-learn's fit, its BLAS held to one thread: on tiny matrices, and with Numba's
+    threads about, OpenBLAS threads make each 3x3 solve cost milliseconds."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return SkGaussianMixture(**kwargs).fit(X)
+
+
+def match_components(found_means, true_means):
+    """The permutation p with found_means[p[k]] closest to true_means[k]."""
+    K = len(true_means)
+    return min(
+        itertools.permutations(range(K)),
+        key=lambda p: np.abs(found_means[list(p)] - true_means).sum(),
+    )
+
+
+def dense(covariances, covariance_type, K, d):
+    """The (K, d, d) matrices a set of covariances stands for."""
+    if covariance_type == "full":
+        return np.asarray(covariances)
+    if covariance_type == "tied":
+        return np.broadcast_to(covariances, (K, d, d))
+    if covariance_type == "diag":
+        return np.stack([np.diag(c) for c in covariances])
+    return np.stack([c * np.eye(d) for c in covariances])
+
+
+@pytest.fixture(scope="module")
+def overlapping(blobs):
+    """600 rows, 3 overlapping blobs in 3-D: EM moves for many iterations."""
+    return blobs(600, 3, 3, spread=1.5, scale=3.0, seed=1)[0]
+
+
+@pytest.fixture(scope="module")
+def separated(blobs):
+    """1500 rows, 4 well-separated blobs in 2-D."""
+    return blobs(1500, 4, 2, spread=0.5, scale=10.0, seed=5)[0]
+
+
+# --------------------------------------------------------------------------- 1. reference
+
+
+@ignore_convergence
+@pytest.mark.parametrize("n_features", [3, 9], ids=["few-features", "blas-path"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_each_iteration_matches_reference(blobs, covariance_type, n_features):
+    """After n = 1..5 iterations the parameters and bounds are the textbook oracle's."""
+    X = blobs(500, 3, n_features, spread=1.5, scale=3.0, seed=2)[0]
+    weights, means, prec_chol, precisions = random_start(X, covariance_type, 3, seed=3)
+    history = reference.em(X, weights, means, prec_chol, covariance_type, reg_covar=1e-6,
+                           n_iter=5)
+    for n in range(1, 6):
+        gm = GaussianMixture(3, covariance_type=covariance_type, max_iter=n, tol=0,
+                             **explicit_init(weights, means, precisions)).fit(X)
+        expected = history[n - 1]
+        for key in ("weights", "means", "covariances", "precisions_cholesky"):
+            assert_rel(getattr(gm, key + "_"), expected[key], 1e-10, err_msg=f"{key}, n={n}")
+        assert_rel(gm.precisions_, precisions_from_cholesky(
+            expected["precisions_cholesky"], covariance_type), 1e-10)
+        assert gm.lower_bound_ == pytest.approx(expected["lower_bound"], rel=1e-10)
+        assert_rel(gm.lower_bounds_, [h["lower_bound"] for h in history[:n]], 1e-10)
+        assert len(gm.lower_bounds_) == gm.n_iter_ == n
+        assert not gm.converged_
+
+
+def test_convergence_warning(overlapping):
+    """tol=0 never converges: ConvergenceWarning; an easy fit converges silently."""
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        gm = GaussianMixture(2, max_iter=2, tol=0, random_state=0).fit(overlapping)
+    assert not gm.converged_ and gm.n_iter_ == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gm = GaussianMixture(3, tol=1e-3, random_state=0).fit(overlapping)
+    assert gm.converged_ and gm.n_iter_ < 100
+    assert abs(gm.lower_bounds_[-1] - gm.lower_bounds_[-2]) < 1e-3
+
+
+# --------------------------------------------------------------------------- 2. scikit-learn
+
+
+def assert_same_as_sklearn(ours, theirs, X, rtol=1e-6):
+    for name in PARAMS:
+        assert_rel(getattr(ours, name), getattr(theirs, name), rtol, err_msg=name)
+    assert ours.lower_bound_ == pytest.approx(theirs.lower_bound_, rel=rtol)
+    assert_rel(ours.lower_bounds_, theirs.lower_bounds_, rtol)
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.converged_ == theirs.converged_
+    assert_array_equal(ours.predict(X), theirs.predict(X))
+    assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=0, atol=rtol)
+    assert_rel(ours.score_samples(X), theirs.score_samples(X), rtol)
+    for method in ("score", "bic", "aic"):
+        assert getattr(ours, method)(X) == pytest.approx(getattr(theirs, method)(X), rel=rtol)
+
+
+@ignore_convergence
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_matches_sklearn_from_explicit_init(blobs, covariance_type):
+    X = blobs(800, 3, 3, spread=1.5, scale=3.0, seed=4)[0]
+    weights, means, _, precisions = random_start(X, covariance_type, 3, seed=5)
+    kwargs = dict(n_components=3, covariance_type=covariance_type, tol=0, max_iter=30,
+                  **explicit_init(weights, means, precisions))
+    ours = GaussianMixture(**kwargs).fit(X)
+    theirs = sklearn_fit(X, **kwargs)
+    assert_same_as_sklearn(ours, theirs, X)
+
+
+@ignore_convergence
+@pytest.mark.parametrize("chunk_size", [None, 300])
+@pytest.mark.parametrize("init_params", ["random", "random_from_data"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_matches_sklearn_random_inits(overlapping, covariance_type, init_params, chunk_size):
+    """Same integer random_state, same draws in the same order (over chunks, and over 3 inits)."""
+    kwargs = dict(n_components=3, covariance_type=covariance_type, init_params=init_params,
+                  random_state=7, n_init=3, tol=0, max_iter=30)
+    ours = GaussianMixture(chunk_size=chunk_size, **kwargs).fit(overlapping)
+    theirs = sklearn_fit(overlapping, **kwargs)
+    assert_same_as_sklearn(ours, theirs, overlapping)
+
+
+@pytest.mark.parametrize("init_params", ["kmeans", "k-means++"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_kmeans_inits_fit_as_well_as_sklearn(separated, covariance_type, init_params):
+    """fastem's own k-means: not the same start, but the same optimum on separated blobs."""
+    kwargs = dict(n_components=4, covariance_type=covariance_type, init_params=init_params,
+                  random_state=0, tol=1e-8, max_iter=300)
+    ours = GaussianMixture(**kwargs).fit(separated)
+    theirs = sklearn_fit(separated, **kwargs)
+    assert ours.converged_
+    assert abs(ours.lower_bound_ - theirs.lower_bound_) < 1e-3
+
+
+# --------------------------------------------------------------------------- 3. monotone bound
+
+
+@ignore_convergence
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_bound_never_decreases_one_iteration_at_a_time(blobs, covariance_type):
+    X = blobs(600, 4, 2, spread=2.0, scale=2.0, seed=6)[0]
+    gm = GaussianMixture(4, covariance_type=covariance_type, warm_start=True, max_iter=1,
+                         tol=0, reg_covar=0, init_params="random", random_state=0)
+    bounds = []
+    for _ in range(30):
+        gm.fit(X)
+        assert gm.n_iter_ == 1 and len(gm.lower_bounds_) == 1
+        bounds.append(gm.lower_bound_)
+    for previous, current in zip(bounds, bounds[1:]):
+        assert current >= previous - 1e-12 * abs(previous)
+    # Thirty warm-started single iterations are exactly one 30-iteration fit.
+    whole = GaussianMixture(4, covariance_type=covariance_type, max_iter=30, tol=0,
+                            reg_covar=0, init_params="random", random_state=0).fit(X)
+    assert_array_equal(whole.lower_bounds_, bounds)
+    for name in PARAMS:
+        assert_array_equal(getattr(whole, name), getattr(gm, name), err_msg=name)
+
+
+@ignore_convergence
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_recorded_bounds_are_non_decreasing(overlapping, covariance_type):
+    gm = GaussianMixture(3, covariance_type=covariance_type, tol=1e-9, max_iter=300,
+                         init_params="random", random_state=1).fit(overlapping)
+    bounds = np.asarray(gm.lower_bounds_)
+    assert len(bounds) == gm.n_iter_ > 5
+    assert np.all(np.diff(bounds) >= -1e-12 * np.abs(bounds[1:]))
+    assert gm.lower_bound_ == bounds[-1]
+
+
+# --------------------------------------------------------------------------- 4. recovery
+
+
+def true_covariances(rng, covariance_type, K, d):
+    return {
+        "full": lambda: np.stack([random_spd(rng, d) for _ in range(K)]),
+        "tied": lambda: random_spd(rng, d),
+        "diag": lambda: rng.uniform(0.5, 1.5, size=(K, d)),
+        "spherical": lambda: rng.uniform(0.5, 1.5, size=K),
+    }[covariance_type]()
+
+
+def covariance_standard_errors(cov, covariance_type, weights, n, d):
+    """Sampling standard errors of the ML covariance estimates, in the fitted shape.
+
+    With m rows, var(S_ab) ~ (S_aa S_bb + S_ab^2) / m, so a variance has 2 S_aa^2 / m and a
+    spherical variance (the mean of d of them) 2 s^2 / (m d); m = n w_k, or n for 'tied'.
+    """
+    if covariance_type == "full":
+        diag = np.diagonal(cov, axis1=1, axis2=2)
+        var = (diag[:, :, None] * diag[:, None, :] + cov**2) / (n * weights[:, None, None])
+    elif covariance_type == "tied":
+        var = (np.outer(np.diag(cov), np.diag(cov)) + cov**2) / n
+    elif covariance_type == "diag":
+        var = 2 * cov**2 / (n * weights[:, None])
+    else:
+        var = 2 * cov**2 / (n * weights * d)
+    return np.sqrt(var)
+
+
+@pytest.mark.parametrize("n_features", [2, 4])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_recovers_known_mixture(covariance_type, n_features):
+    """Data drawn from a known separated mixture: estimates within 5 standard errors."""
+    K, d, n = 3, n_features, 20_000
+    rng = np.random.default_rng(100 + d)
+    weights = np.array([0.5, 0.3, 0.2])
+    means = 10.0 * np.eye(K, d) + rng.normal(size=(K, d))  # pairwise distances about 10-14
+    covariances = true_covariances(rng, covariance_type, K, d)
+    full = dense(covariances, covariance_type, K, d)
+    labels = rng.choice(K, size=n, p=weights)
+    noise = rng.standard_normal(size=(n, d))
+    X = means[labels] + np.einsum("nij,nj->ni", np.linalg.cholesky(full)[labels], noise)
+
+    gm = GaussianMixture(K, covariance_type=covariance_type, tol=1e-8, max_iter=500,
+                         random_state=0).fit(X)
+    assert gm.converged_
+    p = list(match_components(gm.means_, means))
+
+    assert_within_standard_errors(gm.weights_[p], weights, np.sqrt(weights * (1 - weights) / n))
+    mean_se = np.sqrt(np.diagonal(full, axis1=1, axis2=2) / (n * weights[:, None]))
+    assert_within_standard_errors(gm.means_[p], means, mean_se)
+    cov_se = covariance_standard_errors(covariances, covariance_type, weights, n, d)
+    found = gm.covariances_ if covariance_type == "tied" else gm.covariances_[p]
+    assert_within_standard_errors(found, covariances, cov_se)
+
+
+def assert_within_standard_errors(found, true, se, n_se=5.0):
+    z = np.abs(np.asarray(found) - true) / se
+    assert z.max() < n_se, f"{z.max():.2f} standard errors off:\nfound {found}\ntrue {true}"
+
+
+# --------------------------------------------------------------------------- 5. float32
+
+
+@ignore_convergence
+@pytest.mark.parametrize("init", ["explicit", "random_from_data"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_float32_agrees_with_float64(blobs, covariance_type, init):
+    X32 = blobs(1000, 3, 3, spread=1.5, scale=3.0, seed=8)[0].astype(np.float32)
+    X64 = X32.astype(np.float64)  # the very same values
+    if init == "explicit":
+        weights, means, _, precisions = random_start(X64, covariance_type, 3, seed=9)
+        kwargs = explicit_init(weights, means, precisions)
+    else:
+        kwargs = dict(init_params="random_from_data", random_state=3)
+    fits = [GaussianMixture(3, covariance_type=covariance_type, tol=0, max_iter=20, **kwargs)
+            .fit(X) for X in (X32, X64)]
+    for name in PARAMS:
+        assert getattr(fits[0], name).dtype == np.float64
+        assert_rel(getattr(fits[0], name), getattr(fits[1], name), 1e-5, err_msg=name)
+    assert fits[0].lower_bound_ == pytest.approx(fits[1].lower_bound_, rel=1e-5)
+    proba = fits[0].predict_proba(X32)
+    assert proba.dtype == np.float64
+    assert_allclose(proba, fits[1].predict_proba(X64), atol=1e-5)
+    assert fits[0].score_samples(X32).dtype == np.float64
+
+
+# --------------------------------------------------------------------------- 6. threads, chunks
+
+N_ODD = 7 * BLOCK_ROWS + 37  # not a multiple of the block size
+
+
+@ignore_convergence
+@pytest.mark.parametrize("init_params", ["kmeans", "random"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_bits_do_not_depend_on_threads_or_block_multiple_chunks(blobs, covariance_type,
+                                                                 init_params):
+    X = blobs(N_ODD, 3, 3, spread=1.5, scale=3.0, seed=11)[0]
+    base = dict(n_components=3, covariance_type=covariance_type, init_params=init_params,
+                random_state=0, tol=0, max_iter=10)
+    serial = GaussianMixture(n_jobs=1, **base).fit(X)
+    for kwargs in [dict(n_jobs=2), dict(n_jobs=None), dict(n_jobs=-1),
+                   dict(chunk_size=BLOCK_ROWS), dict(chunk_size=BLOCK_ROWS, n_jobs=2),
+                   dict(chunk_size=4 * BLOCK_ROWS), dict(n_jobs=2, chunk_size=2 * BLOCK_ROWS)]:
+        assert_identical_fits(GaussianMixture(**kwargs, **base).fit(X), serial, X)
+    # Other chunk sizes cut blocks differently: equal up to rounding.
+    other = GaussianMixture(chunk_size=1000, **base).fit(X)
+    for name in PARAMS:
+        assert_rel(getattr(other, name), getattr(serial, name), 1e-12, err_msg=name)
+    assert_rel(other.lower_bounds_, serial.lower_bounds_, 1e-12)
+
+
+@ignore_convergence
+def test_bounds_bits_do_not_depend_on_block_multiple_chunks(blobs):
+    X = blobs(N_ODD, 3, 3, spread=1.5, scale=3.0, seed=11)[0]
+    base = dict(n_components=3, random_state=0, tol=0, max_iter=10)
+    whole = GaussianMixture(**base).fit(X)
+    for chunk_size in (2 * BLOCK_ROWS, 4 * BLOCK_ROWS):
+        chunked = GaussianMixture(chunk_size=chunk_size, **base).fit(X)
+        assert_array_equal(chunked.lower_bounds_, whole.lower_bounds_)
+        assert chunked.score(X) == whole.score(X)
+
+
+@ignore_convergence
+def test_n_jobs_leaves_numba_threads_as_they_were(overlapping):
+    before = numba.get_num_threads()
+    GaussianMixture(2, n_jobs=1, max_iter=3, random_state=0).fit(overlapping)
+    assert numba.get_num_threads() == before
+
+
+@ignore_convergence
+def test_concurrent_fits_match_serial(overlapping):
+    """Two fits at once from Python threads (the kernels release the GIL) change no bit."""
+    GaussianMixture(2, max_iter=1).fit(overlapping)  # pick the threading layer first
+    if numba.threading_layer() == "workqueue":
+        pytest.skip("numba's workqueue layer cannot run parallel kernels from two threads")
+    configs = [dict(covariance_type="full", n_jobs=1), dict(covariance_type="diag", n_jobs=2),
+               dict(covariance_type="full", n_jobs=None)]
+    models = [GaussianMixture(3, random_state=0, tol=0, max_iter=15, **c) for c in configs]
+    serial = [clone(m).fit(overlapping) for m in models]
+    for _ in range(2):
+        with ThreadPoolExecutor(max_workers=len(models)) as pool:
+            parallel = list(pool.map(lambda m: clone(m).fit(overlapping), models))
+        for a, b in zip(parallel, serial):
+            assert_identical_fits(a, b, overlapping)
+
+
+# --------------------------------------------------------------------------- 7. offset data
+
+
+@ignore_convergence
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_offset_float64(blobs, covariance_type):
+    X = blobs(1000, 2, 3, spread=1.0, scale=3.0, seed=12)[0]
+    weights, means, _, precisions = random_start(X, covariance_type, 2, seed=13)
+    fits = [
+        GaussianMixture(2, covariance_type=covariance_type, tol=0, max_iter=20,
+                        **explicit_init(weights, means + offset, precisions)).fit(X + offset)
+        for offset in (0.0, 1e6)
+    ]
+    assert_rel(fits[1].covariances_, fits[0].covariances_, 1e-6)
+    assert_rel(fits[1].weights_, fits[0].weights_, 1e-6)
+    assert_allclose(fits[1].means_ - 1e6, fits[0].means_, rtol=0, atol=1e-6)
+    assert_allclose(fits[1].predict_proba(X + 1e6), fits[0].predict_proba(X), atol=1e-6)
+
+
+@ignore_convergence
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_offset_float32_does_not_cancel(blobs, covariance_type):
+    """float32 data at 1e6 (unit-variance blobs rounded to steps of 1/16): covariances as the
+    float64 oracle computes them on the very same values."""
+    X = blobs(1000, 2, 3, spread=1.0, scale=3.0, seed=12)[0]
+    X32 = (X + 1e6).astype(np.float32)
+    truth = X32.astype(np.float64)
+    weights, means, prec_chol, precisions = random_start(truth, covariance_type, 2, seed=13)
+    expected = reference.em(truth, weights, means, prec_chol, covariance_type, 1e-6, 10)[-1]
+    gm = GaussianMixture(2, covariance_type=covariance_type, tol=0, max_iter=10,
+                         **explicit_init(weights, means, precisions)).fit(X32)
+    assert_rel(gm.covariances_, expected["covariances"], 1e-4)
+    assert_allclose(gm.means_, expected["means"], rtol=1e-9)
+    assert_rel(gm.weights_, expected["weights"], 1e-6)
+    assert np.all(np.diagonal(dense(gm.covariances_, covariance_type, 2, 3), axis1=1,
+                              axis2=2) > 0.5)
+
+
+# --------------------------------------------------------------------------- 8. API
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_fit_predict_equals_fit_then_predict(overlapping, covariance_type):
+    for max_iter in (2, 100):  # also when not converged: labels from the final parameters
+        kwargs = dict(n_components=3, covariance_type=covariance_type, max_iter=max_iter,
+                      random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            labels = GaussianMixture(**kwargs).fit_predict(overlapping)
+            gm = GaussianMixture(**kwargs).fit(overlapping)
+        assert_array_equal(labels, gm.predict(overlapping))
+        assert_array_equal(labels, gm.predict_proba(overlapping).argmax(axis=1))
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_sample(separated, covariance_type):
+    gm = GaussianMixture(4, covariance_type=covariance_type, random_state=0).fit(separated)
+    X, y = gm.sample(4000)
+    assert X.shape == (4000, 2) and y.shape == (4000,)
+    counts = np.bincount(y, minlength=4)
+    assert counts.sum() == 4000 and np.all(np.diff(y) >= 0)  # grouped by component
+    assert_allclose(counts / 4000, gm.weights_, atol=0.05)
+    for k in range(4):
+        assert_allclose(X[y == k].mean(axis=0), gm.means_[k], atol=0.1)
+    assert gm.sample(1)[0].shape == (1, 2)
+    # Same random_state, same draws.
+    assert_array_equal(gm.sample(10)[0], gm.sample(10)[0])
+
+
+def test_clone_and_params(overlapping):
+    gm = GaussianMixture(3, covariance_type="diag", n_jobs=1, chunk_size=512, random_state=4)
+    params = gm.get_params()
+    expected_keys = set(SkGaussianMixture().get_params()) | {"n_jobs", "chunk_size"}
+    assert set(params) == expected_keys
+    assert params["chunk_size"] == 512 and params["covariance_type"] == "diag"
+    gm.fit(overlapping)
+    twin = clone(gm)
+    assert twin.get_params() == params
+    assert not hasattr(twin, "weights_")
+    assert gm.set_params(n_components=2, tol=1e-4) is gm
+    assert gm.n_components == 2 and gm.tol == 1e-4
+    assert_identical_fits(clone(twin).fit(overlapping), twin.fit(overlapping), overlapping)
+
+
+def test_pipeline_with_scaler(separated):
+    pipe = make_pipeline(StandardScaler(), GaussianMixture(4, random_state=0)).fit(separated)
+    scaled = StandardScaler().fit_transform(separated)
+    alone = GaussianMixture(4, random_state=0).fit(scaled)
+    assert_array_equal(pipe.predict(separated), alone.predict(scaled))
+    assert pipe.score(separated) == pytest.approx(alone.score(scaled), rel=1e-12)
+
+
+def test_grid_search_over_n_components(separated):
+    search = GridSearchCV(GaussianMixture(random_state=0), {"n_components": [1, 2, 4]}, cv=3)
+    search.fit(separated)
+    scores = search.cv_results_["mean_test_score"]
+    assert np.all(np.isfinite(scores))
+    assert search.best_params_ == {"n_components": 4}  # the true number of blobs
+    assert search.best_score_ == scores.max()
+    assert search.best_estimator_.means_.shape == (4, 2)
+
+
+def test_score_is_mean_of_score_samples(overlapping):
+    gm = GaussianMixture(3, random_state=0).fit(overlapping)
+    assert gm.score(overlapping) == pytest.approx(gm.score_samples(overlapping).mean(),
+                                                  rel=1e-12)
+    assert_allclose(gm.predict_proba(overlapping).sum(axis=1), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda X: np.asfortranarray(X), id="fortran"),
+    pytest.param(lambda X: X.astype(">f8"), id="byte-swapped"),
+    pytest.param(lambda X: np.repeat(X, 2, axis=0)[::2], id="strided"),
+    pytest.param(lambda X: X.tolist(), id="list"),
+])
+def test_hostile_layouts_give_the_same_fit(overlapping, make):
+    expected = GaussianMixture(3, random_state=0).fit(overlapping)
+    assert_identical_fits(GaussianMixture(3, random_state=0).fit(make(overlapping)), expected,
+                          overlapping)
+
+
+def test_integer_and_float16_data_are_fitted_as_float64(overlapping):
+    for dtype in (np.int64, np.float16):
+        X = overlapping.astype(dtype)
+        expected = GaussianMixture(3, random_state=0).fit(X.astype(np.float64))
+        assert_identical_fits(GaussianMixture(3, random_state=0).fit(X), expected,
+                              X.astype(np.float64))
+
+
+# --------------------------------------------------------------------------- 9. statistics
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_statistics_add_up(overlapping, covariance_type):
+    X = overlapping
+    weights, means, _, precisions = random_start(X, covariance_type, 3, seed=14)
+    params = GaussianParams(covariance_type, weights, means,
+                            precisions_cholesky_from_precisions(precisions, covariance_type))
+    moved = GaussianParams(covariance_type, weights[::-1].copy(), means + 2.5,
+                           params.precisions_cholesky)
+    cut = 250  # not a multiple of the block size
+    whole = accumulate(ArraySource(X), params)
+    halves = accumulate(ArraySource(X[:cut]), params) + accumulate(ArraySource(X[cut:]), params)
+    assert_stats_close(halves, whole, 1e-12)
+    assert halves.n_samples == whole.n_samples == X.shape[0]
+    assert halves.loglik == pytest.approx(whole.loglik, rel=1e-12)
+
+    # Given responsibilities, the statistics about another shift are the same statistics:
+    # halves summarized around different shifts add up, and recentring moves between them.
+    resp = np.random.default_rng(15).dirichlet(np.ones(3), size=X.shape[0])
+
+    def given(source, p, r):
+        return accumulate(source, p, mode=GIVEN, resp_for_chunk=lambda s, m: r[s : s + m])
+
+    whole = given(ArraySource(X), params, resp)
+    around_moved = given(ArraySource(X), moved, resp)
+    assert not np.array_equal(whole.shift, around_moved.shift)
+    mixed = given(ArraySource(X[:cut]), params, resp[:cut]) + \
+        given(ArraySource(X[cut:]), moved, resp[cut:])
+    assert_array_equal(mixed.shift, whole.shift)
+    assert_stats_close(mixed, whole, 1e-10)
+    assert_stats_close(whole.recentred(around_moved.shift), around_moved, 1e-10)
+    assert_stats_close(around_moved.recentred(whole.shift), whole, 1e-10)
+
+    # And the M-step of those statistics is the oracle's M-step of those responsibilities.
+    expected = reference.m_step(X, resp, covariance_type, 1e-6)
+    found = GaussianParams.from_stats(mixed, 1e-6)
+    for value, reference_value in zip((found.weights, found.means, found.covariances), expected):
+        assert_rel(value, reference_value, 1e-10)
+
+
+def assert_stats_close(a, b, rtol):
+    assert a.covariance_type == b.covariance_type
+    assert_array_equal(a.shift, b.shift)
+    for name in ("s0", "s1", "s2"):
+        assert_rel(getattr(a, name), getattr(b, name), rtol, err_msg=name)
