@@ -15,16 +15,24 @@ from . import _validation
 from ._em import _Progress, em_loop, predict_pass, threads
 from ._init import initial_params
 from ._params import GaussianParams, precisions_from_cholesky
-from .data import ArraySource, DataSource, as_source, check_chunk_size
+from .data import ArraySource, DataSource, allocate_output, as_source, check_chunk_size
 
 __all__ = ["GaussianMixture"]
 
 
 def _is_out_of_core(X) -> bool:
-    """Whether X is read through fastem.data rather than validated as an in-memory array."""
+    """Whether X is read chunk by chunk through fastem.data rather than validated whole, as
+    scikit-learn does, as an in-memory array: files, memmaps, stores and streams, and any 2-D
+    object with ``shape``, ``dtype`` and row slicing other than an ndarray, a DataFrame or a
+    sparse matrix."""
     if isinstance(X, (DataSource, str, os.PathLike, np.memmap)) or callable(X):
         return True
-    return type(X).__module__.split(".")[0] in ("h5py", "zarr")
+    package = type(X).__module__.split(".")[0]
+    if package in ("h5py", "zarr"):
+        return True
+    if isinstance(X, np.ndarray) or package in ("pandas", "polars", "pyarrow", "scipy"):
+        return False
+    return all(hasattr(X, a) for a in ("shape", "dtype", "ndim", "__getitem__")) and X.ndim == 2
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
@@ -277,16 +285,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             for _ in source.chunks(check_chunk_size(self.chunk_size)):
                 pass
             n = source.n_samples
-        shape = (n,) + trailing
-        if out is None:
-            out = np.empty(shape, dtype=dtype)
-        else:
-            if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype:
-                raise ValueError(
-                    f"out must be a {np.dtype(dtype)} array (or memmap) of shape {shape}."
-                )
-            if not out.flags.c_contiguous or not out.flags.writeable:
-                raise ValueError("out must be C-contiguous and writeable.")
+        out = allocate_output(out, (n,) + trailing, dtype)
         with threads(self.n_jobs):
             predict_pass(source, self._params(), chunk_size=check_chunk_size(self.chunk_size),
                          **{name: out})
