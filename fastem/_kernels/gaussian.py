@@ -99,26 +99,44 @@ def _logp(kind, XT, shift, centre, prec, aux, const, logp):
                         p = prec[q, j, m]
                         for i in range(nb):
                             YT[row, i] += p * DT[m, i]
+    ones = np.ones(d)
+    scale = np.empty(d)
     for k in range(K):
-        acc[:] = 0.0
         if kind == DIAG or kind == SPHERICAL:
             for j in range(d):
-                mu = shift[k, j]
-                p = prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
-                for i in range(nb):
-                    y = (XT[j, i] - mu) * p
-                    acc[i] += y * y
+                scale[j] = prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
+            _sum_squares(XT, 0, d, shift[k], scale, acc)
         else:
-            q = k if kind == FULL else 0
-            for j in range(d):
-                a = aux[k, j]
-                row = q * d + j
-                for i in range(nb):
-                    y = YT[row, i] - a
-                    acc[i] += y * y
+            _sum_squares(YT, (k if kind == FULL else 0) * d, d, aux[k], ones, acc)
         c = const[k]
         for i in range(nb):
             logp[k, i] = c - 0.5 * acc[i]
+
+
+@njit(**_jit)
+def _sum_squares(Z, row0, d, off, scale, acc):
+    """acc[i] = sum_j ((Z[row0 + j, i] - off[j]) * scale[j])^2, four rows of Z per sweep so
+    that acc is loaded and stored once per four features."""
+    nb = Z.shape[1]
+    acc[:] = 0.0
+    j = 0
+    while j + 4 <= d:
+        o0, o1, o2, o3 = off[j], off[j + 1], off[j + 2], off[j + 3]
+        c0, c1, c2, c3 = scale[j], scale[j + 1], scale[j + 2], scale[j + 3]
+        r = row0 + j
+        for i in range(nb):
+            y0 = (Z[r, i] - o0) * c0
+            y1 = (Z[r + 1, i] - o1) * c1
+            y2 = (Z[r + 2, i] - o2) * c2
+            y3 = (Z[r + 3, i] - o3) * c3
+            acc[i] += (y0 * y0 + y1 * y1) + (y2 * y2 + y3 * y3)
+        j += 4
+    while j < d:
+        o, c, r = off[j], scale[j], row0 + j
+        for i in range(nb):
+            y = (Z[r, i] - o) * c
+            acc[i] += y * y
+        j += 1
 
 
 @njit(**_jit)
@@ -150,60 +168,88 @@ def _normalize(logp, R, best):
 
 
 @njit(**_jit)
+def _upper_products(WT, DT, d, out):
+    """out[a, b] = sum_i WT[a, i] * DT[b, i] for b >= a (and some b < a), a, b < d.
+
+    The symmetric product as 4 x 4 register tiles: sixteen running sums per step of i, each
+    load feeding four multiply-adds. It skips the tiles below the diagonal, which a BLAS
+    product would compute. WT and DT have a multiple of 4 rows, zero past d.
+    """
+    nb = WT.shape[1]
+    for a0 in range(0, WT.shape[0], 4):
+        for b0 in range(a0, WT.shape[0], 4):
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = 0.0
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = 0.0
+            for i in range(nb):
+                w0, w1, w2, w3 = WT[a0, i], WT[a0 + 1, i], WT[a0 + 2, i], WT[a0 + 3, i]
+                x0, x1, x2, x3 = DT[b0, i], DT[b0 + 1, i], DT[b0 + 2, i], DT[b0 + 3, i]
+                s00 += w0 * x0
+                s01 += w0 * x1
+                s02 += w0 * x2
+                s03 += w0 * x3
+                s10 += w1 * x0
+                s11 += w1 * x1
+                s12 += w1 * x2
+                s13 += w1 * x3
+                s20 += w2 * x0
+                s21 += w2 * x1
+                s22 += w2 * x2
+                s23 += w2 * x3
+                s30 += w3 * x0
+                s31 += w3 * x1
+                s32 += w3 * x2
+                s33 += w3 * x3
+            tile = ((s00, s01, s02, s03), (s10, s11, s12, s13),
+                    (s20, s21, s22, s23), (s30, s31, s32, s33))
+            for u in range(4):
+                for v in range(4):
+                    if a0 + u < d and b0 + v < d:
+                        out[a0 + u, b0 + v] = tile[u][v]
+
+
+@njit(**_jit)
 def _stats(kind, XT, R, shift, p0, p1, p2):
-    """One block's statistics into its own slot (p0, p1, p2); full/tied: upper triangle."""
+    """One block's statistics into its own slot (p0, p1, p2)."""
     d, nb = XT.shape
     K = shift.shape[0]
-    DT = np.empty((d, nb))
-    WT = np.empty((d, nb))
+    dp = (d + 3) // 4 * 4  # rows padded with zeros for the 4 x 4 tiles
+    DT = np.zeros((dp, nb))
+    WT = np.zeros((dp, nb))
     for k in range(K):
         acc = 0.0
         for i in range(nb):
             acc += R[k, i]
         p0[k] = acc
-        if kind != TIED or k == 0:  # for 'tied' the centred rows are shared
+        if kind == FULL or (kind == TIED and k == 0):  # 'tied' shares its centred rows
             _centre(XT, shift[k], DT)
+        sq = 0.0
         for j in range(d):
-            acc = 0.0
-            for i in range(nb):
-                acc += R[k, i] * DT[j, i]
-            p1[k, j] = acc
-        if kind == FULL:
-            for a in range(d):
+            a1 = 0.0
+            a2 = 0.0
+            if kind == FULL or kind == TIED:
                 for i in range(nb):
-                    WT[a, i] = R[k, i] * DT[a, i]
-            if d >= SMALL_D:
-                np.dot(WT, DT.T, p2[k])
+                    rt = R[k, i] * DT[j, i]
+                    a1 += rt
+                    if kind == FULL:
+                        WT[j, i] = rt
             else:
-                for a in range(d):
-                    for b in range(a, d):
-                        acc = 0.0
-                        for i in range(nb):
-                            acc += WT[a, i] * DT[b, i]
-                        p2[k, a, b] = acc
-        elif kind == DIAG:
-            for j in range(d):
-                acc = 0.0
+                mu = shift[k, j]
                 for i in range(nb):
-                    acc += R[k, i] * DT[j, i] * DT[j, i]
-                p2[k, 0, j] = acc
-        elif kind == SPHERICAL:
-            acc = 0.0
-            for j in range(d):
-                for i in range(nb):
-                    acc += R[k, i] * DT[j, i] * DT[j, i]
-            p2[k, 0, 0] = acc
+                    t = XT[j, i] - mu
+                    rt = R[k, i] * t
+                    a1 += rt
+                    a2 += rt * t
+            p1[k, j] = a1
+            if kind == DIAG:
+                p2[k, 0, j] = a2
+            sq += a2
+        if kind == SPHERICAL:
+            p2[k, 0, 0] = sq
+        elif kind == FULL:
+            _upper_products(WT, DT, d, p2[k])
     if kind == TIED:
-        if d >= SMALL_D:
-            np.dot(DT, DT.T, p2[0])
-        else:
-            for a in range(d):
-                for b in range(a, d):
-                    acc = 0.0
-                    for i in range(nb):
-                        acc += DT[a, i] * DT[b, i]
-                    p2[0, a, b] = acc
-    if kind == FULL or kind == TIED:  # exactly symmetric, whatever the product's rounding
+        _upper_products(DT, DT, d, p2[0])
+    if kind == FULL or kind == TIED:  # exactly symmetric
         for k in range(p2.shape[0]):
             for a in range(d):
                 for b in range(a):
