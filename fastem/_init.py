@@ -80,6 +80,10 @@ def _picked_rows_stats(covariance_type, rows, n_samples, source, chunk_size):
 def _stats_from_method(method, source, K, covariance_type, random_state, chunk_size):
     d = source.n_features
     if method == "kmeans":
+        # A stream's rows are counted first, so that k-means samples its rows by index, as for
+        # any other source, rather than by a reservoir pass: the same data gives the same
+        # model whatever holds it.
+        _count_rows(source, chunk_size)
         centers = kmeans_centers(source, K, random_state=random_state, chunk_size=chunk_size)
         # Hard assignment to the nearest center: unit precisions and equal weights.
         nearest = GaussianParams(covariance_type, np.full(K, 1.0 / K), centers,

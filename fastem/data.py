@@ -462,6 +462,29 @@ def _mmap_address(mm) -> int | None:
         return None
 
 
+# At most this many bytes of a memory map stay mapped behind the read position (see
+# MemmapSource): the bound of a pass's resident file pages, whatever the file's size.
+_MAPPED_BYTES = 256 * 2**20
+# Bytes per MADV_WILLNEED call when the next chunk of a memory map is announced.
+_WILLNEED_BYTES = 2**20
+
+
+def _check_mapping_backed(filename, offset: int, length: int) -> None:
+    """Raise if the file under a memory map no longer covers it.
+
+    A ``numpy.memmap`` made before its file was truncated (for instance rewritten with
+    ``numpy.save``) would kill the process with SIGBUS on its first read past the new end.
+    """
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY  # where numpy.memmap maps from
+    size = os.stat(filename).st_size
+    if size < start + length:
+        raise ValueError(
+            f"The file {os.fsdecode(filename)!r} under this memmap has {size} bytes, fewer than "
+            f"the {start + length} it had when it was mapped: it was truncated or rewritten "
+            "since. Map it again (numpy.load(path, mmap_mode='r')) once it is final."
+        )
+
+
 class MemmapSource(ArraySource):
     """A ``numpy.memmap`` (for instance a file bigger than the memory).
 
@@ -469,18 +492,33 @@ class MemmapSource(ArraySource):
     fast as data in memory. The mapping is marked for sequential access (``MADV_SEQUENTIAL``),
     and the mapped file, if any, is checked for changes at the start of every pass.
 
+    Pages of a C-contiguous map more than ``_MAPPED_BYTES`` (256 MiB) behind the read position
+    are dropped from the process (``MADV_DONTNEED``; they stay in the page cache), so that the
+    resident memory of a pass over a file bigger than the RAM stays flat; a smaller map stays
+    mapped, and repeated passes over it cost no page faults. That is done only where it cannot
+    lose data: maps opened with mode 'r', 'r+' or 'w+' (whose written pages belong to the file)
+    and the copy-on-write maps that :class:`NpySource` makes and never writes to; a user's
+    mode 'c' map, which may hold private changes, is left alone.
+
     Parameters
     ----------
     array : numpy.memmap of shape (n_samples, n_features)
     """
 
-    def __init__(self, array: np.memmap, *, _guard: _FileGuard | None = None):
+    def __init__(self, array: np.memmap, *, _guard: _FileGuard | None = None,
+                 _release: bool | None = None):
         super().__init__(array)
         self._mmap = getattr(array, "_mmap", None)
         self._map_base = _mmap_address(self._mmap) if self._mmap is not None else None
-        if _guard is None:
-            filename = getattr(array, "filename", None)
-            if filename is not None and os.path.isfile(filename):
+        if _release is None:
+            _release = getattr(array, "mode", None) in ("r", "r+", "w+")
+        self._release = bool(_release and self._map_base is not None
+                             and array.flags.c_contiguous and hasattr(mmap, "MADV_DONTNEED"))
+        filename = getattr(array, "filename", None)
+        if filename is not None and os.path.isfile(filename):
+            if self._mmap is not None:
+                _check_mapping_backed(filename, array.offset, len(self._mmap))
+            if _guard is None:
                 _guard = _FileGuard(filename)
         self._guard = _guard
 
@@ -501,13 +539,49 @@ class MemmapSource(ArraySource):
             self._guard.check()
         self._madvise(getattr(mmap, "MADV_SEQUENTIAL", None))
 
+    def _iter_chunks(self, chunk_size, prefetch):
+        chunks = super()._iter_chunks(chunk_size, prefetch)
+        row_bytes = self.n_features * self.array.dtype.itemsize
+        if not self._release or self.n_samples * row_bytes <= _MAPPED_BYTES:
+            yield from chunks
+            return
+        first = self.array.ctypes.data - self._map_base  # offset of row 0 in the map
+        released = first - first % mmap.PAGESIZE
+        for start, block in chunks:
+            yield start, block
+            # The caller asked for the next block: pages more than _MAPPED_BYTES behind the end
+            # of this one are done with.
+            end = first + (start + block.shape[0]) * row_bytes - _MAPPED_BYTES
+            end -= end % mmap.PAGESIZE
+            if end > released:
+                self._drop_pages(released, end)
+                released = end
+        # The whole pass is done: the last pages too, or the next pass would start with them
+        # and its own first _MAPPED_BYTES mapped.
+        if released < len(self._mmap):
+            self._drop_pages(released, len(self._mmap))
+
+    def _drop_pages(self, begin: int, end: int) -> None:
+        """Unmap bytes ``begin:end`` (page-aligned) of the map from this process: they stay in
+        the page cache (or, if written through a shared map, go back to the file) and are
+        mapped again on the next access."""
+        try:
+            self._mmap.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+        except (OSError, ValueError):
+            self._release = False  # not supported here: keep the pages mapped
+
     def _readahead(self, start, rows):
         if self._map_base is None or start >= self.n_samples:
             return
         view = self.array[start : start + rows]
         begin = view.ctypes.data - self._map_base
-        aligned = begin - begin % mmap.PAGESIZE
-        self._madvise(getattr(mmap, "MADV_WILLNEED", None), aligned, view.nbytes + begin - aligned)
+        end = begin + view.nbytes
+        advice = getattr(mmap, "MADV_WILLNEED", None)
+        # Linux reads ahead at most the device's readahead window (often 128 KiB to 8 MiB) per
+        # call, so a chunk is announced in pieces: a single call would leave most of it to be
+        # read by page faults while the chunk is being used.
+        for piece in range(begin - begin % mmap.PAGESIZE, end, _WILLNEED_BYTES):
+            self._madvise(advice, piece, min(_WILLNEED_BYTES, end - piece))
 
     def take(self, indices):
         if self._guard is not None:
@@ -576,7 +650,7 @@ class NpySource(MemmapSource):
         # Copy-on-write rather than read-only: nothing writes to it, and a writeable view lets the
         # kernels reuse their in-memory specialization instead of compiling one for read-only data.
         array = np.load(self.path, mmap_mode="c", allow_pickle=False)
-        super().__init__(array, _guard=guard)
+        super().__init__(array, _guard=guard, _release=True)
 
 
 class RawFileSource(DataSource):
@@ -714,6 +788,16 @@ class ArrayLikeSource(DataSource):
                 f"The {self._what}'s dtype {obj.dtype!r} is not a numpy dtype."
             ) from None
         self.dtype = _working_dtype(self.obj_dtype)
+
+    def _begin_pass(self):
+        # A resizable store (an h5py dataset with maxshape, a zarr array) may have grown or
+        # shrunk since: reading on would silently drop the new rows or fail in the store.
+        shape = tuple(getattr(self.obj, "shape", ()))
+        if shape != (self.n_samples, self.n_features):
+            raise ValueError(
+                f"The {self._what} changed shape from {(self.n_samples, self.n_features)} to "
+                f"{shape} since fastem opened it: the data must stay unchanged while it is read."
+            )
 
     def _storage_rows(self) -> int | None:
         chunks = getattr(self.obj, "chunks", None)

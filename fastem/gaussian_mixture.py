@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
@@ -24,8 +25,9 @@ def _is_out_of_core(X) -> bool:
     """Whether X is read chunk by chunk through fastem.data rather than validated whole, as
     scikit-learn does, as an in-memory array: files, memmaps, stores and streams, and any 2-D
     object with ``shape``, ``dtype`` and row slicing other than an ndarray, a DataFrame or a
-    sparse matrix."""
-    if isinstance(X, (DataSource, str, os.PathLike, np.memmap)) or callable(X):
+    sparse matrix. One-shot iterators go there too, to be refused with a message that says to
+    pass a callable instead."""
+    if isinstance(X, (DataSource, str, os.PathLike, np.memmap, Iterator)) or callable(X):
         return True
     package = type(X).__module__.split(".")[0]
     if package in ("h5py", "zarr"):
