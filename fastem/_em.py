@@ -19,6 +19,7 @@ from ._kernels._config import BLOCK_ROWS
 from ._kernels.gaussian import GIVEN, HARD, SOFT, gaussian_pass
 from ._params import GaussianParams
 from ._stats import GaussianStats
+from .data import first_nonfinite_row
 
 __all__ = ["threads", "accumulate", "predict_pass", "em_loop", "SOFT", "HARD", "GIVEN"]
 
@@ -56,11 +57,24 @@ def _wave_blocks(K, d, s2_size):
     return int(np.clip(_WAVE_BYTES // per_block, 16, 4096))
 
 
-def _raise_bad_row(start, bad):
-    raise ValueError(
-        f"Input X contains NaN or infinity in row {start + bad}. "
+def nonfinite_error(row) -> ValueError:
+    """The error for a row holding NaN or infinity, naming it (its index in the whole data)."""
+    return ValueError(
+        f"Input X contains NaN or infinity in row {row}. "
         "Remove or impute non-finite values before fitting."
     )
+
+
+def raise_first_nonfinite(source, chunk_size=None):
+    """Raise :func:`nonfinite_error` for the first bad row of ``source`` (known to have one)."""
+    row = first_nonfinite_row(source, chunk_size)
+    if row < 0:
+        raise AssertionError("no row holds NaN or infinity")  # pragma: no cover
+    raise nonfinite_error(row)
+
+
+def _raise_bad_row(start, bad):
+    raise nonfinite_error(start + bad)
 
 
 def _check_loglik(loglik):

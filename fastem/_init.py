@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.utils.random import sample_without_replacement
 
-from ._em import GIVEN, HARD, _raise_bad_row, accumulate
+from ._em import GIVEN, HARD, accumulate, nonfinite_error, raise_first_nonfinite
 from ._kmeans import _kmeans_plusplus, kmeans_centers
 from ._params import GaussianParams, precisions_cholesky_from_precisions
 from ._stats import GaussianStats
@@ -40,15 +40,6 @@ def _count_rows(source, chunk_size):
     return source.n_samples
 
 
-def _raise_first_bad_row(source, chunk_size):
-    """Raise the non-finite-row error naming the first such row of the whole source."""
-    for start, block in source.chunks(chunk_size):
-        finite = np.isfinite(block).all(axis=1)
-        if not finite.all():
-            _raise_bad_row(start, int(np.argmin(finite)))
-    raise AssertionError("no non-finite row found")  # pragma: no cover
-
-
 def _picked_rows_stats(covariance_type, rows, n_samples, source, chunk_size):
     """Statistics of responsibilities that are one-hot on K given rows and zero elsewhere.
 
@@ -60,7 +51,7 @@ def _picked_rows_stats(covariance_type, rows, n_samples, source, chunk_size):
     """
     K, d = rows.shape
     if not np.isfinite(rows).all():
-        _raise_first_bad_row(source, chunk_size)
+        raise_first_nonfinite(source, chunk_size)
     if covariance_type != "tied":
         stats = GaussianStats.zeros(covariance_type, rows)
     else:
@@ -70,7 +61,7 @@ def _picked_rows_stats(covariance_type, rows, n_samples, source, chunk_size):
             block = np.asarray(block, dtype=np.float64)
             finite = np.isfinite(block).all(axis=1)
             if not finite.all():
-                _raise_bad_row(start, int(np.argmin(finite)))
+                raise nonfinite_error(start + int(np.argmin(finite)))
             stats.s2 += block.T @ block
     stats.s0[:] = 1.0
     stats.n_samples = n_samples
@@ -113,7 +104,7 @@ def _stats_from_method(method, source, K, covariance_type, random_state, chunk_s
         sample = np.asarray(sample_rows(source, _PICKED_SAMPLE, random_state, chunk_size),
                             dtype=np.float64)
         if not np.isfinite(sample).all():
-            _raise_first_bad_row(source, chunk_size)
+            raise_first_nonfinite(source, chunk_size)
         rows = _kmeans_plusplus(sample, K, random_state)
     return _picked_rows_stats(covariance_type, rows, n, source, chunk_size)
 

@@ -3,8 +3,8 @@
 Initialization must never be the slow part of a fit, so this is not a full-data k-means run
 to convergence:
 
-1. draw a uniform random sample of rows (sorted random indices and ``source.take`` when the
-   number of rows is known, otherwise reservoir sampling in one pass over the chunks);
+1. draw a uniform random sample of rows (:func:`fastem.data.sample_rows`: random indices
+   when the number of rows is known, otherwise reservoir sampling in one pass);
 2. greedy k-means++ seeding on the sample;
 3. Lloyd iterations on the sample until the centers stop moving;
 4. a few (``n_full_passes``) chunked Lloyd passes over the full data, with the fused
@@ -17,16 +17,15 @@ for any number of threads and any chunk size that is a multiple of ``BLOCK_ROWS`
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import numpy as np
 from sklearn.utils import check_random_state
-from sklearn.utils.random import sample_without_replacement
 
 from ._kernels._config import BLOCK_ROWS
 from ._kernels.kmeans import kpp_min_distances, lloyd_chunk
-from .data import as_source, check_chunk_size
+from ._em import nonfinite_error, raise_first_nonfinite
+from .data import as_source, check_chunk_size, sample_rows
 
 __all__ = ["kmeans_centers", "nearest_centers"]
 
@@ -35,10 +34,6 @@ __all__ = ["kmeans_centers", "nearest_centers"]
 _WAVE_BYTES = 16 * 2**20
 _MIN_WAVE_BLOCKS = 4
 _MAX_WAVE_BLOCKS = 128
-
-
-def _nonfinite_error(row: int) -> ValueError:
-    return ValueError(f"Input X contains NaN or infinity in row {row}.")
 
 
 class _Lloyd:
@@ -128,79 +123,8 @@ def nearest_centers(X, centers, *, start: int = 0):
     sq_dist = np.empty(X.shape[0], dtype=np.float64)
     bad = lloyd.chunk(X, centers, acc, labels, sq_dist)
     if bad >= 0:
-        raise _nonfinite_error(start + bad)
+        raise nonfinite_error(start + bad)
     return labels, sq_dist, float(acc[2][0])
-
-
-# --------------------------------------------------------------------------- sampling
-
-def _uniform_open(rs) -> float:
-    """A uniform draw in the open interval (0, 1)."""
-    u = rs.random_sample()
-    return u if u > 0.0 else 0.5**53
-
-
-def _geometric_skip(rs, w: float) -> int:
-    """Rows to skip in Algorithm L before the next replacement (``floor(log u / log(1-w))``)."""
-    if w >= 1.0:
-        return 0
-    log1mw = math.log1p(-w)
-    if log1mw == 0.0:
-        return 2**62
-    q = math.log(_uniform_open(rs)) / log1mw
-    return math.floor(q) if q < 2.0**62 else 2**62
-
-
-def _reservoir_sample(source, size: int, rs, chunk_size):
-    """One pass of reservoir sampling (Li's Algorithm L) over ``source.chunks``.
-
-    Returns ``(rows (s, d) float64, indices (s,) int64 sorted, n_samples)`` with
-    ``s = min(size, n_samples)``.
-    """
-    d = source.n_features
-    rows = np.empty((size, d), dtype=np.float64)
-    indices = np.empty(size, dtype=np.int64)
-    filled = 0
-    w = 0.0
-    next_row = -1  # next row to put in the reservoir, once it is full
-    n = 0
-    for start, block in source.chunks(chunk_size):
-        m = block.shape[0]
-        stop = start + m
-        if filled < size:
-            t = min(size - filled, m)
-            rows[filled:filled + t] = block[:t]
-            indices[filled:filled + t] = np.arange(start, start + t)
-            filled += t
-            if filled == size:
-                w = math.exp(math.log(_uniform_open(rs)) / size)
-                next_row = start + t + _geometric_skip(rs, w)
-        if filled == size:
-            while next_row < stop:
-                slot = rs.randint(size)
-                rows[slot] = block[next_row - start]
-                indices[slot] = next_row
-                w *= math.exp(math.log(_uniform_open(rs)) / size)
-                next_row += 1 + _geometric_skip(rs, w)
-        n = stop
-    order = np.argsort(indices[:filled], kind="stable")
-    return rows[:filled][order], indices[:filled][order], n
-
-
-def _draw_sample(source, size: int, rs, chunk_size):
-    """Uniform sample of ``min(size, n)`` rows: ``(rows float64, sorted indices, n)``."""
-    n = source.n_samples
-    if n is None:
-        return _reservoir_sample(source, size, rs, chunk_size)
-    if size >= n:
-        indices = np.arange(n, dtype=np.int64)
-    else:
-        indices = np.sort(sample_without_replacement(n, size, random_state=rs)).astype(np.int64)
-    rows = np.ascontiguousarray(source.take(indices), dtype=np.float64)
-    if rows.shape != (indices.shape[0], source.n_features):
-        raise ValueError(f"source.take returned shape {rows.shape}, "
-                         f"expected {(indices.shape[0], source.n_features)}.")
-    return rows, indices, n
 
 
 # --------------------------------------------------------------------------- k-means
@@ -323,12 +247,13 @@ def kmeans_centers(source, n_clusters, *, random_state, chunk_size=None, sample_
         raise ValueError(f"n_samples={n} should be >= n_clusters={n_clusters}.")
 
     # 1. The sample, checked for non-finite rows before anything is computed from it.
-    sample, sample_rows, n = _draw_sample(source, sample_size, rs, chunk_size)
+    sample = np.ascontiguousarray(sample_rows(source, sample_size, rs, chunk_size),
+                                  dtype=np.float64)
+    n = source.n_samples  # known now, even for a stream
     if n < n_clusters:
         raise ValueError(f"n_samples={n} should be >= n_clusters={n_clusters}.")
-    finite = np.isfinite(sample).all(axis=1)
-    if not finite.all():
-        raise _nonfinite_error(int(sample_rows[np.argmin(finite)]))
+    if not np.isfinite(sample).all():
+        raise_first_nonfinite(source, chunk_size)
     s = sample.shape[0]
     tol_abs = tol * float(np.mean(np.var(sample, axis=0)))
 
@@ -357,7 +282,7 @@ def kmeans_centers(source, n_clusters, *, random_state, chunk_size=None, sample_
         for start, block in source.chunks(chunk_size):
             bad = lloyd.chunk(block, centers, acc)
             if bad >= 0:
-                raise _nonfinite_error(start + bad)
+                raise nonfinite_error(start + bad)
         new, empty = _new_centers(centers, acc)
         if empty.size:
             lloyd.chunk(sample, centers, lloyd.new_accumulators(), labels, sq_dist)

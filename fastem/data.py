@@ -65,6 +65,7 @@ __all__ = [
     "StreamSource",
     "as_source",
     "prefetched",
+    "first_nonfinite_row",
     "sample_rows",
     "allocate_output",
     "check_chunk_size",
@@ -1311,6 +1312,19 @@ def sample_rows(source, n: int, random_state, chunk_size: int | None = None) -> 
 
 
 # ---------------------------------------------------------------------------- outputs
+def first_nonfinite_row(source, chunk_size: int | None = None) -> int:
+    """Index of the first row holding NaN or infinity, or -1: one pass over the chunks.
+
+    The kernels check rows as they compute; this scan serves the places that find bad values
+    in a sample and must still name the first bad row of the whole data.
+    """
+    for start, block in as_source(source).chunks(chunk_size):
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            return start + int(np.argmin(finite))
+    return -1
+
+
 def allocate_output(out, shape, dtype) -> np.ndarray:
     """Check a user-given ``out=`` array, or allocate one.
 

@@ -10,15 +10,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from fastem._kernels._config import BLOCK_ROWS
 from fastem._kernels.kmeans import kpp_min_distances, lloyd_chunk
-from fastem._kmeans import (
-    _draw_sample,
-    _Lloyd,
-    _kmeans_plusplus,
-    _reservoir_sample,
-    kmeans_centers,
-    nearest_centers,
-)
-from fastem.data import DataSource, as_source
+from fastem._kmeans import _Lloyd, _kmeans_plusplus, kmeans_centers, nearest_centers
+from fastem.data import DataSource, as_source, sample_rows
 
 # Small shapes keep the tests fast; the k-means kernels are compiled for float64 and, in one
 # test, float32 only.
@@ -46,7 +39,7 @@ def fit(X, k=5, seed=0, **kwargs):
 
 
 class StreamSource(DataSource):
-    """Rows of an array delivered in fixed chunks, with ``n_samples`` unknown."""
+    """Rows of an array delivered in fixed chunks, ``n_samples`` unknown until a full pass."""
 
     def __init__(self, array, chunk):
         self.array = np.ascontiguousarray(array)
@@ -59,6 +52,7 @@ class StreamSource(DataSource):
         for start in range(0, self.array.shape[0], self.chunk):
             # A reused buffer, as a stream reader might hand out.
             yield start, self.array[start : start + self.chunk].copy()
+        self.n_samples = self.array.shape[0]
 
 
 # --------------------------------------------------------------------------- kernels
@@ -220,8 +214,7 @@ def test_nonfinite_row_in_full_pass_is_named():
     X, _ = make_blobs(n=5_000, seed=12)
     X[1234, 0] = np.nan
     # Precondition: this seed's sample misses row 1234, so the chunked pass must catch it.
-    _, sampled, _ = _draw_sample(as_source(X), 10, np.random.RandomState(0), None)
-    assert 1234 not in sampled
+    assert np.isfinite(sample_rows(as_source(X), 10, np.random.RandomState(0))).all()
     with pytest.raises(ValueError, match=r"row 1234\."):
         kmeans_centers(X, 3, random_state=np.random.RandomState(0), sample_size=10,
                        chunk_size=3 * BLOCK_ROWS)
@@ -252,23 +245,6 @@ def test_stream_source_with_unknown_length():
     centers = fit(source, 4, sample_size=700)
     assert match_centers(centers, true) < 0.05
     assert_array_equal(centers, fit(StreamSource(X, chunk=BLOCK_ROWS * 5), 4, sample_size=700))
-
-
-def test_reservoir_sample_is_uniform_and_sorted():
-    X = np.arange(200, dtype=np.float64)[:, None]
-    n_trials, size = 2_000, 20
-    rs = np.random.RandomState(0)
-    hits = np.zeros(len(X))
-    for _ in range(n_trials):
-        rows, idx, n = _reservoir_sample(StreamSource(X, chunk=37), size, rs, None)
-        assert n == len(X) and np.all(np.diff(idx) > 0)
-        assert_array_equal(rows[:, 0], idx)
-        hits[idx] += 1
-    expected = n_trials * size / len(X)
-    assert np.abs(hits - expected).max() < 5 * np.sqrt(expected)
-    # Fewer rows than the reservoir: all of them.
-    rows, idx, n = _reservoir_sample(StreamSource(X[:15], chunk=4), size, rs, None)
-    assert n == 15 and np.array_equal(idx, np.arange(15))
 
 
 def test_too_few_rows_and_bad_parameters():
