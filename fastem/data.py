@@ -497,9 +497,9 @@ class MemmapSource(ArraySource):
     are dropped from the process (``MADV_DONTNEED``; they stay in the page cache), so that the
     resident memory of a pass over a file bigger than the RAM stays flat; a smaller map stays
     mapped, and repeated passes over it cost no page faults. That is done only where it cannot
-    lose data: maps opened with mode 'r', 'r+' or 'w+' (whose written pages belong to the file)
-    and the copy-on-write maps that :class:`NpySource` makes and never writes to; a user's
-    mode 'c' map, which may hold private changes, is left alone.
+    lose data: maps opened with mode 'r', 'r+' or 'w+' (whose written pages belong to the file),
+    as :class:`NpySource` makes them; a user's mode 'c' map, which may hold private changes, is
+    left alone.
 
     Parameters
     ----------
@@ -629,7 +629,7 @@ def _read_npy_header(path):
 
 
 class NpySource(MemmapSource):
-    """A ``.npy`` file, memory-mapped copy-on-write (the file is never written).
+    """A ``.npy`` file, memory-mapped read-only.
 
     The header is validated first: object arrays are refused without unpickling anything, and a
     truncated or corrupt file raises ``ValueError``. The file's size, modification time and
@@ -648,10 +648,11 @@ class NpySource(MemmapSource):
         _working_dtype(dtype)
         _check_shape(shape, f"the array in {name!r}")
         guard = _FileGuard(self.path, header)
-        # Copy-on-write rather than read-only: nothing writes to it, and a writeable view lets the
-        # kernels reuse their in-memory specialization instead of compiling one for read-only data.
-        array = np.load(self.path, mmap_mode="c", allow_pickle=False)
-        super().__init__(array, _guard=guard, _release=True)
+        # Read-only, not copy-on-write: Linux refuses a private writeable map larger than the
+        # memory it could commit (ENOMEM for a file bigger than the RAM). The kernels compile a
+        # read-only specialization once, and it is cached like the others.
+        array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        super().__init__(array, _guard=guard)
 
 
 class RawFileSource(DataSource):
