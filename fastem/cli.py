@@ -4,17 +4,20 @@ Subcommands
 -----------
 demo
     Fit a mixture with a known truth and show how well fastem recovers it.
+bench
+    Compare fastem with the reference, scikit-learn and oneDAL on your own shape and machine
+    (table, JSON and a PNG of speed-ups and roofline fractions; see ``fastem._bench``).
 
-Each subcommand is one ``_add_<name>(subparsers)`` function that builds its parser and sets
-``func`` (called with the parsed namespace, returning an exit code); :func:`main` dispatches.
-A new subcommand (``bench`` is planned) is one more such function and one line in
-``_SUBCOMMANDS``.
+Each subcommand is one function that builds its parser and sets ``func`` (called with the
+parsed namespace, returning an exit code); :func:`main` dispatches.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from ._bench import add_bench_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -110,10 +113,7 @@ def _run_demo(args) -> int:
 
 
 # ---------------------------------------------------------------------- the parser
-_SUBCOMMANDS = (
-    _add_demo,
-    # _add_bench: planned (run the benchmarks of benchmarks/report.py from an installed package).
-)
+_SUBCOMMANDS = (_add_demo, add_bench_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
