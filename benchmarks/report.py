@@ -35,6 +35,8 @@ import numpy as np  # noqa: E402
 import _peers  # noqa: E402
 from _peers import shape_label  # noqa: E402
 
+from fastem._bench import cpu_model  # noqa: E402
+
 MIB = 2**20
 
 
@@ -69,20 +71,9 @@ def _version(dist):
         return "not installed"
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_header(threads):
     lines = [
-        f"- CPU: {_cpu_model()}, {os.cpu_count()} logical cores; {threads} threads per peer",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; {threads} threads per peer",
         f"- Python {platform.python_version()}, numpy {_version('numpy')}, "
         f"numba {_version('numba')}, scikit-learn {_version('scikit-learn')}, "
         f"scikit-learn-intelex (daal4py) {_version('scikit-learn-intelex')}, "
