@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal, assert_equal
 
+import fastem.data
 from fastem import GaussianMixture
 from fastem.data import NpySource, as_source
 
@@ -682,3 +683,20 @@ def test_unmapping_never_loses_changes_in_a_memmap(files, tmp_path, monkeypatch)
             assert_array_equal(mapped, changed)
         del mapped
         assert_array_equal(np.load(path), changed if mode == "r+" else X)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_npy_bigger_than_half_the_memory_is_read_not_mapped(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.normal(size=(900, 3)), rng.normal(5, 1, size=(700, 3))])
+    path = tmp_path / "big.npy"
+    np.save(path, X)
+    monkeypatch.setattr(fastem.data, "_read_above_bytes", lambda: 0)
+    source = fastem.data.as_source(path)
+    assert isinstance(source, fastem.data.RawFileSource)
+    assert np.array_equal(np.concatenate([b.copy() for _, b in source.chunks(512)]), X)
+    base = dict(n_components=2, random_state=0, tol=0, max_iter=5, chunk_size=512)
+    from_file = GaussianMixture(**base).fit(path)
+    in_memory = GaussianMixture(**base).fit(X)
+    for name in ("weights_", "means_", "covariances_", "lower_bounds_"):
+        assert np.array_equal(getattr(from_file, name), getattr(in_memory, name)), name
