@@ -20,7 +20,6 @@ from fastem._kernels._config import BLOCK_ROWS
 from fastem.data import (
     ArrayLikeSource,
     ArraySource,
-    DataSource,
     HDF5Source,
     MemmapSource,
     NpySource,
