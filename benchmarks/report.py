@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import _peers  # noqa: E402
 from _peers import shape_label  # noqa: E402
 
-from fastem._bench import cpu_model  # noqa: E402
+from fastem._bench import _fmt_seconds, cpu_model  # noqa: E402
 
 MIB = 2**20
 
@@ -114,16 +114,6 @@ def _agree(peer, result, expected):
             and np.abs(weights - expected[0]).max() <= tol)
 
 
-def _fmt_time(seconds):
-    if seconds is None:
-        return "—"
-    if seconds >= 10:
-        return f"{seconds:.1f}"
-    if seconds >= 0.1:
-        return f"{seconds:.3f}"
-    return f"{seconds:.4f}"
-
-
 def run_report(args):
     peers = args.peers
     if "fastem" not in peers:
@@ -194,7 +184,7 @@ def print_tables(args, peers, rows, notes, compile_times):
     print("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
     for shape, cov, times, rss in rows:
         n, d, k = shape
-        cells = [f"{n:,}×{d}×{k}", cov] + [_fmt_time(times.get(p)) for p in peers]
+        cells = [f"{n:,}×{d}×{k}", cov] + [_fmt_seconds(times.get(p)) for p in peers]
         base = times.get("fastem")
         for p in others:
             t = times.get(p)
