@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import _peers  # noqa: E402
 from _peers import shape_label  # noqa: E402
 
-from fastem._bench import _fmt_seconds, cpu_model  # noqa: E402
+from fastem._bench import SETTLE_SECONDS, _fmt_seconds, cpu_model  # noqa: E402
 
 MIB = 2**20
 
@@ -100,6 +100,7 @@ def time_peer(peer, X, start, n_iter, repeats, threads, budget):
     result = None
     while len(times) < repeats and (not times or sum(times) < budget):
         run = _peers.prepare(peer, X, start, n_iter=n_iter, threads=threads)
+        time.sleep(SETTLE_SECONDS)  # let the previous peer's thread pool go idle
         t0 = time.perf_counter()
         result = run()
         times.append(time.perf_counter() - t0)

@@ -371,6 +371,13 @@ class PeerTiming:
         return statistics.median(self.times) / self.n_iter
 
 
+# Pause before every timed run (untimed): OpenBLAS's and TBB's worker threads keep spinning
+# for a while after a call, and on 2 cores a spinning scikit-learn or oneDAL pool took a core
+# from the next peer (measured: fastem at (1M, 2, 8) full 0.035 s/iter right after
+# scikit-learn, 0.019 after a 0.3 s pause or alone).
+SETTLE_SECONDS = 0.3
+
+
 def time_peers(factories, *, n_iter, repeats, budget=float("inf"), log=None):
     """Time several peers, one run of each in turn, ``repeats`` rounds.
 
@@ -403,6 +410,7 @@ def time_peers(factories, *, n_iter, repeats, budget=float("inf"), log=None):
             if timing.error is not None or (timing.times and sum(timing.times) >= budget):
                 continue
             run = make_run()
+            time.sleep(SETTLE_SECONDS)
             t0 = time.perf_counter()
             try:
                 result = run()

@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from ._kernels._config import BLOCK_ROWS
 from ._kernels.gaussian import GIVEN, HARD, SOFT, gaussian_pass
+from ._kernels.gaussian_expanded import expanded_pass, n_features_expanded, padded
 from ._params import GaussianParams
 from ._stats import GaussianStats
 from .data import first_nonfinite_row
@@ -52,8 +53,9 @@ def threads(n_jobs):
         numba.set_num_threads(previous)
 
 
-def _wave_blocks(K, d, s2_size):
-    per_block = 8 * (K + K * d + s2_size)
+def _wave_blocks(slot_size):
+    """Blocks per wave for partial statistics of ``slot_size`` float64 per block."""
+    per_block = 8 * slot_size
     return int(np.clip(_WAVE_BYTES // per_block, 16, 4096))
 
 
@@ -77,6 +79,15 @@ def _raise_bad_row(start, bad):
     raise nonfinite_error(start + bad)
 
 
+def _check_width(block, params):
+    """The kernels trust the parameters' shapes: refuse a chunk they do not fit."""
+    if block.ndim != 2 or block.shape[1] != params.means.shape[1]:
+        raise ValueError(
+            f"A chunk of shape {block.shape} does not match a model of "
+            f"{params.means.shape[1]} features."
+        )
+
+
 def _check_loglik(loglik):
     if not np.isfinite(loglik):
         raise ValueError(
@@ -92,15 +103,19 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     ``mode`` HARD assigns each row wholly to its most likely component; GIVEN takes the
     responsibilities of each chunk from ``resp_for_chunk(start, m)``.
     """
+    expanded = params.expanded_layout() if mode == SOFT else None
+    if expanded is not None:
+        return _accumulate_expanded(source, params, *expanded, chunk_size=chunk_size)
     kind, shift, centre, prec, aux, const = params.kernel_layout()
     stats = GaussianStats.zeros(params.covariance_type, shift)
     K, d = shift.shape
     s2 = stats.s2.reshape(prec.shape[0], prec.shape[1], prec.shape[2])
-    waves = _wave_blocks(K, d, s2.size)
+    waves = _wave_blocks(K + K * d + s2.size)
     no_resp = np.empty((0, K))
     loglik = np.zeros(1)
     n = 0
     for start, block in source.chunks(chunk_size, prefetch=True):
+        _check_width(block, params)
         m = block.shape[0]
         resp_in = no_resp
         if mode == GIVEN:
@@ -119,6 +134,33 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     return stats
 
 
+def _accumulate_expanded(source, params, centre, eta, *, chunk_size=None) -> GaussianStats:
+    """:func:`accumulate` by the expanded kernel: statistics around the one centre c."""
+    K, d = params.means.shape
+    n_feat = n_features_expanded(d)
+    totals = np.zeros((padded(K), eta.shape[1]))
+    waves = _wave_blocks(totals.size)
+    loglik = np.zeros(1)
+    no_resp = np.empty((0, K))
+    n = 0
+    for start, block in source.chunks(chunk_size, prefetch=True):
+        _check_width(block, params)
+        bad = expanded_pass(block, centre, eta, True, BLOCK_ROWS, waves, loglik, totals,
+                            _EMPTY_1D, no_resp, _EMPTY_LABELS)
+        if bad >= 0:
+            _raise_bad_row(start, bad)
+        n += block.shape[0]
+    _check_loglik(loglik[0])
+    upper = totals[:K, 1 + d : n_feat]
+    s2 = np.empty((K, d, d))
+    a, b = np.triu_indices(d)
+    s2[:, a, b] = upper
+    s2[:, b, a] = upper
+    shift = np.repeat(centre[None], K, axis=0)
+    return GaussianStats("full", shift, n, float(loglik[0]), totals[:K, 0].copy(),
+                         totals[:K, 1 : 1 + d].copy(), s2)
+
+
 def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=None,
                  resp=None, labels=None) -> tuple[float, int]:
     """One pass filling whichever per-row outputs are given; returns (loglik sum, n rows).
@@ -126,6 +168,7 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
     Outputs are arrays of n_samples rows (float64 log-likelihoods and responsibilities, int64
     labels), possibly memory-mapped; each chunk's rows are written as soon as computed.
     """
+    expanded = params.expanded_layout()
     kind, shift, centre, prec, aux, const = params.kernel_layout()
     K = shift.shape[0]
     no_resp = np.empty((0, K))
@@ -133,16 +176,21 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
     loglik = np.zeros(1)
     n = 0
     for start, block in source.chunks(chunk_size, prefetch=True):
+        _check_width(block, params)
         m = block.shape[0]
         views = [
             _EMPTY_1D if row_loglik is None else row_loglik[start : start + m],
             no_resp if resp is None else resp[start : start + m],
             _EMPTY_LABELS if labels is None else labels[start : start + m],
         ]
-        bad = gaussian_pass(
-            kind, SOFT, block, shift, centre, prec, aux, const, no_resp, False, BLOCK_ROWS, 1024,
-            loglik, np.empty(0), np.empty((0, 0)), s2, views[0], views[1], views[2],
-        )
+        if expanded is not None:
+            bad = expanded_pass(block, *expanded, False, BLOCK_ROWS, 1024, loglik,
+                                np.empty((0, 0)), *views)
+        else:
+            bad = gaussian_pass(
+                kind, SOFT, block, shift, centre, prec, aux, const, no_resp, False, BLOCK_ROWS,
+                1024, loglik, np.empty(0), np.empty((0, 0)), s2, *views,
+            )
         if bad >= 0:
             _raise_bad_row(start, bad)
         n += m

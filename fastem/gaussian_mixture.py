@@ -16,6 +16,7 @@ from . import _validation
 from ._em import _Progress, em_loop, predict_pass, threads
 from ._init import initial_params
 from ._params import GaussianParams, precisions_from_cholesky
+from ._stats import s2_shape
 from .data import ArraySource, DataSource, allocate_output, as_source, check_chunk_size
 
 __all__ = ["GaussianMixture"]
@@ -190,6 +191,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             raise
         return self
 
+    def _check_warm_start(self, K, d):
+        """The fitted model a warm start continues from must match the settings and X."""
+        expected = s2_shape(self.covariance_type, K, d)
+        if self.means_.shape != (K, d) or self.covariances_.shape != expected:
+            raise ValueError(
+                f"warm_start=True continues from the fitted model, whose means have shape "
+                f"{self.means_.shape} and covariances shape {self.covariances_.shape}; with "
+                f"n_components={K}, covariance_type={self.covariance_type!r} and X of {d} "
+                f"features they would have shapes {(K, d)} and {expected}. Set "
+                "warm_start=False to fit from a new initialization."
+            )
+
     def _fit(self, X):
         _validation.check_settings(self)
         chunk_size = check_chunk_size(self.chunk_size)
@@ -205,6 +218,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             else _validation.check_precisions(self.precisions_init, self.covariance_type, K, d),
         )
         do_init = not (self.warm_start and hasattr(self, "converged_"))
+        if not do_init:
+            self._check_warm_start(K, d)
         n_init = self.n_init if do_init else 1
         random_state = check_random_state(self.random_state)
         progress = _Progress(self.verbose, self.verbose_interval)

@@ -301,6 +301,21 @@ def assert_same_attributes(gm, before):
         assert_array_equal(after[name], value, err_msg=name, strict=True)
 
 
+@pytest.mark.parametrize("change", ["features", "n_components", "covariance_type"])
+def test_warm_start_from_a_model_of_another_shape_says_what_to_do(X, change):
+    gm = GaussianMixture(2, random_state=0, warm_start=True).fit(X)
+    before = fitted_attributes(gm)
+    data = np.c_[X, X[:, :1]] if change == "features" else X
+    if change == "n_components":
+        gm.set_params(n_components=3)
+    elif change == "covariance_type":
+        gm.set_params(covariance_type="diag")
+    with pytest.raises(ValueError, match="warm_start=True continues from the fitted model"):
+        gm.fit(data)
+    assert_same_attributes(gm, before)
+    gm.set_params(warm_start=False).fit(data)  # what the message says to do
+
+
 @pytest.mark.parametrize("warm_start", [False, True])
 def test_failed_fit_leaves_the_model_unchanged(X, warm_start):
     gm = GaussianMixture(2, random_state=0, warm_start=warm_start).fit(X)

@@ -21,6 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+import fastem._params
 from fastem import GaussianMixture, reference
 from fastem._em import GIVEN, accumulate
 from fastem._kernels._config import BLOCK_ROWS
@@ -139,17 +140,54 @@ def separated(blobs):
 # --------------------------------------------------------------------------- 1. reference
 
 
+@pytest.fixture(params=["expanded", "per-component"])
+def full_kernel(request, monkeypatch):
+    """'full' mixtures run by the expanded kernel wherever its accuracy allows, or never."""
+    monkeypatch.setattr(fastem._params, "EXPANDED_FEATURES",
+                        range(1, 1000) if request.param == "expanded" else range(0))
+    return request.param
+
+
 @ignore_convergence
 @pytest.mark.parametrize("n_features", [3, 9], ids=["few-features", "blas-path"])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_each_iteration_matches_reference(blobs, covariance_type, n_features):
     """After n = 1..5 iterations the parameters and bounds are the textbook oracle's."""
     X = blobs(500, 3, n_features, spread=1.5, scale=3.0, seed=2)[0]
-    weights, means, prec_chol, precisions = random_start(X, covariance_type, 3, seed=3)
+    assert_iterations_match_reference(X, covariance_type)
+
+
+@ignore_convergence
+@pytest.mark.parametrize("n_features", [2, 9, 48])
+def test_both_full_kernels_match_reference(blobs, full_kernel, n_features):
+    X = blobs(500, 3, n_features, spread=1.5, scale=3.0, seed=2)[0]
+    start = random_start(X, "full", 3, seed=3)
+    layout = GaussianParams("full", *start[:3]).expanded_layout()
+    assert (layout is not None) == (full_kernel == "expanded")
+    assert_iterations_match_reference(X, "full")
+
+
+@ignore_convergence
+def test_components_far_from_the_centre_keep_full_accuracy(full_kernel):
+    """Tight components 1e5 standard deviations apart: the expanded quadratic form would lose
+    ~eps * 1e10 to cancellation, so even where it may run, the per-component kernel does."""
+    rng = np.random.default_rng(4)
+    X = np.r_[rng.normal(size=(300, 3)), rng.normal(size=(300, 3)) + 1e5]
+    start = random_start(X, "full", 2, seed=5)
+    start[1][:] = [X[:300].mean(axis=0) + 0.5, X[300:].mean(axis=0) - 0.5]
+    assert GaussianParams("full", *start[:3]).expanded_layout() is None
+    assert_iterations_match_reference(X, "full", start)
+
+
+def assert_iterations_match_reference(X, covariance_type, start=None):
+    if start is None:
+        start = random_start(X, covariance_type, 3, seed=3)
+    weights, means, prec_chol, precisions = start
+    n_components = len(weights)
     history = reference.em(X, weights, means, prec_chol, covariance_type, reg_covar=1e-6,
                            n_iter=5)
     for n in range(1, 6):
-        gm = GaussianMixture(3, covariance_type=covariance_type, max_iter=n, tol=0,
+        gm = GaussianMixture(n_components, covariance_type=covariance_type, max_iter=n, tol=0,
                              **explicit_init(weights, means, precisions)).fit(X)
         expected = history[n - 1]
         for key in ("weights", "means", "covariances", "precisions_cholesky"):

@@ -7,10 +7,14 @@ One kernel, :func:`gaussian_pass`, serves every covariance type and every use:
   accumulated into the caller's float64 arrays;
 * ``predict`` / ``predict_proba`` / ``score_samples``: per-row outputs, statistics off.
 
-Rows are processed in fixed-size blocks of ``block_rows`` (``_config.BLOCK_ROWS``). Each block writes its partial
-statistics to its own slot; slots are merged serially in block order. Which thread computed a
-block therefore never changes a bit of the result. No array of shape (n_samples, n_components)
-is allocated: responsibilities live in a (n_components, BLOCK_ROWS) scratch array per block.
+For 'full' covariances of moderate dimension, ``gaussian_expanded.expanded_pass`` is faster
+and is used instead wherever its accuracy allows (``fastem._params.EXPANDED_FEATURES``); this
+kernel is then the fallback, and serves the initialization's hard and given responsibilities.
+
+Rows are processed in fixed-size blocks of ``block_rows`` (``_config.BLOCK_ROWS``). Each block
+writes its partial statistics to its own slot; slots are merged serially in block order.
+Which thread computed a block therefore never changes a bit of the result. No array of shape
+(n_samples, n_components) is allocated: responsibilities live in a (n_components, BLOCK_ROWS) scratch array per block.
 
 Statistics are kept around a shift (the current means, or for 'tied' one common centre), which
 keeps second moments accurate for data far from the origin.
@@ -55,13 +59,41 @@ _jit = dict(cache=CACHE, fastmath=FASTMATH, nogil=True)
 
 @njit(**_jit)
 def _load_columns(X, r0, r1, XT):
-    """Copy rows r0:r1 of X into float64 XT (d, nb), transposed; first non-finite row or -1."""
+    """Copy rows r0:r1 of X into float64 XT (d, nb), transposed.
+
+    From 8 features on, in 8 x 8 tiles: a row-by-row copy writes d rows of XT 2 KiB apart
+    per row read, which at d = 64 cost more than the whole diagonal E-step.
+    """
+    d = X.shape[1]
+    nb = r1 - r0
+    if d < 8:
+        for i in range(nb):
+            for j in range(d):
+                XT[j, i] = X[r0 + i, j]
+        return
+    for i0 in range(0, nb, 8):
+        i1 = min(nb, i0 + 8)
+        for j0 in range(0, d, 8):
+            j1 = min(d, j0 + 8)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    XT[j, i] = X[r0 + i, j]
+
+
+@njit(**_jit)
+def _first_nonfinite(X, r0, r1, ll):
+    """First row of r0:r1 holding NaN or infinity, or -1.
+
+    A non-finite value always makes its row's log-likelihood non-finite, so when `ll` (the
+    rows' log-likelihoods) is given only those rows are looked at: the check costs nothing on
+    clean data. An empty `ll` means: look at every row.
+    """
     for i in range(r1 - r0):
+        if ll.shape[0] > 0 and np.isfinite(ll[i]):
+            continue
         for j in range(X.shape[1]):
-            v = X[r0 + i, j]
-            if not np.isfinite(v):
+            if not np.isfinite(X[r0 + i, j]):
                 return r0 + i
-            XT[j, i] = v
     return -1
 
 
@@ -168,6 +200,20 @@ def _normalize(logp, R, best):
 
 
 @njit(**_jit)
+def _write_rows(r0, ll, R, best, row_loglik, resp_out, labels):
+    """The per-row outputs that were asked for (non-empty), for the rows from r0 on."""
+    nb = ll.shape[0]
+    if row_loglik.shape[0] > 0:
+        row_loglik[r0 : r0 + nb] = ll
+    if labels.shape[0] > 0:
+        labels[r0 : r0 + nb] = best
+    if resp_out.shape[0] > 0:
+        for i in range(nb):
+            for k in range(resp_out.shape[1]):
+                resp_out[r0 + i, k] = R[k, i]
+
+
+@njit(**_jit)
 def _upper_products(WT, DT, d, out):
     """out[a, b] = sum_i WT[a, i] * DT[b, i] for b >= a (and some b < a), a, b < d.
 
@@ -220,18 +266,23 @@ def _stats(kind, XT, R, shift, p0, p1, p2):
         for i in range(nb):
             acc += R[k, i]
         p0[k] = acc
-        if kind == FULL or (kind == TIED and k == 0):  # 'tied' shares its centred rows
+        if kind == TIED and k == 0:  # 'tied' shares its centred rows
             _centre(XT, shift[k], DT)
         sq = 0.0
         for j in range(d):
             a1 = 0.0
             a2 = 0.0
-            if kind == FULL or kind == TIED:
+            if kind == FULL:  # centre and weight in one sweep
+                mu = shift[k, j]
                 for i in range(nb):
-                    rt = R[k, i] * DT[j, i]
+                    t = XT[j, i] - mu
+                    DT[j, i] = t
+                    rt = R[k, i] * t
+                    WT[j, i] = rt
                     a1 += rt
-                    if kind == FULL:
-                        WT[j, i] = rt
+            elif kind == TIED:
+                for i in range(nb):
+                    a1 += R[k, i] * DT[j, i]
             else:
                 mu = shift[k, j]
                 for i in range(nb):
@@ -267,12 +318,13 @@ def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, comp
     d = X.shape[1]
     K = shift.shape[0]
     XT = np.empty((d, nb))
-    bad = _load_columns(X, r0, r1, XT)
-    if bad >= 0:
-        return 0.0, bad
+    _load_columns(X, r0, r1, XT)
     R = np.empty((K, nb))
     total = 0.0
     if mode == GIVEN:
+        bad = _first_nonfinite(X, r0, r1, np.empty(0))
+        if bad >= 0:
+            return 0.0, bad
         for i in range(nb):
             for k in range(K):
                 R[k, i] = resp_in[r0 + i, k]
@@ -283,18 +335,15 @@ def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, comp
         ll = _normalize(logp, R, best)
         for i in range(nb):
             total += ll[i]
-        if row_loglik.shape[0] > 0:
-            row_loglik[r0:r1] = ll
-        if labels.shape[0] > 0:
-            labels[r0:r1] = best
+        if not np.isfinite(total):
+            bad = _first_nonfinite(X, r0, r1, ll)
+            if bad >= 0:
+                return 0.0, bad
         if mode == HARD:
             R[:] = 0.0
             for i in range(nb):
                 R[best[i], i] = 1.0
-        if resp_out.shape[0] > 0:
-            for i in range(nb):
-                for k in range(K):
-                    resp_out[r0 + i, k] = R[k, i]
+        _write_rows(r0, ll, R, best, row_loglik, resp_out, labels)
     if compute_stats:
         _stats(kind, XT, R, shift, p0, p1, p2)
     return total, -1

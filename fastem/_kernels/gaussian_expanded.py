@@ -1,0 +1,193 @@
+"""The full-covariance E-step and statistics as two matrix products per block.
+
+With y = x - c (c a common centre near the data), ``log w_k + log N(x | mu_k, Sigma_k)`` is
+linear in the quadratic features of y:
+
+    phi(y) = (1, y_1 .. y_d, y_a y_b for a <= b)            F = 1 + d + d (d + 1) / 2 entries
+    log w_k + log N(x | mu_k, Sigma_k) = eta_k . phi(y)
+
+where eta_k holds the component's natural parameters (built by
+``fastem._params.GaussianParams.expanded_layout``). A block's log-densities are then one
+product ``eta (K, F) @ Phi (F, nb)``, and its statistics one more, ``R (K, nb) @ Phi^T``:
+the responsibility sums, the first moments and the upper triangle of the second moments, all
+around c. Each costs 2 K F flops per row, half of the per-component form in ``gaussian.py``
+((x - mu_k) P_k for every k, then a scatter per component), and nothing is swept once per
+component.
+
+The price is cancellation: the expanded quadratic form loses about eps * |mu_k - c|^2 (in the
+metric of the component's precision) where the per-component form loses eps * |mu_k - c|.
+``expanded_layout`` offers this form only where that error is negligible; elsewhere, and where
+BLAS does better on the per-component form, ``gaussian.gaussian_pass`` runs. Blocks, their
+fixed-order merge and the per-row outputs are as in ``gaussian.py``.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._config import CACHE, FASTMATH
+from .gaussian import _first_nonfinite, _load_columns, _normalize, _write_rows
+
+_jit = dict(cache=CACHE, fastmath=FASTMATH, nogil=True)
+
+
+def n_features_expanded(d):
+    """F, the number of quadratic features of d-dimensional rows."""
+    return 1 + d + d * (d + 1) // 2
+
+
+def padded(n):
+    """n rounded up to a multiple of 4, the side of the register tiles below."""
+    return (n + 3) // 4 * 4
+
+
+@njit(**_jit)
+def _features(XT, centre, Phi):
+    """Phi[:F] = phi(x - c) for the columns x of XT (d, nb); rows of Phi past F stay zero."""
+    d, nb = XT.shape
+    for i in range(nb):
+        Phi[0, i] = 1.0
+    for j in range(d):
+        c = centre[j]
+        for i in range(nb):
+            Phi[1 + j, i] = XT[j, i] - c
+    row = 1 + d
+    for a in range(d):
+        for b in range(a, d):
+            for i in range(nb):
+                Phi[row, i] = Phi[1 + a, i] * Phi[1 + b, i]
+            row += 1
+
+
+@njit(**_jit)
+def _add_products(A, B, nb, out):
+    """out[a, b] += sum_{i < nb} A[a, i] * B[b, i], in 4 x 4 register tiles.
+
+    Sixteen running sums per step of i, each load feeding four multiply-adds; BLAS on these
+    shapes (K rows against F) spends as much time packing Phi as multiplying. A and B have a
+    multiple of 4 rows.
+    """
+    for a0 in range(0, A.shape[0], 4):
+        for b0 in range(0, B.shape[0], 4):
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = 0.0
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = 0.0
+            for i in range(nb):
+                w0, w1, w2, w3 = A[a0, i], A[a0 + 1, i], A[a0 + 2, i], A[a0 + 3, i]
+                x0, x1, x2, x3 = B[b0, i], B[b0 + 1, i], B[b0 + 2, i], B[b0 + 3, i]
+                s00 += w0 * x0
+                s01 += w0 * x1
+                s02 += w0 * x2
+                s03 += w0 * x3
+                s10 += w1 * x0
+                s11 += w1 * x1
+                s12 += w1 * x2
+                s13 += w1 * x3
+                s20 += w2 * x0
+                s21 += w2 * x1
+                s22 += w2 * x2
+                s23 += w2 * x3
+                s30 += w3 * x0
+                s31 += w3 * x1
+                s32 += w3 * x2
+                s33 += w3 * x3
+            tile = ((s00, s01, s02, s03), (s10, s11, s12, s13),
+                    (s20, s21, s22, s23), (s30, s31, s32, s33))
+            for u in range(4):
+                for v in range(4):
+                    out[a0 + u, b0 + v] += tile[u][v]
+
+
+@njit(**_jit)
+def _block(X, r0, r1, centre, eta, compute_stats, slot, row_loglik, resp_out, labels):
+    """Process rows r0:r1 into `slot` (zeroed here) and the per-row outputs.
+
+    Returns (sum of the rows' log-likelihoods, first non-finite row or -1).
+    """
+    nb = r1 - r0
+    d = X.shape[1]
+    K, Fp = eta.shape
+    XT = np.empty((d, nb))
+    _load_columns(X, r0, r1, XT)
+    Phi = np.zeros((Fp, nb))
+    _features(XT, centre, Phi)
+    logp = np.empty((K, nb))
+    np.dot(eta, Phi, logp)
+    R = np.zeros(((K + 3) // 4 * 4, nb))  # rows past K stay zero for the 4 x 4 tiles
+    best = np.empty(nb, dtype=np.int64)
+    ll = _normalize(logp, R, best)
+    total = 0.0
+    for i in range(nb):
+        total += ll[i]
+    if not np.isfinite(total):
+        bad = _first_nonfinite(X, r0, r1, ll)
+        if bad >= 0:
+            return 0.0, bad
+    _write_rows(r0, ll, R, best, row_loglik, resp_out, labels)
+    if compute_stats:
+        slot[:] = 0.0
+        _add_products(R, Phi, nb, slot)
+    return total, -1
+
+
+@njit(cache=CACHE, nogil=True)  # no fast-math: the additions happen exactly in this order
+def _merge(nw, part_ll, part_bad, slots, compute_stats, loglik, stats):
+    """Add the slots of one wave into the running totals, in block order."""
+    for w in range(nw):
+        if part_bad[w] >= 0:
+            return part_bad[w]
+        loglik[0] += part_ll[w]
+        if compute_stats:
+            stats += slots[w]
+    return -1
+
+
+@njit(parallel=True, **_jit)
+def expanded_pass(X, centre, eta, compute_stats, block_rows, wave_blocks, loglik, stats,
+                  row_loglik, resp_out, labels):
+    """One pass over a chunk of rows, soft responsibilities.
+
+    Parameters
+    ----------
+    X : (n, d) float32 or float64, C-contiguous
+        In: the rows.
+    centre : (d,) float64
+        In: c, the point the features are taken around.
+    eta : (K, padded(F)) float64
+        In: natural parameters, one row per component in the order of :func:`_features`;
+        columns past F zero.
+    compute_stats : bool
+        Whether to accumulate statistics.
+    block_rows, wave_blocks : int
+        As for ``gaussian.gaussian_pass``.
+    loglik : (1,) float64
+        In/out: running sum of the rows' log-likelihoods, carried across chunks.
+    stats : (padded(K), padded(F)) float64
+        In/out: sum over rows of r_k phi(x - c); rows past K and columns past F stay zero.
+    row_loglik, resp_out, labels
+        Out: as for ``gaussian.gaussian_pass`` (empty when not wanted).
+
+    Returns
+    -------
+    first_bad_row : int
+        Index in X of the first row holding NaN or infinity, or -1.
+    """
+    n = X.shape[0]
+    n_blocks = (n + block_rows - 1) // block_rows
+    W = min(wave_blocks, n_blocks)
+    if compute_stats:
+        slots = np.empty((W, stats.shape[0], stats.shape[1]))
+    else:
+        slots = np.empty((W, 0, 0))
+    part_ll = np.empty(W)
+    part_bad = np.empty(W, dtype=np.int64)
+    for w0 in range(0, n_blocks, W):
+        nw = min(W, n_blocks - w0)
+        for w in prange(nw):
+            r0 = (w0 + w) * block_rows
+            r1 = min(n, r0 + block_rows)
+            part_ll[w], part_bad[w] = _block(
+                X, r0, r1, centre, eta, compute_stats, slots[w], row_loglik, resp_out, labels,
+            )
+        bad = _merge(nw, part_ll, part_bad, slots, compute_stats, loglik, stats)
+        if bad >= 0:
+            return bad
+    return -1
