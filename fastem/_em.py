@@ -145,8 +145,8 @@ def _accumulate_expanded(source, params, centre, eta, *, chunk_size=None) -> Gau
     n = 0
     for start, block in source.chunks(chunk_size, prefetch=True):
         _check_width(block, params)
-        bad = expanded_pass(block, centre, eta, True, BLOCK_ROWS, waves, loglik, totals,
-                            _EMPTY_1D, no_resp, _EMPTY_LABELS)
+        bad = expanded_pass(block, centre, eta, True, BLOCK_ROWS, waves, numba.get_num_threads(),
+                            loglik, totals, _EMPTY_1D, no_resp, _EMPTY_LABELS)
         if bad >= 0:
             _raise_bad_row(start, bad)
         n += block.shape[0]
@@ -184,8 +184,8 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
             _EMPTY_LABELS if labels is None else labels[start : start + m],
         ]
         if expanded is not None:
-            bad = expanded_pass(block, *expanded, False, BLOCK_ROWS, 1024, loglik,
-                                np.empty((0, 0)), *views)
+            bad = expanded_pass(block, *expanded, False, BLOCK_ROWS, 1024,
+                                numba.get_num_threads(), loglik, np.empty((0, 0)), *views)
         else:
             bad = gaussian_pass(
                 kind, SOFT, block, shift, centre, prec, aux, const, no_resp, False, BLOCK_ROWS,

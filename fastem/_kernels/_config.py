@@ -14,3 +14,9 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # order, so results are bit-identical for any number of threads, and for any chunk size that is
 # a multiple of BLOCK_ROWS.
 BLOCK_ROWS = 256
+
+# The options of every kernel. error_model="numpy": a float division by zero gives inf or NaN
+# instead of raising ZeroDivisionError, whose check in every division stopped LLVM from
+# vectorizing any loop that divides (the log-sum-exp's 1/s among them). Inputs are validated
+# in Python, so no kernel divides by zero on purpose.
+JIT = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy")

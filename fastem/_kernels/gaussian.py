@@ -14,7 +14,8 @@ kernel is then the fallback, and serves the initialization's hard and given resp
 Rows are processed in fixed-size blocks of ``block_rows`` (``_config.BLOCK_ROWS``). Each block
 writes its partial statistics to its own slot; slots are merged serially in block order.
 Which thread computed a block therefore never changes a bit of the result. No array of shape
-(n_samples, n_components) is allocated: responsibilities live in a (n_components, BLOCK_ROWS) scratch array per block.
+(n_samples, n_components) is allocated: responsibilities live in a (n_components, BLOCK_ROWS)
+scratch array per block.
 
 Statistics are kept around a shift (the current means, or for 'tied' one common centre), which
 keeps second moments accurate for data far from the origin.
@@ -40,8 +41,8 @@ SPHERICAL  (K, 1, 1) p_k       unused                   (K, 1, 1)         (K, d)
 import numpy as np
 from numba import njit, prange
 
-from ._config import CACHE, FASTMATH
-from ._math import exp_nonpositive
+from ._config import CACHE, JIT
+from ._math import exp_nonpositive, log_at_least_one
 
 FULL, TIED, DIAG, SPHERICAL = 0, 1, 2, 3
 SOFT, HARD, GIVEN = 0, 1, 2  # responsibilities: posterior, one-hot argmax, supplied by caller
@@ -50,7 +51,7 @@ SOFT, HARD, GIVEN = 0, 1, 2  # responsibilities: posterior, one-hot argmax, supp
 # BLAS call; from it on, the per-block work of 'full' and 'tied' is shaped as matrix products.
 SMALL_D = 8
 
-_jit = dict(cache=CACHE, fastmath=FASTMATH, nogil=True)
+_jit = JIT
 
 # Inside a block the rows are held transposed, XT (d, nb), and `logp` and `R` are (K, nb), so
 # that every loop over the rows of a block is innermost, contiguous and vectorizable, and the
@@ -172,31 +173,33 @@ def _sum_squares(Z, row0, d, off, scale, acc):
 
 
 @njit(**_jit)
-def _normalize(logp, R, best):
-    """Responsibilities R (K, nb) from logp by a stable log-sum-exp; returns the rows'
-    log-likelihoods, and the most likely component of each row in `best`."""
+def _normalize(logp, R, best, ll, work):
+    """Responsibilities R (K, nb) from logp by a stable log-sum-exp; the rows'
+    log-likelihoods into `ll` and their most likely component into `best`. `work` is (2, nb)
+    scratch."""
     K, nb = logp.shape
-    m = logp[0].copy()
+    m = work[0]
+    s = work[1]
     best[:] = 0
+    for i in range(nb):
+        m[i] = logp[0, i]
     for k in range(1, K):
         for i in range(nb):
             if logp[k, i] > m[i]:
                 m[i] = logp[k, i]
                 best[i] = k
-    s = np.zeros(nb)
+    s[:] = 0.0
     for k in range(K):
         for i in range(nb):
             e = exp_nonpositive(logp[k, i] - m[i])
             R[k, i] = e
             s[i] += e
-    inv = 1.0 / s
+    for i in range(nb):
+        ll[i] = m[i] + log_at_least_one(s[i])
+        s[i] = 1.0 / s[i]
     for k in range(K):
         for i in range(nb):
-            R[k, i] *= inv[i]
-    ll = np.empty(nb)
-    for i in range(nb):
-        ll[i] = m[i] + np.log(s[i])
-    return ll
+            R[k, i] *= s[i]
 
 
 @njit(**_jit)
@@ -332,7 +335,8 @@ def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, comp
         logp = np.empty((K, nb))
         _logp(kind, XT, shift, centre, prec, aux, const, logp)
         best = np.empty(nb, dtype=np.int64)
-        ll = _normalize(logp, R, best)
+        ll = np.empty(nb)
+        _normalize(logp, R, best, ll, np.empty((2, nb)))
         for i in range(nb):
             total += ll[i]
         if not np.isfinite(total):
