@@ -24,8 +24,8 @@ The last line printed is a JSON summary. The issue's target, for a file bigger t
 within 1.3x of the sequential read. For a file that fits in memory, whichever pass comes first
 pays for the disk: ``--warm`` reads the file once, untimed, before the timed read, so that
 both are page-cached; ``--cold`` instead evicts the file from the page cache before the read
-and before every pass of the fit, to measure at a small size what a file bigger than the
-RAM costs.
+and before every pass of the fit, and reads it as fastem reads a file over half the RAM
+(``readinto``, not a map), to measure at a small size what a file bigger than the RAM costs.
 """
 
 from __future__ import annotations
@@ -126,15 +126,20 @@ def evict(path) -> None:
 
 
 def cold_source(path):
-    """The .npy file as a source that evicts it from the page cache before every pass."""
-    from fastem.data import NpySource
+    """The .npy file read as fastem reads one bigger than half the RAM (``readinto`` on the
+    prefetch thread, not a memory map), evicted from the page cache before every pass."""
+    from fastem.data import RawFileSource, _read_npy_header
 
-    class ColdNpySource(NpySource):
+    shape, fortran_order, dtype, header = _read_npy_header(path)
+    if fortran_order or len(shape) != 2:
+        raise SystemExit(f"{path}: --cold needs a C-ordered 2-d .npy file")
+
+    class ColdRawFileSource(RawFileSource):
         def _begin_pass(self):
             super()._begin_pass()
             evict(self.path)
 
-    return ColdNpySource(path)
+    return ColdRawFileSource(path, dtype, shape, offset=len(header))
 
 
 class _Tee(io.TextIOBase):
