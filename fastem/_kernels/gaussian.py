@@ -354,7 +354,9 @@ def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, comp
     return total, -1
 
 
-@njit(cache=CACHE, nogil=True)  # no fast-math: the additions happen exactly in this order
+# fastmath=False explicitly: Numba otherwise inherits the calling kernel's fast-math flags, and
+# the additions must happen exactly in this order.
+@njit(cache=CACHE, nogil=True, fastmath=False)
 def _merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2):
     """Add the slots of one wave into the running totals, in block order."""
     for w in range(nw):

@@ -140,7 +140,9 @@ def _block(X, r0, r1, centre, eta, compute_stats, slot, row_loglik, resp_out, la
     return total, -1
 
 
-@njit(cache=CACHE, nogil=True)  # no fast-math: the additions happen exactly in this order
+# fastmath=False explicitly: Numba otherwise inherits the calling kernel's fast-math flags, and
+# the additions must happen exactly in this order.
+@njit(cache=CACHE, nogil=True, fastmath=False)
 def _merge(nw, part_ll, part_bad, slots, compute_stats, loglik, stats):
     """Add the slots of one wave into the running totals, in block order."""
     for w in range(nw):

@@ -21,7 +21,9 @@ from ._config import CACHE, FASTMATH
 _FASTMATH = set(FASTMATH)
 
 
-@njit(nogil=True, cache=CACHE)
+# fastmath=False explicitly: Numba otherwise inherits the calling kernel's fast-math flags, and
+# the additions must happen exactly in block order.
+@njit(nogil=True, cache=CACHE, fastmath=False)
 def merge_blocks(n_blocks, buf_counts, buf_sums, buf_inertia, buf_bad, counts, sums, inertia):
     """Add the first ``n_blocks`` block partials, in block order, into the accumulators.
 
