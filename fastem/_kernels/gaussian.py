@@ -43,6 +43,7 @@ from numba import njit, prange
 
 from ._config import CACHE, JIT
 from ._math import exp_nonpositive, log_at_least_one
+from ._tiles import tile_products
 
 FULL, TIED, DIAG, SPHERICAL = 0, 1, 2, 3
 SOFT, HARD, GIVEN = 0, 1, 2  # responsibilities: posterior, one-hot argmax, supplied by caller
@@ -218,46 +219,6 @@ def _write_rows(r0, ll, R, best, row_loglik, resp_out, labels):
 
 
 @njit(**_jit)
-def _upper_products(WT, DT, d, out):
-    """out[a, b] = sum_i WT[a, i] * DT[b, i] for b >= a (and some b < a), a, b < d.
-
-    The symmetric product as 4 x 4 register tiles: sixteen running sums per step of i, each
-    load feeding four multiply-adds. It skips the tiles below the diagonal, which a BLAS
-    product would compute. WT and DT have a multiple of 4 rows, zero past d.
-    """
-    nb = WT.shape[1]
-    for a0 in range(0, WT.shape[0], 4):
-        for b0 in range(a0, WT.shape[0], 4):
-            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = 0.0
-            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = 0.0
-            for i in range(nb):
-                w0, w1, w2, w3 = WT[a0, i], WT[a0 + 1, i], WT[a0 + 2, i], WT[a0 + 3, i]
-                x0, x1, x2, x3 = DT[b0, i], DT[b0 + 1, i], DT[b0 + 2, i], DT[b0 + 3, i]
-                s00 += w0 * x0
-                s01 += w0 * x1
-                s02 += w0 * x2
-                s03 += w0 * x3
-                s10 += w1 * x0
-                s11 += w1 * x1
-                s12 += w1 * x2
-                s13 += w1 * x3
-                s20 += w2 * x0
-                s21 += w2 * x1
-                s22 += w2 * x2
-                s23 += w2 * x3
-                s30 += w3 * x0
-                s31 += w3 * x1
-                s32 += w3 * x2
-                s33 += w3 * x3
-            tile = ((s00, s01, s02, s03), (s10, s11, s12, s13),
-                    (s20, s21, s22, s23), (s30, s31, s32, s33))
-            for u in range(4):
-                for v in range(4):
-                    if a0 + u < d and b0 + v < d:
-                        out[a0 + u, b0 + v] = tile[u][v]
-
-
-@njit(**_jit)
 def _stats(kind, XT, R, shift, p0, p1, p2):
     """One block's statistics into its own slot (p0, p1, p2)."""
     d, nb = XT.shape
@@ -301,9 +262,9 @@ def _stats(kind, XT, R, shift, p0, p1, p2):
         if kind == SPHERICAL:
             p2[k, 0, 0] = sq
         elif kind == FULL:
-            _upper_products(WT, DT, d, p2[k])
+            tile_products(WT, DT, nb, p2[k], True, False)
     if kind == TIED:
-        _upper_products(DT, DT, d, p2[0])
+        tile_products(DT, DT, nb, p2[0], True, False)
     if kind == FULL or kind == TIED:  # exactly symmetric
         for k in range(p2.shape[0]):
             for a in range(d):

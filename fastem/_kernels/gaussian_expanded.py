@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._config import CACHE, JIT
+from ._tiles import tile_products
 from .gaussian import _first_nonfinite, _load_columns, _normalize, _write_rows
 
 _jit = JIT
@@ -36,7 +37,7 @@ def n_features_expanded(d):
 
 
 def padded(n):
-    """n rounded up to a multiple of 4, the side of the register tiles below."""
+    """n rounded up to a multiple of 4, the side of `_tiles.tile_products`' tiles."""
     return (n + 3) // 4 * 4
 
 
@@ -56,44 +57,6 @@ def _features(XT, centre, Phi):
             for i in range(nb):
                 Phi[row, i] = Phi[1 + a, i] * Phi[1 + b, i]
             row += 1
-
-
-@njit(**_jit)
-def _add_products(A, B, nb, out):
-    """out[a, b] += sum_{i < nb} A[a, i] * B[b, i], in 4 x 4 register tiles.
-
-    Sixteen running sums per step of i, each load feeding four multiply-adds; BLAS on these
-    shapes (K rows against F) spends as much time packing Phi as multiplying. A and B have a
-    multiple of 4 rows.
-    """
-    for a0 in range(0, A.shape[0], 4):
-        for b0 in range(0, B.shape[0], 4):
-            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = 0.0
-            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = 0.0
-            for i in range(nb):
-                w0, w1, w2, w3 = A[a0, i], A[a0 + 1, i], A[a0 + 2, i], A[a0 + 3, i]
-                x0, x1, x2, x3 = B[b0, i], B[b0 + 1, i], B[b0 + 2, i], B[b0 + 3, i]
-                s00 += w0 * x0
-                s01 += w0 * x1
-                s02 += w0 * x2
-                s03 += w0 * x3
-                s10 += w1 * x0
-                s11 += w1 * x1
-                s12 += w1 * x2
-                s13 += w1 * x3
-                s20 += w2 * x0
-                s21 += w2 * x1
-                s22 += w2 * x2
-                s23 += w2 * x3
-                s30 += w3 * x0
-                s31 += w3 * x1
-                s32 += w3 * x2
-                s33 += w3 * x3
-            tile = ((s00, s01, s02, s03), (s10, s11, s12, s13),
-                    (s20, s21, s22, s23), (s30, s31, s32, s33))
-            for u in range(4):
-                for v in range(4):
-                    out[a0 + u, b0 + v] += tile[u][v]
 
 
 @njit(**_jit)
@@ -136,7 +99,7 @@ def _block(X, r0, r1, centre, eta, compute_stats, slot, row_loglik, resp_out, la
     _write_rows(r0, ll, R, best, row_loglik, resp_out, labels)
     if compute_stats:
         slot[:] = 0.0
-        _add_products(R, Phi, nb, slot)
+        tile_products(R, Phi, nb, slot, False, True)
     return total, -1
 
 
