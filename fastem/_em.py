@@ -36,6 +36,10 @@ def threads(n_jobs):
     """Run kernels on ``n_jobs`` threads (None: all cores; -1 all; -2 all but one).
 
     BLAS is held to one thread meanwhile: the kernels call it from each of their own threads.
+    Parallel loops hand out their iterations one at a time (Numba's parallel chunk size 1)
+    rather than in equal shares fixed up front: a thread that loses its core for a while (to
+    the reader of the next chunk, or to another process) no longer holds every other thread
+    at the end of the wave. Results do not depend on it: blocks own their slots.
     """
     n_max = numba.config.NUMBA_NUM_THREADS
     if n_jobs is None:
@@ -46,10 +50,12 @@ def threads(n_jobs):
         n = min(n_jobs, n_max)
     previous = numba.get_num_threads()
     numba.set_num_threads(n)
+    previous_chunk = numba.set_parallel_chunksize(1)
     try:
         with threadpool_limits(limits=1, user_api="blas"):
             yield n
     finally:
+        numba.set_parallel_chunksize(previous_chunk)
         numba.set_num_threads(previous)
 
 
@@ -134,6 +140,12 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     return stats
 
 
+def _expanded_tasks():
+    """Parallel tasks per wave of the expanded kernel, each with its own scratch: a few per
+    thread, so that the one-at-a-time schedule can still balance them."""
+    return 4 * numba.get_num_threads()
+
+
 def _accumulate_expanded(source, params, centre, eta, *, chunk_size=None) -> GaussianStats:
     """:func:`accumulate` by the expanded kernel: statistics around the one centre c."""
     K, d = params.means.shape
@@ -145,7 +157,7 @@ def _accumulate_expanded(source, params, centre, eta, *, chunk_size=None) -> Gau
     n = 0
     for start, block in source.chunks(chunk_size, prefetch=True):
         _check_width(block, params)
-        bad = expanded_pass(block, centre, eta, True, BLOCK_ROWS, waves, numba.get_num_threads(),
+        bad = expanded_pass(block, centre, eta, True, BLOCK_ROWS, waves, _expanded_tasks(),
                             loglik, totals, _EMPTY_1D, no_resp, _EMPTY_LABELS)
         if bad >= 0:
             _raise_bad_row(start, bad)
@@ -184,8 +196,8 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
             _EMPTY_LABELS if labels is None else labels[start : start + m],
         ]
         if expanded is not None:
-            bad = expanded_pass(block, *expanded, False, BLOCK_ROWS, 1024,
-                                numba.get_num_threads(), loglik, np.empty((0, 0)), *views)
+            bad = expanded_pass(block, *expanded, False, BLOCK_ROWS, 1024, _expanded_tasks(),
+                                loglik, np.empty((0, 0)), *views)
         else:
             bad = gaussian_pass(
                 kind, SOFT, block, shift, centre, prec, aux, const, no_resp, False, BLOCK_ROWS,

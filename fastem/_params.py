@@ -28,12 +28,13 @@ _KIND = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
 # (K d, d) operand outruns the expanded form's (K, F) products.
 EXPANDED_FEATURES = range(1, 41)
 # ... and only while the expanded quadratic form's rounding error, in log-density units,
-# stays below ~2e-12 for rows within 3 sigma of their component: eps times
-# max_k (|m_k| + 3 sigma_k)' |Lambda_k| (|m_k| + 3 sigma_k), with m_k = mu_k - c, is then
-# below this scale times eps. Beyond it (components hundreds of sigmas from the data's
-# centre, or nearly singular) the per-component kernel runs, whose error is only linear in
-# |m_k|.
-EXPANDED_MAX_SCALE = 1e4
+# stays below ~2e-11 for rows within 3 sigma of their component: a bound on it is eps times
+# max_k (|m_k| + 3 sigma_k)' |Lambda_k| (|m_k| + 3 sigma_k), with m_k = mu_k - c, and this
+# is the largest scale allowed: 2e-11 is far below float32 input precision and any
+# statistical error, and |Lambda| overstates the error of correlated covariances. Beyond it
+# (components hundreds of sigmas from the data's centre, or nearly singular) the
+# per-component kernel runs, whose error is only linear in |m_k|.
+EXPANDED_MAX_SCALE = 1e5
 
 _ILL_DEFINED = (
     "Fitting the mixture model failed because some components have ill-defined empirical "
