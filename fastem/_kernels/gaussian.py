@@ -208,10 +208,13 @@ def _normalize(logp, R, best, ll, work):
 def _write_rows(r0, ll, R, best, row_loglik, resp_out, labels):
     """The per-row outputs that were asked for (non-empty), for the rows from r0 on."""
     nb = ll.shape[0]
+    # Plain loops: Numba's slice assignment took 2 s of the kernels' cold compile.
     if row_loglik.shape[0] > 0:
-        row_loglik[r0 : r0 + nb] = ll
+        for i in range(nb):
+            row_loglik[r0 + i] = ll[i]
     if labels.shape[0] > 0:
-        labels[r0 : r0 + nb] = best
+        for i in range(nb):
+            labels[r0 + i] = best[i]
     if resp_out.shape[0] > 0:
         for i in range(nb):
             for k in range(resp_out.shape[1]):
@@ -325,10 +328,20 @@ def _merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2)
             return part_bad[w]
         loglik[0] += part_ll[w]
         if compute_stats:
-            s0 += p0[w]
-            s1 += p1[w]
-            s2 += p2[w]
+            _add_into(s0, p0[w])
+            _add_into(s1, p1[w])
+            _add_into(s2, p2[w])
     return -1
+
+
+@njit(cache=CACHE, nogil=True, fastmath=False)
+def _add_into(dst, src):
+    """dst += src for C-contiguous arrays of one shape, as a flat loop (array expressions
+    cost seconds of cold compile)."""
+    flat_dst = dst.reshape(dst.size)
+    flat_src = src.reshape(src.size)
+    for i in range(flat_dst.shape[0]):
+        flat_dst[i] += flat_src[i]
 
 
 @njit(parallel=True, **_jit)

@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from ._config import CACHE, JIT
 from ._tiles import tile_products
-from .gaussian import _first_nonfinite, _load_columns, _normalize, _write_rows
+from .gaussian import _add_into, _first_nonfinite, _load_columns, _normalize, _write_rows
 
 _jit = JIT
 
@@ -113,7 +113,7 @@ def _merge(nw, part_ll, part_bad, slots, compute_stats, loglik, stats):
             return part_bad[w]
         loglik[0] += part_ll[w]
         if compute_stats:
-            stats += slots[w]
+            _add_into(stats, slots[w])
     return -1
 
 
