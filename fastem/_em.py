@@ -85,13 +85,22 @@ def _raise_bad_row(start, bad):
     raise nonfinite_error(start + bad)
 
 
-def _check_width(block, params):
-    """The kernels trust the parameters' shapes: refuse a chunk they do not fit."""
-    if block.ndim != 2 or block.shape[1] != params.means.shape[1]:
+def kernel_rows(block, n_features):
+    """A chunk as the kernels take it: its width checked, and as a read-only view.
+
+    The kernels trust shapes, so a chunk that does not fit the model is refused here. They never
+    write to X; handing them every chunk read-only makes in-memory arrays and memory-mapped
+    files the same Numba type, so one compiled kernel per dtype serves both. That halves what
+    is compiled, and keeps the bits equal across sources in every process: a kernel compiled in
+    this process and its twin loaded from the on-disk cache were seen to differ in the last bit.
+    """
+    if block.ndim != 2 or block.shape[1] != n_features:
         raise ValueError(
-            f"A chunk of shape {block.shape} does not match a model of "
-            f"{params.means.shape[1]} features."
+            f"A chunk of shape {block.shape} does not match a model of {n_features} features."
         )
+    view = block.view()
+    view.flags.writeable = False
+    return view
 
 
 def _check_loglik(loglik):
@@ -121,7 +130,7 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     loglik = np.zeros(1)
     n = 0
     for start, block in source.chunks(chunk_size, prefetch=True):
-        _check_width(block, params)
+        block = kernel_rows(block, params.means.shape[1])
         m = block.shape[0]
         resp_in = no_resp
         if mode == GIVEN:
@@ -156,7 +165,7 @@ def _accumulate_expanded(source, params, centre, eta, *, chunk_size=None) -> Gau
     no_resp = np.empty((0, K))
     n = 0
     for start, block in source.chunks(chunk_size, prefetch=True):
-        _check_width(block, params)
+        block = kernel_rows(block, params.means.shape[1])
         bad = expanded_pass(block, centre, eta, True, BLOCK_ROWS, waves, _expanded_tasks(),
                             loglik, totals, _EMPTY_1D, no_resp, _EMPTY_LABELS)
         if bad >= 0:
@@ -188,7 +197,7 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
     loglik = np.zeros(1)
     n = 0
     for start, block in source.chunks(chunk_size, prefetch=True):
-        _check_width(block, params)
+        block = kernel_rows(block, params.means.shape[1])
         m = block.shape[0]
         views = [
             _EMPTY_1D if row_loglik is None else row_loglik[start : start + m],

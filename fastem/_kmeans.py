@@ -24,7 +24,7 @@ from sklearn.utils import check_random_state
 
 from ._kernels._config import BLOCK_ROWS
 from ._kernels.kmeans import kpp_min_distances, lloyd_chunk
-from ._em import nonfinite_error, raise_first_nonfinite
+from ._em import kernel_rows, nonfinite_error, raise_first_nonfinite
 from .data import as_source, check_chunk_size, sample_rows
 
 __all__ = ["kmeans_centers", "nearest_centers"]
@@ -83,6 +83,7 @@ class _Lloyd:
             labels, min_dist = self._no_labels, self._no_dist
         elif labels.shape != (m,) or min_dist.shape != (m,):
             raise ValueError(f"labels and min_dist must have shape ({m},).")
+        block = kernel_rows(block, centers.shape[1])
         return int(lloyd_chunk(block, centers, BLOCK_ROWS, counts, sums, inertia, labels,
                                min_dist, self.buf_counts, self.buf_sums, self.buf_inertia,
                                self.buf_bad))
@@ -146,6 +147,7 @@ def _kmeans_plusplus(X, n_clusters: int, rs, n_local_trials: int | None = None):
     centers = np.empty((n_clusters, X.shape[1]), dtype=np.float64)
     first = rs.randint(n)
     centers[0] = X[first]
+    X = kernel_rows(X, X.shape[1])
     closest = np.empty((1, n), dtype=np.float64)
     kpp_min_distances(X, np.array([first], dtype=np.int64), np.full(n, np.inf), closest)
     closest = closest[0]
