@@ -1137,7 +1137,7 @@ def plot_bench(report, path) -> None:
 def add_bench_parser(subparsers) -> None:
     """Add the ``bench`` subcommand to the ``fastem`` command line (``fastem.cli``)."""
     from .cli import COVARIANCE_TYPES as cli_covariance_types
-    from .cli import _at_least, _n_jobs
+    from .cli import _at_least, _n_jobs, add_shape_arguments
 
     parser = subparsers.add_parser(
         "bench",
@@ -1152,12 +1152,7 @@ def add_bench_parser(subparsers) -> None:
             "PNG. Peers that would need too much memory or time are skipped, with a note."
         ),
     )
-    parser.add_argument("--n-samples", type=_at_least(2), default=1_000_000, metavar="N",
-                        help="rows (default: %(default)s)")
-    parser.add_argument("--n-features", type=_at_least(1), default=16, metavar="D",
-                        help="columns (default: %(default)s)")
-    parser.add_argument("--n-components", type=_at_least(1), default=16, metavar="K",
-                        help="mixture components (default: %(default)s)")
+    add_shape_arguments(parser, 1_000_000, 16, 16)
     parser.add_argument("--covariance-type", nargs="+", choices=cli_covariance_types,
                         default=["full", "diag"], metavar="TYPE",
                         help="one or more of " + ", ".join(cli_covariance_types)

@@ -74,12 +74,8 @@ def _add_demo(subparsers) -> None:
             "permutation), and the mean log-likelihood of the truth and of the fit."
         ),
     )
-    parser.add_argument("--n-samples", type=_at_least(2), default=2_000_000, metavar="N",
-                        help="rows to generate (default: %(default)s)")
-    parser.add_argument("--n-features", type=_at_least(1), default=8, metavar="D",
-                        help="columns (default: %(default)s)")
-    parser.add_argument("--n-components", type=_at_least(1), default=5, metavar="K",
-                        help="mixture components, true and fitted (default: %(default)s)")
+    add_shape_arguments(parser, 2_000_000, 8, 5, rows="rows to generate",
+                        components="mixture components, true and fitted")
     parser.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full",
                         help="covariance type, true and fitted (default: %(default)s)")
     parser.add_argument("--n-jobs", type=_n_jobs, default=None, metavar="N",
@@ -90,6 +86,17 @@ def _add_demo(subparsers) -> None:
     parser.add_argument("--max-iter", type=_at_least(1), default=100, metavar="N",
                         help="EM iterations at most (default: %(default)s)")
     parser.set_defaults(func=_run_demo, parser=parser)
+
+
+def add_shape_arguments(parser, n_samples, n_features, n_components, *, rows="rows",
+                        components="mixture components"):
+    """--n-samples, --n-features and --n-components, validated, with these defaults."""
+    parser.add_argument("--n-samples", type=_at_least(2), default=n_samples, metavar="N",
+                        help=f"{rows} (default: %(default)s)")
+    parser.add_argument("--n-features", type=_at_least(1), default=n_features, metavar="D",
+                        help="columns (default: %(default)s)")
+    parser.add_argument("--n-components", type=_at_least(1), default=n_components, metavar="K",
+                        help=f"{components} (default: %(default)s)")
 
 
 def _run_demo(args) -> int:

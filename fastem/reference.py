@@ -103,6 +103,18 @@ def covariances_from_precisions_cholesky(precisions_cholesky, covariance_type):
     return 1.0 / precisions_cholesky**2
 
 
+def precisions_from_cholesky(precisions_cholesky, covariance_type):
+    """The precision matrices ``U @ U.T`` (squares for 'diag'/'spherical'): what scikit-learn's
+    ``precisions_`` holds and its ``precisions_init`` takes."""
+    _check_covariance_type(covariance_type)
+    u = np.asarray(precisions_cholesky)
+    if covariance_type == "full":
+        return u @ np.swapaxes(u, 1, 2)
+    if covariance_type == "tied":
+        return u @ u.T
+    return u**2
+
+
 def log_gaussian_prob(X, means, precisions_cholesky, covariance_type):
     """Log density of every sample under every component, ``log N(x_n | mu_k, Sigma_k)``.
 

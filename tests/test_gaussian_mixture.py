@@ -27,6 +27,7 @@ from fastem._em import GIVEN, accumulate
 from fastem._kernels._config import BLOCK_ROWS
 from fastem._params import GaussianParams, precisions_cholesky_from_precisions
 from fastem.data import ArraySource
+from helpers import dense_covariances
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 PARAMS = ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_")
@@ -68,15 +69,8 @@ def random_start(X, covariance_type, n_components, seed):
         "spherical": lambda: rng.uniform(0.5, 2.0, size=K),
     }[covariance_type]()
     prec_chol = reference.precisions_cholesky_from_covariances(covariances, covariance_type)
-    return weights, means, prec_chol, precisions_from_cholesky(prec_chol, covariance_type)
-
-
-def precisions_from_cholesky(prec_chol, covariance_type):
-    if covariance_type == "full":
-        return prec_chol @ np.swapaxes(prec_chol, 1, 2)
-    if covariance_type == "tied":
-        return prec_chol @ prec_chol.T
-    return prec_chol**2
+    precisions = reference.precisions_from_cholesky(prec_chol, covariance_type)
+    return weights, means, prec_chol, precisions
 
 
 def explicit_init(weights, means, precisions):
@@ -112,17 +106,6 @@ def match_components(found_means, true_means):
         itertools.permutations(range(K)),
         key=lambda p: np.abs(found_means[list(p)] - true_means).sum(),
     )
-
-
-def dense(covariances, covariance_type, K, d):
-    """The (K, d, d) matrices a set of covariances stands for."""
-    if covariance_type == "full":
-        return np.asarray(covariances)
-    if covariance_type == "tied":
-        return np.broadcast_to(covariances, (K, d, d))
-    if covariance_type == "diag":
-        return np.stack([np.diag(c) for c in covariances])
-    return np.stack([c * np.eye(d) for c in covariances])
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +175,7 @@ def assert_iterations_match_reference(X, covariance_type, start=None):
         expected = history[n - 1]
         for key in ("weights", "means", "covariances", "precisions_cholesky"):
             assert_rel(getattr(gm, key + "_"), expected[key], 1e-10, err_msg=f"{key}, n={n}")
-        assert_rel(gm.precisions_, precisions_from_cholesky(
+        assert_rel(gm.precisions_, reference.precisions_from_cholesky(
             expected["precisions_cholesky"], covariance_type), 1e-10)
         assert gm.lower_bound_ == pytest.approx(expected["lower_bound"], rel=1e-10)
         assert_rel(gm.lower_bounds_, [h["lower_bound"] for h in history[:n]], 1e-10)
@@ -340,7 +323,7 @@ def test_recovers_known_mixture(covariance_type, n_features):
     weights = np.array([0.5, 0.3, 0.2])
     means = 10.0 * np.eye(K, d) + rng.normal(size=(K, d))  # pairwise distances about 10-14
     covariances = true_covariances(rng, covariance_type, K, d)
-    full = dense(covariances, covariance_type, K, d)
+    full = dense_covariances(covariances, covariance_type, K, d)
     labels = rng.choice(K, size=n, p=weights)
     noise = rng.standard_normal(size=(n, d))
     X = means[labels] + np.einsum("nij,nj->ni", np.linalg.cholesky(full)[labels], noise)
@@ -483,8 +466,8 @@ def test_offset_float32_does_not_cancel(blobs, covariance_type):
     assert_rel(gm.covariances_, expected["covariances"], 1e-4)
     assert_allclose(gm.means_, expected["means"], rtol=1e-9)
     assert_rel(gm.weights_, expected["weights"], 1e-6)
-    assert np.all(np.diagonal(dense(gm.covariances_, covariance_type, 2, 3), axis1=1,
-                              axis2=2) > 0.5)
+    full = dense_covariances(gm.covariances_, covariance_type, 2, 3)
+    assert np.all(np.diagonal(full, axis1=1, axis2=2) > 0.5)
 
 
 # --------------------------------------------------------------------------- 8. API

@@ -8,6 +8,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from fastem import reference as ref
+from helpers import dense_covariances
 
 COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
 
@@ -29,26 +30,6 @@ def random_covariances(rng, covariance_type, K, d):
     if covariance_type == "diag":
         return rng.uniform(0.3, 2.0, size=(K, d))
     return rng.uniform(0.3, 2.0, size=K)
-
-
-def dense_covariances(covariances, covariance_type, K, d):
-    """The (K, d, d) matrices a set of covariances stands for."""
-    if covariance_type == "full":
-        return covariances
-    if covariance_type == "tied":
-        return np.broadcast_to(covariances, (K, d, d))
-    if covariance_type == "diag":
-        return np.stack([np.diag(c) for c in covariances])
-    return np.stack([c * np.eye(d) for c in covariances])
-
-
-def precisions_from_cholesky(prec_chol, covariance_type):
-    """What sklearn's `precisions_init` expects."""
-    if covariance_type == "full":
-        return prec_chol @ np.swapaxes(prec_chol, 1, 2)
-    if covariance_type == "tied":
-        return prec_chol @ prec_chol.T
-    return prec_chol**2
 
 
 def blobs(seed, N=500, d=3, K=3, separation=6.0):
@@ -158,7 +139,7 @@ def test_em_matches_sklearn(covariance_type):
         tol=0,
         weights_init=weights,
         means_init=means,
-        precisions_init=precisions_from_cholesky(prec_chol, covariance_type),
+        precisions_init=ref.precisions_from_cholesky(prec_chol, covariance_type),
     )
     with pytest.warns(ConvergenceWarning):
         gm.fit(X)

@@ -205,6 +205,18 @@ def _normalize(logp, R, best, ll, work):
 
 
 @njit(**_jit)
+def _total_loglik(X, r0, r1, ll):
+    """(sum of the rows' log-likelihoods `ll`, first row of X[r0:r1] holding NaN or infinity
+    or -1): the rows are looked at only when the sum is not finite."""
+    total = 0.0
+    for i in range(ll.shape[0]):
+        total += ll[i]
+    if np.isfinite(total):
+        return total, -1
+    return total, _first_nonfinite(X, r0, r1, ll)
+
+
+@njit(**_jit)
 def _write_rows(r0, ll, R, best, row_loglik, resp_out, labels):
     """The per-row outputs that were asked for (non-empty), for the rows from r0 on."""
     nb = ll.shape[0]
@@ -302,12 +314,9 @@ def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, comp
         best = np.empty(nb, dtype=np.int64)
         ll = np.empty(nb)
         _normalize(logp, R, best, ll, np.empty((2, nb)))
-        for i in range(nb):
-            total += ll[i]
-        if not np.isfinite(total):
-            bad = _first_nonfinite(X, r0, r1, ll)
-            if bad >= 0:
-                return 0.0, bad
+        total, bad = _total_loglik(X, r0, r1, ll)
+        if bad >= 0:
+            return 0.0, bad
         if mode == HARD:
             R[:] = 0.0
             for i in range(nb):
@@ -322,7 +331,11 @@ def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, comp
 # the additions must happen exactly in this order.
 @njit(cache=CACHE, nogil=True, fastmath=False)
 def _merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2):
-    """Add the slots of one wave into the running totals, in block order."""
+    """Add the slots of one wave into the running totals, in block order.
+
+    The statistics are up to three arrays (s0, s1, s2), each with its slots (p0, p1, p2);
+    a kernel with fewer passes empty ones.
+    """
     for w in range(nw):
         if part_bad[w] >= 0:
             return part_bad[w]

@@ -24,9 +24,9 @@ fixed-order merge and the per-row outputs are as in ``gaussian.py``.
 import numpy as np
 from numba import njit, prange
 
-from ._config import CACHE, JIT
+from ._config import JIT
 from ._tiles import tile_products
-from .gaussian import _add_into, _first_nonfinite, _load_columns, _normalize, _write_rows
+from .gaussian import _load_columns, _merge, _normalize, _total_loglik, _write_rows
 
 _jit = JIT
 
@@ -89,32 +89,14 @@ def _block(X, r0, r1, centre, eta, compute_stats, slot, row_loglik, resp_out, la
     _features(XT, centre, Phi)
     np.dot(eta, Phi, logp)
     _normalize(logp, R, best, ll, work)
-    total = 0.0
-    for i in range(nb):
-        total += ll[i]
-    if not np.isfinite(total):
-        bad = _first_nonfinite(X, r0, r1, ll)
-        if bad >= 0:
-            return 0.0, bad
+    total, bad = _total_loglik(X, r0, r1, ll)
+    if bad >= 0:
+        return 0.0, bad
     _write_rows(r0, ll, R, best, row_loglik, resp_out, labels)
     if compute_stats:
         slot[:] = 0.0
         tile_products(R, Phi, nb, slot, False, True)
     return total, -1
-
-
-# fastmath=False explicitly: Numba otherwise inherits the calling kernel's fast-math flags, and
-# the additions must happen exactly in this order.
-@njit(cache=CACHE, nogil=True, fastmath=False)
-def _merge(nw, part_ll, part_bad, slots, compute_stats, loglik, stats):
-    """Add the slots of one wave into the running totals, in block order."""
-    for w in range(nw):
-        if part_bad[w] >= 0:
-            return part_bad[w]
-        loglik[0] += part_ll[w]
-        if compute_stats:
-            _add_into(stats, slots[w])
-    return -1
 
 
 @njit(parallel=True, **_jit)
@@ -159,6 +141,9 @@ def expanded_pass(X, centre, eta, compute_stats, block_rows, wave_blocks, n_task
         slots = np.empty((W, 0, 0))
     part_ll = np.empty(W)
     part_bad = np.empty(W, dtype=np.int64)
+    # The shared merge adds up to three statistics; this kernel has one, in the middle place.
+    no_slots_1d, no_stats_1d = np.empty((W, 0)), np.empty(0)
+    no_slots_3d, no_stats_3d = np.empty((W, 0, 0, 0)), np.empty((0, 0, 0))
     d = X.shape[1]
     K, Fp = eta.shape
     Kp = (K + 3) // 4 * 4
@@ -179,7 +164,8 @@ def expanded_pass(X, centre, eta, compute_stats, block_rows, wave_blocks, n_task
                     X, r0, r1, centre, eta, compute_stats, slots[w], row_loglik, resp_out,
                     labels, scratch,
                 )
-        bad = _merge(nw, part_ll, part_bad, slots, compute_stats, loglik, stats)
+        bad = _merge(nw, part_ll, part_bad, no_slots_1d, slots, no_slots_3d, compute_stats,
+                     loglik, no_stats_1d, stats, no_stats_3d)
         if bad >= 0:
             return bad
     return -1
