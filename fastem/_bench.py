@@ -56,7 +56,7 @@ from importlib import metadata
 import numpy as np
 
 from ._kernels.gaussian_expanded import n_features_expanded
-from ._params import EXPANDED_FEATURES
+from ._params import EXPANDED_FEATURES, EXPANDED_MIN_COMPONENTS
 
 __all__ = [
     "PEERS", "COVARIANCE_TYPES", "Unavailable", "EarlyStop", "Start", "Ceilings", "PeerTiming",
@@ -465,10 +465,11 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
     ============  ==============================================  ===========================
 
     Plus ``ROW_FLOPS`` (4) per row, and for 'full' d per row to centre x on c. For 'full' with
-    d in ``fastem._params.EXPANDED_FEATURES`` (the benchmark's well-separated data always
-    passes that kernel's accuracy test), the kernel count is the expanded form's instead:
-    2 F' for the log-densities eta Phi and 2 F' for the statistics R Phi^T per component,
-    F' = 4 ceil(F / 4), F = 1 + d + d(d+1)/2; per row d + d(d+1)/2 to make the features.
+    d in ``fastem._params.EXPANDED_FEATURES`` and at least ``EXPANDED_MIN_COMPONENTS``
+    components (the benchmark's well-separated data always passes that kernel's accuracy
+    test), the kernel count is the expanded form's instead: 2 F' for the log-densities eta Phi
+    and 2 F' for the statistics Phi R^T per component, F' = 8 ceil(F / 8),
+    F = 1 + d + d(d+1)/2; per row d + d(d+1)/2 to make the features.
 
     Parameters
     ----------
@@ -489,8 +490,9 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
     dp = 4 * math.ceil(d / 4)
     maha = 2 * d * d if dense or d >= _KERNEL_SMALL_D else d * (d + 1)
     scatter = 2 * d * d if dense else dp * (dp + 4)
-    if covariance_type == "full" and not dense and d in EXPANDED_FEATURES:
-        n_feat = 4 * math.ceil(n_features_expanded(d) / 4)
+    expanded = d in EXPANDED_FEATURES and K >= EXPANDED_MIN_COMPONENTS
+    if covariance_type == "full" and not dense and expanded:
+        n_feat = 8 * math.ceil(n_features_expanded(d) / 8)
         per_component = 4 * n_feat + NORMALIZE_FLOPS
         per_row = d + d * (d + 1) // 2 + ROW_FLOPS
     elif covariance_type == "full":

@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from ._kernels._config import BLOCK_ROWS
 from ._kernels.gaussian import GIVEN, HARD, SOFT, gaussian_pass
-from ._kernels.gaussian_expanded import expanded_pass, n_features_expanded, padded
+from ._kernels.gaussian_expanded import expanded_pass, n_features_expanded
 from ._params import GaussianParams
 from ._stats import GaussianStats
 from .data import first_nonfinite_row
@@ -159,27 +159,27 @@ def _accumulate_expanded(source, params, centre, eta, *, chunk_size=None) -> Gau
     """:func:`accumulate` by the expanded kernel: statistics around the one centre c."""
     K, d = params.means.shape
     n_feat = n_features_expanded(d)
-    totals = np.zeros((padded(K), eta.shape[1]))
+    totals = np.zeros(eta.shape[::-1])  # phi(x - c) r_k summed over rows, a column per component
     waves = _wave_blocks(totals.size)
     loglik = np.zeros(1)
     no_resp = np.empty((0, K))
     n = 0
     for start, block in source.chunks(chunk_size, prefetch=True):
         block = kernel_rows(block, params.means.shape[1])
-        bad = expanded_pass(block, centre, eta, True, BLOCK_ROWS, waves, _expanded_tasks(),
+        bad = expanded_pass(block, centre, eta, K, True, BLOCK_ROWS, waves, _expanded_tasks(),
                             loglik, totals, _EMPTY_1D, no_resp, _EMPTY_LABELS)
         if bad >= 0:
             _raise_bad_row(start, bad)
         n += block.shape[0]
     _check_loglik(loglik[0])
-    upper = totals[:K, 1 + d : n_feat]
+    upper = totals[1 + d : n_feat, :K].T
     s2 = np.empty((K, d, d))
     a, b = np.triu_indices(d)
     s2[:, a, b] = upper
     s2[:, b, a] = upper
     shift = np.repeat(centre[None], K, axis=0)
-    return GaussianStats("full", shift, n, float(loglik[0]), totals[:K, 0].copy(),
-                         totals[:K, 1 : 1 + d].copy(), s2)
+    return GaussianStats("full", shift, n, float(loglik[0]), totals[0, :K].copy(),
+                         np.ascontiguousarray(totals[1 : 1 + d, :K].T), s2)
 
 
 def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=None,
@@ -205,7 +205,7 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
             _EMPTY_LABELS if labels is None else labels[start : start + m],
         ]
         if expanded is not None:
-            bad = expanded_pass(block, *expanded, False, BLOCK_ROWS, 1024, _expanded_tasks(),
+            bad = expanded_pass(block, *expanded, K, False, BLOCK_ROWS, 1024, _expanded_tasks(),
                                 loglik, np.empty((0, 0)), *views)
         else:
             bad = gaussian_pass(

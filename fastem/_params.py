@@ -22,11 +22,14 @@ __all__ = ["GaussianParams", "COVARIANCE_TYPES"]
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 _KIND = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
 
-# 'full' mixtures with this many features run the expanded kernel (gaussian_expanded.py):
-# measured 1.2x (d = 2, 32) to 1.7x (d = 16) faster than the per-component one per pass, even
-# at d = 40, and slower from 48 on, where the per-component form's BLAS product with a
-# (K d, d) operand outruns the expanded form's (K, F) products.
-EXPANDED_FEATURES = range(1, 41)
+# 'full' mixtures with this many features and components run the expanded kernel
+# (gaussian_expanded.py). Per pass, 1M rows, 2 threads, against the per-component kernel:
+# K = 16: 0.113 vs 0.263 s at d = 16, 0.38 vs 0.68 at d = 32, 1.43 vs 2.60 at d = 64, but
+# 1.05 vs 0.99 at d = 96, where Phi no longer fits a core's L2. With K <= 4 the per-component
+# form is the faster (0.91 vs 0.63 s at d = 64, 0.072 vs 0.064 at d = 16): the panels' 8
+# columns are then half empty.
+EXPANDED_FEATURES = range(1, 65)
+EXPANDED_MIN_COMPONENTS = 5
 # ... and only while the expanded quadratic form's rounding error, in log-density units,
 # stays below ~2e-11 for rows within 3 sigma of their component: a bound on it is eps times
 # max_k (|m_k| + 3 sigma_k)' |Lambda_k| (|m_k| + 3 sigma_k), with m_k = mu_k - c, and this
@@ -152,10 +155,11 @@ class GaussianParams:
 
     def expanded_layout(self):
         """(centre, eta) as `fastem._kernels.gaussian_expanded.expanded_pass` reads them, or
-        None where that kernel would be slower or lose accuracy (see EXPANDED_FEATURES and
-        EXPANDED_MAX_SCALE)."""
+        None where that kernel would be slower or lose accuracy (see EXPANDED_FEATURES,
+        EXPANDED_MIN_COMPONENTS and EXPANDED_MAX_SCALE)."""
         K, d = self.means.shape
-        if self.covariance_type != "full" or d not in EXPANDED_FEATURES:
+        if (self.covariance_type != "full" or d not in EXPANDED_FEATURES
+                or K < EXPANDED_MIN_COMPONENTS):
             return None
         U = self.precisions_cholesky
         precisions = np.matmul(U, U.transpose(0, 2, 1))
@@ -169,12 +173,12 @@ class GaussianParams:
         if not np.all(scale <= EXPANDED_MAX_SCALE):  # also refuses NaN
             return None
         n_feat = n_features_expanded(d)
-        eta = np.zeros((K, padded(n_feat)))
+        eta = np.zeros((padded(K), padded(n_feat)))
         log_det = np.log(np.diagonal(U, axis1=1, axis2=2)).sum(axis=1)
-        eta[:, 0] = self._const(log_det) - 0.5 * np.einsum("ka,kab,kb->k", m, precisions, m)
-        eta[:, 1 : 1 + d] = np.einsum("kab,kb->ka", precisions, m)
+        eta[:K, 0] = self._const(log_det) - 0.5 * np.einsum("ka,kab,kb->k", m, precisions, m)
+        eta[:K, 1 : 1 + d] = np.einsum("kab,kb->ka", precisions, m)
         a, b = np.triu_indices(d)  # the kernel's order of the products y_a y_b, a <= b
-        eta[:, 1 + d : n_feat] = np.where(a == b, -0.5, -1.0) * precisions[:, a, b]
+        eta[:K, 1 + d : n_feat] = np.where(a == b, -0.5, -1.0) * precisions[:, a, b]
         return np.ascontiguousarray(centre, dtype=np.float64), eta
 
     def kernel_layout(self):

@@ -126,8 +126,10 @@ def separated(blobs):
 @pytest.fixture(params=["expanded", "per-component"])
 def full_kernel(request, monkeypatch):
     """'full' mixtures run by the expanded kernel wherever its accuracy allows, or never."""
+    expanded = request.param == "expanded"
     monkeypatch.setattr(fastem._params, "EXPANDED_FEATURES",
-                        range(1, 1000) if request.param == "expanded" else range(0))
+                        range(1, 1000) if expanded else range(0))
+    monkeypatch.setattr(fastem._params, "EXPANDED_MIN_COMPONENTS", 1)
     return request.param
 
 
@@ -141,13 +143,17 @@ def test_each_iteration_matches_reference(blobs, covariance_type, n_features):
 
 
 @ignore_convergence
-@pytest.mark.parametrize("n_features", [2, 9, 48])
-def test_both_full_kernels_match_reference(blobs, full_kernel, n_features):
-    X = blobs(500, 3, n_features, spread=1.5, scale=3.0, seed=2)[0]
-    start = random_start(X, "full", 3, seed=3)
+@pytest.mark.parametrize(("n_features", "n_components"), [(2, 3), (9, 3), (48, 3), (12, 10)],
+                         ids=["d2", "tiles", "panels-8", "panels-16"])
+def test_both_full_kernels_match_reference(blobs, full_kernel, n_features, n_components):
+    """Both 'full' kernels, and each product path of the expanded one (the statistics in
+    tiles below 10 features, in panels of 8 or 16 components above), give the oracle's
+    iterations; the rows end on a partial block and sub-block."""
+    X = blobs(200 * n_components, n_components, n_features, spread=1.5, scale=3.0, seed=2)[0]
+    start = random_start(X, "full", n_components, seed=3)
     layout = GaussianParams("full", *start[:3]).expanded_layout()
     assert (layout is not None) == (full_kernel == "expanded")
-    assert_iterations_match_reference(X, "full")
+    assert_iterations_match_reference(X, "full", start)
 
 
 @ignore_convergence

@@ -8,23 +8,26 @@ linear in the quadratic features of y:
 
 where eta_k holds the component's natural parameters (built by
 ``fastem._params.GaussianParams.expanded_layout``). A block's log-densities are then one
-product ``eta (K, F) @ Phi (F, nb)``, and its statistics one more, ``R (K, nb) @ Phi^T``:
+product ``eta (K, F) @ Phi (F, nb)``, and its statistics one more, ``Phi (F, nb) @ R^T``:
 the responsibility sums, the first moments and the upper triangle of the second moments, all
 around c. Each costs 2 K F flops per row, half of the per-component form in ``gaussian.py``
 ((x - mu_k) P_k for every k, then a scatter per component), and nothing is swept once per
-component.
+component. From d = 10 on both products run in the register panels of ``_panels.py``, on
+sub-blocks of :func:`sub_rows` rows so that Phi stays in the core's cache; below, where the
+exp and log of the log-sum-exp dominate, in a BLAS call and the row-wise sums of ``_tiles.py``.
 
 The price is cancellation: the expanded quadratic form loses about eps * |mu_k - c|^2 (in the
 metric of the component's precision) where the per-component form loses eps * |mu_k - c|.
-``expanded_layout`` offers this form only where that error is negligible; elsewhere, and where
-BLAS does better on the per-component form, ``gaussian.gaussian_pass`` runs. Blocks, their
-fixed-order merge and the per-row outputs are as in ``gaussian.py``.
+``expanded_layout`` offers this form only where that error is negligible; elsewhere
+``gaussian.gaussian_pass`` runs. Blocks, their fixed-order merge and the per-row outputs are as
+in ``gaussian.py``; within a block, sub-blocks are added in order.
 """
 
 import numpy as np
 from numba import njit, prange
 
 from ._config import JIT
+from ._panels import PANEL_ROWS, panel_product
 from ._tiles import tile_products
 from .gaussian import _load_columns, _merge, _normalize, _total_loglik, _write_rows
 
@@ -37,13 +40,33 @@ def n_features_expanded(d):
 
 
 def padded(n):
-    """n rounded up to a multiple of 4, the side of `_tiles.tile_products`' tiles."""
-    return (n + 3) // 4 * 4
+    """n rounded up to a multiple of 8: the panels' rows (PANEL_ROWS) and vector lanes
+    (LANES)."""
+    return (n + PANEL_ROWS - 1) // PANEL_ROWS * PANEL_ROWS
+
+
+# Fewer padded features than this (d < 10), and the products run as a BLAS call and `_tiles`'
+# sums along the rows instead of in panels: at d = 2 the panels' statistics took 4.0 ns a row
+# against 2.3 (a transpose of R, and panels of 8 features that are mostly padding).
+PANEL_MIN_FEATURES = 64
+
+
+@njit(**_jit)
+def sub_rows(Fp, block_rows):
+    """Rows per sub-block: below PANEL_MIN_FEATURES the whole block; above, 128, or 64 once
+    Phi (Fp, 128) would outgrow 512 KiB, a quarter of a core's L2 (d > 30). At d = 16, K = 16
+    a pass took 0.126 s with 256 rows, 0.113 with 128 and 0.119 with 64."""
+    if Fp < PANEL_MIN_FEATURES:
+        return block_rows
+    rows = 128
+    while rows > 64 and Fp * rows * 8 > 2**19:
+        rows //= 2
+    return min(rows, block_rows)
 
 
 @njit(**_jit)
 def _features(XT, centre, Phi):
-    """Phi[:F] = phi(x - c) for the columns x of XT (d, nb); rows of Phi past F stay zero."""
+    """Phi[:F, :nb] = phi(x - c) for the columns x of XT (d, nb)."""
     d, nb = XT.shape
     for i in range(nb):
         Phi[0, i] = 1.0
@@ -60,47 +83,117 @@ def _features(XT, centre, Phi):
 
 
 @njit(**_jit)
-def _block(X, r0, r1, centre, eta, compute_stats, slot, row_loglik, resp_out, labels, scratch):
-    """Process rows r0:r1 into `slot` (zeroed here) and the per-row outputs.
+def _sub_block(X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik, resp_out, labels,
+               scratch):
+    """Rows s0:s1 of a block, both products in panels: their statistics added into `slot`,
+    their per-row outputs written. Returns (sum of the rows' log-likelihoods, first
+    non-finite row or -1)."""
+    xt, phi, logp_buf, r_buf, rt_buf, best_buf, ll_buf, work_buf = scratch
+    d = X.shape[1]
+    Kv, Fp = eta.shape
+    nb = s1 - s0
+    nbp = (nb + PANEL_ROWS - 1) // PANEL_ROWS * PANEL_ROWS  # whole panels of rows
+    # Contiguous views, so that the last, shorter sub-block is laid out like the rest.
+    XT = xt[: d * nb].reshape((d, nb))
+    Phi = phi[: Fp * nbp].reshape((Fp, nbp))
+    logp = logp_buf[: Kv * nbp].reshape((Kv, nbp))
+    # The log-sum-exp runs over all nbp columns (those past nb are zero rows of data):
+    # C-contiguous operands keep its loops vectorized.
+    logp_K = logp_buf[: K * nbp].reshape((K, nbp))
+    R = r_buf[: K * nbp].reshape((K, nbp))
+    RT = rt_buf[: nb * Kv].reshape((nb, Kv))
+    best = best_buf[:nbp]
+    ll = ll_buf[:nbp]
+    work = work_buf[: 2 * nbp].reshape((2, nbp))
+    _load_columns(X, s0, s1, XT)
+    _features(XT, centre, Phi)
+    for f in range(Fp):  # padding: feature rows past F, row columns past nb
+        lo = 0 if f >= F else nb
+        for i in range(lo, nbp):
+            Phi[f, i] = 0.0
+    for k in range(Kv):
+        for i in range(nbp):
+            logp[k, i] = 0.0
+    panel_product(eta, Phi, logp, Fp)
+    _normalize(logp_K, R, best, ll, work)
+    total, bad = _total_loglik(X, s0, s1, ll_buf[:nb])
+    if bad >= 0:
+        return 0.0, bad
+    _write_rows(s0, ll_buf[:nb], R, best, row_loglik, resp_out, labels)
+    if compute_stats:
+        for i in range(nb):
+            for k in range(K):
+                RT[i, k] = R[k, i]
+        panel_product(Phi, RT, slot, nb)
+    return total, -1
 
-    `scratch` is the calling thread's (xt, phi, logp, r, best, ll, work) buffers, sized for
-    a whole block and reused from block to block: at small d, allocating them per block took
-    a fifth of the pass, and at d = 16 Phi alone is 300 KiB.
+
+@njit(**_jit)
+def _block(X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, resp_out, labels,
+           scratch):
+    """Process rows r0:r1 into `slot` (zeroed here) and the per-row outputs, one sub-block
+    at a time.
+
+    `scratch` is the calling thread's (xt, phi, logp, r, rt, best, ll, work) buffers,
+    sized for a sub-block and reused: allocating them per block took a fifth of the pass at
+    small d. `rt`'s columns past K are zero and are never written.
 
     Returns (sum of the rows' log-likelihoods, first non-finite row or -1).
     """
-    xt, phi, logp_buf, r_buf, best_buf, ll_buf, work_buf = scratch
+    d = X.shape[1]
+    Fp = eta.shape[1]
+    F = 1 + d + d * (d + 1) // 2
+    if compute_stats:
+        slot[:] = 0.0
+    total = 0.0
+    S = scratch[0].shape[0] // d  # the sub-block's rows, as the caller sized the scratch
+    for s0 in range(r0, r1, S):
+        part, bad = _sub_block(X, s0, min(r1, s0 + S), centre, eta, K, F, compute_stats, slot,
+                               row_loglik, resp_out, labels, scratch)
+        if bad >= 0:
+            return 0.0, bad
+        total += part
+    return total, -1
+
+
+@njit(**_jit)
+def _small_block(X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, resp_out, labels,
+                 scratch):
+    """:func:`_block` below PANEL_MIN_FEATURES: the whole block at once, log-densities by
+    BLAS and statistics in `_tiles`. Kept apart from the panel path: sharing its function
+    cost this one 8% at d = 2 on 2 threads."""
+    xt, phi, logp_buf, r_buf, rt_buf, best_buf, ll_buf, work_buf = scratch
     nb = r1 - r0
     d = X.shape[1]
-    K, Fp = eta.shape
-    Kp = r_buf.shape[0] // best_buf.shape[0]
+    Kv, Fp = eta.shape
     F = 1 + d + d * (d + 1) // 2
-    # Contiguous (rows, nb) views, so that the last, shorter block is laid out like the rest.
     XT = xt[: d * nb].reshape((d, nb))
     Phi = phi[: Fp * nb].reshape((Fp, nb))
-    logp = logp_buf[: K * nb].reshape((K, nb))
-    R = r_buf[: Kp * nb].reshape((Kp, nb))
+    logp = logp_buf[: Kv * nb].reshape((Kv, nb))
+    logp_K = logp_buf[: K * nb].reshape((K, nb))
+    R = r_buf[: Kv * nb].reshape((Kv, nb))
+    R_K = r_buf[: K * nb].reshape((K, nb))
     best = best_buf[:nb]
     ll = ll_buf[:nb]
     work = work_buf[: 2 * nb].reshape((2, nb))
-    Phi[F:] = 0.0  # padding rows for the 4 x 4 tiles
+    Phi[F:] = 0.0
     R[K:] = 0.0
     _load_columns(X, r0, r1, XT)
     _features(XT, centre, Phi)
     np.dot(eta, Phi, logp)
-    _normalize(logp, R, best, ll, work)
+    _normalize(logp_K, R_K, best, ll, work)
     total, bad = _total_loglik(X, r0, r1, ll)
     if bad >= 0:
         return 0.0, bad
-    _write_rows(r0, ll, R, best, row_loglik, resp_out, labels)
+    _write_rows(r0, ll, R_K, best, row_loglik, resp_out, labels)
     if compute_stats:
         slot[:] = 0.0
-        tile_products(R, Phi, nb, slot, False, True)
+        tile_products(R, Phi, nb, slot.T, False, True)
     return total, -1
 
 
 @njit(parallel=True, **_jit)
-def expanded_pass(X, centre, eta, compute_stats, block_rows, wave_blocks, n_tasks, loglik,
+def expanded_pass(X, centre, eta, K, compute_stats, block_rows, wave_blocks, n_tasks, loglik,
                   stats, row_loglik, resp_out, labels):
     """One pass over a chunk of rows, soft responsibilities.
 
@@ -110,20 +203,23 @@ def expanded_pass(X, centre, eta, compute_stats, block_rows, wave_blocks, n_task
         In: the rows.
     centre : (d,) float64
         In: c, the point the features are taken around.
-    eta : (K, padded(F)) float64
+    eta : (padded(K), padded(F)) float64
         In: natural parameters, one row per component in the order of :func:`_features`;
-        columns past F zero.
+        zero past K and past F.
+    K : int
+        The number of components.
     compute_stats : bool
         Whether to accumulate statistics.
     block_rows, wave_blocks : int
         As for ``gaussian.gaussian_pass``.
     n_tasks : int
-        Parallel tasks per wave (the number of threads), each with its own scratch buffers;
-        results do not depend on it.
+        Parallel tasks per wave, each with its own scratch buffers; results do not depend on
+        it.
     loglik : (1,) float64
         In/out: running sum of the rows' log-likelihoods, carried across chunks.
-    stats : (padded(K), padded(F)) float64
-        In/out: sum over rows of r_k phi(x - c); rows past K and columns past F stay zero.
+    stats : (padded(F), padded(K)) float64
+        In/out: sum over rows of phi(x - c) r_k, one column per component; entries past F
+        and past K stay zero.
     row_loglik, resp_out, labels
         Out: as for ``gaussian.gaussian_pass`` (empty when not wanted).
 
@@ -145,25 +241,34 @@ def expanded_pass(X, centre, eta, compute_stats, block_rows, wave_blocks, n_task
     no_slots_1d, no_stats_1d = np.empty((W, 0)), np.empty(0)
     no_slots_3d, no_stats_3d = np.empty((W, 0, 0, 0)), np.empty((0, 0, 0))
     d = X.shape[1]
-    K, Fp = eta.shape
-    Kp = (K + 3) // 4 * 4
+    Kv, Fp = eta.shape
+    # The panels read without bounds checks: the layout is built in Python, checked again here.
+    if (Kv % PANEL_ROWS or Fp % PANEL_ROWS or Fp < 1 + d + d * (d + 1) // 2 or K > Kv
+            or (compute_stats and (stats.shape[0] != Fp or stats.shape[1] != Kv))):
+        raise ValueError("expanded_pass: eta or stats do not have the padded layout")
+    S = sub_rows(Fp, block_rows)
     T = max(1, min(n_tasks, W))
     for w0 in range(0, n_blocks, W):
         nw = min(W, n_blocks - w0)
         # T tasks, each taking every T-th block of the wave: scratch is made once per task, not
         # once per block. Blocks still own their slots, so T changes no bit.
         for t in prange(T):
-            scratch = (np.empty(d * block_rows), np.empty(Fp * block_rows),
-                       np.empty(K * block_rows), np.empty(Kp * block_rows),
-                       np.empty(block_rows, dtype=np.int64), np.empty(block_rows),
-                       np.empty(2 * block_rows))
+            scratch = (np.empty(d * S), np.empty(Fp * S), np.empty(Kv * S),
+                       np.empty(Kv * S), np.zeros(S * Kv), np.empty(S, dtype=np.int64),
+                       np.empty(S), np.empty(2 * S))
             for w in range(t, nw, T):
                 r0 = (w0 + w) * block_rows
                 r1 = min(n, r0 + block_rows)
-                part_ll[w], part_bad[w] = _block(
-                    X, r0, r1, centre, eta, compute_stats, slots[w], row_loglik, resp_out,
-                    labels, scratch,
-                )
+                if Fp < PANEL_MIN_FEATURES:
+                    part_ll[w], part_bad[w] = _small_block(
+                        X, r0, r1, centre, eta, K, compute_stats, slots[w], row_loglik,
+                        resp_out, labels, scratch,
+                    )
+                else:
+                    part_ll[w], part_bad[w] = _block(
+                        X, r0, r1, centre, eta, K, compute_stats, slots[w], row_loglik,
+                        resp_out, labels, scratch,
+                    )
         bad = _merge(nw, part_ll, part_bad, no_slots_1d, slots, no_slots_3d, compute_stats,
                      loglik, no_stats_1d, stats, no_stats_3d)
         if bad >= 0:
