@@ -55,6 +55,7 @@ from importlib import metadata
 
 import numpy as np
 
+from ._kernels.gaussian import DIAG, FULL, SPHERICAL
 from ._kernels.gaussian_expanded import n_features_expanded
 from ._params import EXPANDED_FEATURES, EXPANDED_MIN_COMPONENTS
 
@@ -464,12 +465,13 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
     spherical     8d + 9: x - mu, square, add 3d, one scale; 5d   9d + 8 (scales per feature)
     ============  ==============================================  ===========================
 
-    Plus ``ROW_FLOPS`` (4) per row, and for 'full' d per row to centre x on c. For 'full' with
-    d in ``fastem._params.EXPANDED_FEATURES`` and at least ``EXPANDED_MIN_COMPONENTS``
-    components (the benchmark's well-separated data always passes that kernel's accuracy
-    test), the kernel count is the expanded form's instead: 2 F' for the log-densities eta Phi
-    and 2 F' for the statistics Phi R^T per component, F' = 8 ceil(F / 8),
-    F = 1 + d + d(d+1)/2; per row d + d(d+1)/2 to make the features.
+    Plus ``ROW_FLOPS`` (4) per row, and for 'full' d per row to centre x on c. Where the
+    expanded kernel runs (``fastem._params.EXPANDED_FEATURES`` for the covariance type, at
+    least ``EXPANDED_MIN_COMPONENTS`` components; the benchmark's well-separated data always
+    passes its accuracy test), the kernel count is the expanded form's instead: 2 F' for the
+    log-densities eta Phi and 2 F' for the statistics Phi R^T per component, F' = 8 ceil(F / 8)
+    with F = 1 + d + d(d+1)/2 ('full'), 1 + 2d ('diag') or 2 + d ('spherical'); per row the
+    features, d + d(d+1)/2, 2d or 2d.
 
     Parameters
     ----------
@@ -490,11 +492,13 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
     dp = 4 * math.ceil(d / 4)
     maha = 2 * d * d if dense or d >= _KERNEL_SMALL_D else d * (d + 1)
     scatter = 2 * d * d if dense else dp * (dp + 4)
-    expanded = d in EXPANDED_FEATURES and K >= EXPANDED_MIN_COMPONENTS
-    if covariance_type == "full" and not dense and expanded:
-        n_feat = 8 * math.ceil(n_features_expanded(d) / 8)
+    expanded = (not dense and K >= EXPANDED_MIN_COMPONENTS
+                and d in EXPANDED_FEATURES.get(covariance_type, ()))
+    if expanded:
+        kind = {"full": FULL, "diag": DIAG, "spherical": SPHERICAL}[covariance_type]
+        n_feat = 8 * math.ceil(n_features_expanded(kind, d) / 8)
         per_component = 4 * n_feat + NORMALIZE_FLOPS
-        per_row = d + d * (d + 1) // 2 + ROW_FLOPS
+        per_row = (d + d * (d + 1) // 2 if covariance_type == "full" else 2 * d) + ROW_FLOPS
     elif covariance_type == "full":
         sumsq = 3 * d if dense else 4 * d
         per_component = maha + sumsq + 3 * d + scatter + NORMALIZE_FLOPS

@@ -155,10 +155,11 @@ def _expanded_tasks():
     return 4 * numba.get_num_threads()
 
 
-def _accumulate_expanded(source, params, centre, eta, *, chunk_size=None) -> GaussianStats:
+def _accumulate_expanded(source, params, kind, centre, eta, *,
+                         chunk_size=None) -> GaussianStats:
     """:func:`accumulate` by the expanded kernel: statistics around the one centre c."""
     K, d = params.means.shape
-    n_feat = n_features_expanded(d)
+    n_feat = n_features_expanded(kind, d)
     totals = np.zeros(eta.shape[::-1])  # phi(x - c) r_k summed over rows, a column per component
     waves = _wave_blocks(totals.size)
     loglik = np.zeros(1)
@@ -166,20 +167,25 @@ def _accumulate_expanded(source, params, centre, eta, *, chunk_size=None) -> Gau
     n = 0
     for start, block in source.chunks(chunk_size, prefetch=True):
         block = kernel_rows(block, params.means.shape[1])
-        bad = expanded_pass(block, centre, eta, K, True, BLOCK_ROWS, waves, _expanded_tasks(),
-                            loglik, totals, _EMPTY_1D, no_resp, _EMPTY_LABELS)
+        bad = expanded_pass(kind, block, centre, eta, K, True, BLOCK_ROWS, waves,
+                            _expanded_tasks(), loglik, totals, _EMPTY_1D, no_resp, _EMPTY_LABELS)
         if bad >= 0:
             _raise_bad_row(start, bad)
         n += block.shape[0]
     _check_loglik(loglik[0])
-    upper = totals[1 + d : n_feat, :K].T
-    s2 = np.empty((K, d, d))
-    a, b = np.triu_indices(d)
-    s2[:, a, b] = upper
-    s2[:, b, a] = upper
+    second = totals[1 + d : n_feat, :K].T  # (K, features past the linear ones)
+    if params.covariance_type == "full":
+        s2 = np.empty((K, d, d))
+        a, b = np.triu_indices(d)
+        s2[:, a, b] = second
+        s2[:, b, a] = second
+    elif params.covariance_type == "diag":
+        s2 = np.ascontiguousarray(second)
+    else:
+        s2 = second[:, 0].copy()
     shift = np.repeat(centre[None], K, axis=0)
-    return GaussianStats("full", shift, n, float(loglik[0]), totals[0, :K].copy(),
-                         np.ascontiguousarray(totals[1 : 1 + d, :K].T), s2)
+    return GaussianStats(params.covariance_type, shift, n, float(loglik[0]),
+                         totals[0, :K].copy(), np.ascontiguousarray(totals[1 : 1 + d, :K].T), s2)
 
 
 def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=None,
@@ -189,7 +195,7 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
     Outputs are arrays of n_samples rows (float64 log-likelihoods and responsibilities, int64
     labels), possibly memory-mapped; each chunk's rows are written as soon as computed.
     """
-    expanded = params.expanded_layout()
+    expanded = params.expanded_layout()  # (kind, centre, eta) or None
     kind, shift, centre, prec, aux, const = params.kernel_layout()
     K = shift.shape[0]
     no_resp = np.empty((0, K))
@@ -205,8 +211,9 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
             _EMPTY_LABELS if labels is None else labels[start : start + m],
         ]
         if expanded is not None:
-            bad = expanded_pass(block, *expanded, K, False, BLOCK_ROWS, 1024, _expanded_tasks(),
-                                loglik, np.empty((0, 0)), *views)
+            e_kind, e_centre, eta = expanded
+            bad = expanded_pass(e_kind, block, e_centre, eta, K, False, BLOCK_ROWS, 1024,
+                                _expanded_tasks(), loglik, np.empty((0, 0)), *views)
         else:
             bad = gaussian_pass(
                 kind, SOFT, block, shift, centre, prec, aux, const, no_resp, False, BLOCK_ROWS,

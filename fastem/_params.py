@@ -22,13 +22,17 @@ __all__ = ["GaussianParams", "COVARIANCE_TYPES"]
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 _KIND = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
 
-# 'full' mixtures with this many features and components run the expanded kernel
-# (gaussian_expanded.py). Per pass, 1M rows, 2 threads, against the per-component kernel:
-# K = 16: 0.113 vs 0.263 s at d = 16, 0.38 vs 0.68 at d = 32, 1.43 vs 2.60 at d = 64, but
-# 1.05 vs 0.99 at d = 96, where Phi no longer fits a core's L2. With K <= 4 the per-component
-# form is the faster (0.91 vs 0.63 s at d = 64, 0.072 vs 0.064 at d = 16): the panels' 8
-# columns are then half empty.
-EXPANDED_FEATURES = range(1, 65)
+# Mixtures with this many features (per covariance type) and components run the expanded
+# kernel (gaussian_expanded.py); 'tied' never does. Per pass, 1M rows, 2 threads, against the
+# per-component kernel:
+# - 'full', K = 16: 0.113 vs 0.263 s at d = 16, 0.38 vs 0.68 at d = 32, 1.43 vs 2.60 at
+#   d = 64, but 1.05 vs 0.99 at d = 96, where Phi no longer fits a core's L2;
+# - 'diag', K = 16: 0.059 vs 0.064 s at d = 16, 0.173 vs 0.227 at d = 64, 0.32 vs 0.46 at
+#   d = 128; 'spherical' 0.044 vs 0.059 at d = 16, 0.134 vs 0.221 at d = 64. Below 16
+#   features they tie (d = 2) or lose (0.0154 vs 0.0120 s at d = 4, K = 5);
+# - with K <= 4 the per-component form is the faster ('full': 0.91 vs 0.63 s at d = 64,
+#   0.072 vs 0.064 at d = 16): the panels' 8 columns are then half empty.
+EXPANDED_FEATURES = {"full": range(1, 65), "diag": range(16, 513), "spherical": range(16, 513)}
 EXPANDED_MIN_COMPONENTS = 5
 # ... and only while the expanded quadratic form's rounding error, in log-density units,
 # stays below ~2e-11 for rows within 3 sigma of their component: a bound on it is eps times
@@ -154,32 +158,49 @@ class GaussianParams:
         return self.weights @ self.means / self.weights.sum()
 
     def expanded_layout(self):
-        """(centre, eta) as `fastem._kernels.gaussian_expanded.expanded_pass` reads them, or
-        None where that kernel would be slower or lose accuracy (see EXPANDED_FEATURES,
-        EXPANDED_MIN_COMPONENTS and EXPANDED_MAX_SCALE)."""
+        """(kind, centre, eta) as `fastem._kernels.gaussian_expanded.expanded_pass` reads
+        them, or None where that kernel would be slower or lose accuracy (see
+        EXPANDED_FEATURES, EXPANDED_MIN_COMPONENTS and EXPANDED_MAX_SCALE)."""
+        ct = self.covariance_type
         K, d = self.means.shape
-        if (self.covariance_type != "full" or d not in EXPANDED_FEATURES
+        if (ct not in EXPANDED_FEATURES or d not in EXPANDED_FEATURES[ct]
                 or K < EXPANDED_MIN_COMPONENTS):
             return None
         U = self.precisions_cholesky
-        precisions = np.matmul(U, U.transpose(0, 2, 1))
-        covariances = self.covariances
-        if covariances is None:
-            covariances = covariances_from_precisions_cholesky(U, "full")
         centre = self._centre()
         m = self.means - centre
-        reach = np.abs(m) + 3.0 * np.sqrt(np.abs(np.diagonal(covariances, axis1=1, axis2=2)))
-        scale = np.einsum("ka,kab,kb->k", reach, np.abs(precisions), reach)
+        if ct == "full":
+            precisions = np.matmul(U, U.transpose(0, 2, 1))
+            covariances = self.covariances
+            if covariances is None:
+                covariances = covariances_from_precisions_cholesky(U, "full")
+            variances = np.diagonal(covariances, axis1=1, axis2=2)
+            log_det = np.log(np.diagonal(U, axis1=1, axis2=2)).sum(axis=1)
+        else:  # diagonal precisions, (K, d)
+            precisions = np.broadcast_to(U[:, None] ** 2 if ct == "spherical" else U**2, (K, d))
+            variances = 1.0 / precisions
+            log_det = np.log(U).sum(axis=1) if ct == "diag" else d * np.log(U)
+        reach = np.abs(m) + 3.0 * np.sqrt(np.abs(variances))
+        if ct == "full":
+            scale = np.einsum("ka,kab,kb->k", reach, np.abs(precisions), reach)
+        else:
+            scale = np.sum(precisions * reach**2, axis=1)
         if not np.all(scale <= EXPANDED_MAX_SCALE):  # also refuses NaN
             return None
-        n_feat = n_features_expanded(d)
+        kind = _KIND[ct]
+        n_feat = n_features_expanded(kind, d)
         eta = np.zeros((padded(K), padded(n_feat)))
-        log_det = np.log(np.diagonal(U, axis1=1, axis2=2)).sum(axis=1)
-        eta[:K, 0] = self._const(log_det) - 0.5 * np.einsum("ka,kab,kb->k", m, precisions, m)
-        eta[:K, 1 : 1 + d] = np.einsum("kab,kb->ka", precisions, m)
-        a, b = np.triu_indices(d)  # the kernel's order of the products y_a y_b, a <= b
-        eta[:K, 1 + d : n_feat] = np.where(a == b, -0.5, -1.0) * precisions[:, a, b]
-        return np.ascontiguousarray(centre, dtype=np.float64), eta
+        if ct == "full":
+            eta[:K, 0] = self._const(log_det) - 0.5 * np.einsum("ka,kab,kb->k", m, precisions, m)
+            eta[:K, 1 : 1 + d] = np.einsum("kab,kb->ka", precisions, m)
+            a, b = np.triu_indices(d)  # the kernel's order of the products y_a y_b, a <= b
+            eta[:K, 1 + d : n_feat] = np.where(a == b, -0.5, -1.0) * precisions[:, a, b]
+        else:
+            eta[:K, 0] = self._const(log_det) - 0.5 * np.sum(precisions * m**2, axis=1)
+            eta[:K, 1 : 1 + d] = precisions * m
+            # 'diag': one coefficient per y_j^2; 'spherical': one for |y|^2
+            eta[:K, 1 + d : n_feat] = -0.5 * precisions[:, : n_feat - 1 - d]
+        return kind, np.ascontiguousarray(centre, dtype=np.float64), eta
 
     def kernel_layout(self):
         """(kind, shift, centre, prec, aux, const) as `fastem._kernels.gaussian.gaussian_pass`

@@ -5,8 +5,8 @@ A pass over a block, a chunk, a thread's share or (later) a cluster worker's par
 nothing else. That one property gives out-of-core, parallel and distributed fitting.
 
 Moments are kept around a shift (the means of the parameters that produced the
-responsibilities, or, from the expanded 'full' kernel and for 'tied', one common centre near
-the data) rather than around zero: raw moments E[x x^T] - E[x] E[x]^T cancel catastrophically
+responsibilities, or, from the expanded kernel and for 'tied', one common centre near the
+data) rather than around zero: raw moments E[x x^T] - E[x] E[x]^T cancel catastrophically
 for data far from the origin.
 """
 

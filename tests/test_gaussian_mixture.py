@@ -124,11 +124,12 @@ def separated(blobs):
 
 
 @pytest.fixture(params=["expanded", "per-component"])
-def full_kernel(request, monkeypatch):
-    """'full' mixtures run by the expanded kernel wherever its accuracy allows, or never."""
+def kernel(request, monkeypatch):
+    """Mixtures run by the expanded kernel wherever its accuracy allows, or never."""
     expanded = request.param == "expanded"
     monkeypatch.setattr(fastem._params, "EXPANDED_FEATURES",
-                        range(1, 1000) if expanded else range(0))
+                        {ct: range(1, 1000) if expanded else range(0)
+                         for ct in ("full", "diag", "spherical")})
     monkeypatch.setattr(fastem._params, "EXPANDED_MIN_COMPONENTS", 1)
     return request.param
 
@@ -143,29 +144,34 @@ def test_each_iteration_matches_reference(blobs, covariance_type, n_features):
 
 
 @ignore_convergence
-@pytest.mark.parametrize(("n_features", "n_components"), [(2, 3), (9, 3), (48, 3), (12, 10)],
-                         ids=["d2", "tiles", "panels-8", "panels-16"])
-def test_both_full_kernels_match_reference(blobs, full_kernel, n_features, n_components):
-    """Both 'full' kernels, and each product path of the expanded one (the statistics in
-    tiles below 10 features, in panels of 8 or 16 components above), give the oracle's
+@pytest.mark.parametrize(("covariance_type", "n_features", "n_components"), [
+    ("full", 2, 3), ("full", 9, 3), ("full", 48, 3), ("full", 12, 10),
+    ("diag", 3, 3), ("diag", 40, 10), ("spherical", 3, 3), ("spherical", 70, 10),
+], ids=["full-d2", "full-tiles", "full-panels-8", "full-panels-16", "diag-tiles",
+        "diag-panels", "spherical-tiles", "spherical-panels"])
+def test_both_kernels_match_reference(blobs, kernel, covariance_type, n_features,
+                                      n_components):
+    """Both kernels, and each product path of the expanded one (the statistics in tiles
+    below 64 padded features, in panels of 8 or 16 components above), give the oracle's
     iterations; the rows end on a partial block and sub-block."""
     X = blobs(200 * n_components, n_components, n_features, spread=1.5, scale=3.0, seed=2)[0]
-    start = random_start(X, "full", n_components, seed=3)
-    layout = GaussianParams("full", *start[:3]).expanded_layout()
-    assert (layout is not None) == (full_kernel == "expanded")
-    assert_iterations_match_reference(X, "full", start)
+    start = random_start(X, covariance_type, n_components, seed=3)
+    layout = GaussianParams(covariance_type, *start[:3]).expanded_layout()
+    assert (layout is not None) == (kernel == "expanded")
+    assert_iterations_match_reference(X, covariance_type, start)
 
 
 @ignore_convergence
-def test_components_far_from_the_centre_keep_full_accuracy(full_kernel):
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical"])
+def test_components_far_from_the_centre_keep_full_accuracy(kernel, covariance_type):
     """Tight components 1e5 standard deviations apart: the expanded quadratic form would lose
     ~eps * 1e10 to cancellation, so even where it may run, the per-component kernel does."""
     rng = np.random.default_rng(4)
     X = np.r_[rng.normal(size=(300, 3)), rng.normal(size=(300, 3)) + 1e5]
-    start = random_start(X, "full", 2, seed=5)
+    start = random_start(X, covariance_type, 2, seed=5)
     start[1][:] = [X[:300].mean(axis=0) + 0.5, X[300:].mean(axis=0) - 0.5]
-    assert GaussianParams("full", *start[:3]).expanded_layout() is None
-    assert_iterations_match_reference(X, "full", start)
+    assert GaussianParams(covariance_type, *start[:3]).expanded_layout() is None
+    assert_iterations_match_reference(X, covariance_type, start)
 
 
 def assert_iterations_match_reference(X, covariance_type, start=None):

@@ -1,20 +1,24 @@
-"""The full-covariance E-step and statistics as two matrix products per block.
+"""The E-step and statistics as two matrix products per block ('full', 'diag', 'spherical').
 
 With y = x - c (c a common centre near the data), ``log w_k + log N(x | mu_k, Sigma_k)`` is
-linear in the quadratic features of y:
+linear in features of y:
 
-    phi(y) = (1, y_1 .. y_d, y_a y_b for a <= b)            F = 1 + d + d (d + 1) / 2 entries
+    'full'       phi(y) = (1, y_1 .. y_d, y_a y_b for a <= b)      F = 1 + d + d (d + 1) / 2
+    'diag'       phi(y) = (1, y_1 .. y_d, y_1^2 .. y_d^2)           F = 1 + 2 d
+    'spherical'  phi(y) = (1, y_1 .. y_d, |y|^2)                    F = 2 + d
     log w_k + log N(x | mu_k, Sigma_k) = eta_k . phi(y)
 
 where eta_k holds the component's natural parameters (built by
 ``fastem._params.GaussianParams.expanded_layout``). A block's log-densities are then one
 product ``eta (K, F) @ Phi (F, nb)``, and its statistics one more, ``Phi (F, nb) @ R^T``:
-the responsibility sums, the first moments and the upper triangle of the second moments, all
-around c. Each costs 2 K F flops per row, half of the per-component form in ``gaussian.py``
-((x - mu_k) P_k for every k, then a scatter per component), and nothing is swept once per
-component. From d = 10 on both products run in the register panels of ``_panels.py``, on
-sub-blocks of :func:`sub_rows` rows so that Phi stays in the core's cache; below, where the
-exp and log of the log-sum-exp dominate, in a BLAS call and the row-wise sums of ``_tiles.py``.
+the responsibility sums, the first moments and the second moments the covariance type needs
+(the upper triangle, the diagonal or the trace), all around c. For 'full' each costs 2 K F
+flops per row, half of the per-component form in ``gaussian.py`` ((x - mu_k) P_k for every
+k, then a scatter per component), and nothing is swept once per component. From 64 padded
+features on (d >= 10 for 'full') both products run in the register panels of
+``_panels.py``, on sub-blocks of :func:`sub_rows` rows so that Phi stays in the core's cache;
+below, where the exp and log of the log-sum-exp dominate, in a BLAS call and the row-wise sums
+of ``_tiles.py``.
 
 The price is cancellation: the expanded quadratic form loses about eps * |mu_k - c|^2 (in the
 metric of the component's precision) where the per-component form loses eps * |mu_k - c|.
@@ -29,14 +33,22 @@ from numba import njit, prange
 from ._config import JIT
 from ._panels import PANEL_ROWS, panel_product
 from ._tiles import tile_products
-from .gaussian import _load_columns, _merge, _normalize, _total_loglik, _write_rows
+from .gaussian import (DIAG, FULL, SPHERICAL, _load_columns, _merge, _normalize, _total_loglik,
+                       _write_rows)
 
 _jit = JIT
 
 
-def n_features_expanded(d):
-    """F, the number of quadratic features of d-dimensional rows."""
-    return 1 + d + d * (d + 1) // 2
+@njit(**_jit)
+def n_features_expanded(kind, d):
+    """F, the number of features of d-dimensional rows for covariance `kind` (FULL, DIAG or
+    SPHERICAL): the quadratic ones of 'full', or (1, y, y_j^2) for 'diag' and (1, y, |y|^2)
+    for 'spherical', whose log-densities have no cross terms."""
+    if kind == FULL:
+        return 1 + d + d * (d + 1) // 2
+    if kind == DIAG:
+        return 1 + 2 * d
+    return 2 + d
 
 
 def padded(n):
@@ -65,7 +77,7 @@ def sub_rows(Fp, block_rows):
 
 
 @njit(**_jit)
-def _features(XT, centre, Phi):
+def _features(kind, XT, centre, Phi):
     """Phi[:F, :nb] = phi(x - c) for the columns x of XT (d, nb)."""
     d, nb = XT.shape
     for i in range(nb):
@@ -75,6 +87,18 @@ def _features(XT, centre, Phi):
         for i in range(nb):
             Phi[1 + j, i] = XT[j, i] - c
     row = 1 + d
+    if kind == DIAG:
+        for j in range(d):
+            for i in range(nb):
+                Phi[row + j, i] = Phi[1 + j, i] * Phi[1 + j, i]
+        return
+    if kind == SPHERICAL:
+        for i in range(nb):
+            Phi[row, i] = 0.0
+        for j in range(d):
+            for i in range(nb):
+                Phi[row, i] += Phi[1 + j, i] * Phi[1 + j, i]
+        return
     for a in range(d):
         for b in range(a, d):
             for i in range(nb):
@@ -83,8 +107,8 @@ def _features(XT, centre, Phi):
 
 
 @njit(**_jit)
-def _sub_block(X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik, resp_out, labels,
-               scratch):
+def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik, resp_out,
+               labels, scratch):
     """Rows s0:s1 of a block, both products in panels: their statistics added into `slot`,
     their per-row outputs written. Returns (sum of the rows' log-likelihoods, first
     non-finite row or -1)."""
@@ -106,7 +130,7 @@ def _sub_block(X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik, re
     ll = ll_buf[:nbp]
     work = work_buf[: 2 * nbp].reshape((2, nbp))
     _load_columns(X, s0, s1, XT)
-    _features(XT, centre, Phi)
+    _features(kind, XT, centre, Phi)
     for f in range(Fp):  # padding: feature rows past F, row columns past nb
         lo = 0 if f >= F else nb
         for i in range(lo, nbp):
@@ -129,8 +153,8 @@ def _sub_block(X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik, re
 
 
 @njit(**_jit)
-def _block(X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, resp_out, labels,
-           scratch):
+def _block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, resp_out,
+           labels, scratch):
     """Process rows r0:r1 into `slot` (zeroed here) and the per-row outputs, one sub-block
     at a time.
 
@@ -141,15 +165,14 @@ def _block(X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, resp_out,
     Returns (sum of the rows' log-likelihoods, first non-finite row or -1).
     """
     d = X.shape[1]
-    Fp = eta.shape[1]
-    F = 1 + d + d * (d + 1) // 2
+    F = n_features_expanded(kind, d)
     if compute_stats:
         slot[:] = 0.0
     total = 0.0
     S = scratch[0].shape[0] // d  # the sub-block's rows, as the caller sized the scratch
     for s0 in range(r0, r1, S):
-        part, bad = _sub_block(X, s0, min(r1, s0 + S), centre, eta, K, F, compute_stats, slot,
-                               row_loglik, resp_out, labels, scratch)
+        part, bad = _sub_block(kind, X, s0, min(r1, s0 + S), centre, eta, K, F, compute_stats,
+                               slot, row_loglik, resp_out, labels, scratch)
         if bad >= 0:
             return 0.0, bad
         total += part
@@ -157,8 +180,8 @@ def _block(X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, resp_out,
 
 
 @njit(**_jit)
-def _small_block(X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, resp_out, labels,
-                 scratch):
+def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, resp_out,
+                 labels, scratch):
     """:func:`_block` below PANEL_MIN_FEATURES: the whole block at once, log-densities by
     BLAS and statistics in `_tiles`. Kept apart from the panel path: sharing its function
     cost this one 8% at d = 2 on 2 threads."""
@@ -166,7 +189,7 @@ def _small_block(X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, res
     nb = r1 - r0
     d = X.shape[1]
     Kv, Fp = eta.shape
-    F = 1 + d + d * (d + 1) // 2
+    F = n_features_expanded(kind, d)
     XT = xt[: d * nb].reshape((d, nb))
     Phi = phi[: Fp * nb].reshape((Fp, nb))
     logp = logp_buf[: Kv * nb].reshape((Kv, nb))
@@ -179,7 +202,7 @@ def _small_block(X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, res
     Phi[F:] = 0.0
     R[K:] = 0.0
     _load_columns(X, r0, r1, XT)
-    _features(XT, centre, Phi)
+    _features(kind, XT, centre, Phi)
     np.dot(eta, Phi, logp)
     _normalize(logp_K, R_K, best, ll, work)
     total, bad = _total_loglik(X, r0, r1, ll)
@@ -193,12 +216,14 @@ def _small_block(X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, res
 
 
 @njit(parallel=True, **_jit)
-def expanded_pass(X, centre, eta, K, compute_stats, block_rows, wave_blocks, n_tasks, loglik,
+def expanded_pass(kind, X, centre, eta, K, compute_stats, block_rows, wave_blocks, n_tasks, loglik,
                   stats, row_loglik, resp_out, labels):
     """One pass over a chunk of rows, soft responsibilities.
 
     Parameters
     ----------
+    kind : int
+        FULL, DIAG or SPHERICAL: which features (:func:`n_features_expanded`).
     X : (n, d) float32 or float64, C-contiguous
         In: the rows.
     centre : (d,) float64
@@ -243,7 +268,7 @@ def expanded_pass(X, centre, eta, K, compute_stats, block_rows, wave_blocks, n_t
     d = X.shape[1]
     Kv, Fp = eta.shape
     # The panels read without bounds checks: the layout is built in Python, checked again here.
-    if (Kv % PANEL_ROWS or Fp % PANEL_ROWS or Fp < 1 + d + d * (d + 1) // 2 or K > Kv
+    if (Kv % PANEL_ROWS or Fp % PANEL_ROWS or Fp < n_features_expanded(kind, d) or K > Kv
             or (compute_stats and (stats.shape[0] != Fp or stats.shape[1] != Kv))):
         raise ValueError("expanded_pass: eta or stats do not have the padded layout")
     S = sub_rows(Fp, block_rows)
@@ -261,12 +286,12 @@ def expanded_pass(X, centre, eta, K, compute_stats, block_rows, wave_blocks, n_t
                 r1 = min(n, r0 + block_rows)
                 if Fp < PANEL_MIN_FEATURES:
                     part_ll[w], part_bad[w] = _small_block(
-                        X, r0, r1, centre, eta, K, compute_stats, slots[w], row_loglik,
+                        kind, X, r0, r1, centre, eta, K, compute_stats, slots[w], row_loglik,
                         resp_out, labels, scratch,
                     )
                 else:
                     part_ll[w], part_bad[w] = _block(
-                        X, r0, r1, centre, eta, K, compute_stats, slots[w], row_loglik,
+                        kind, X, r0, r1, centre, eta, K, compute_stats, slots[w], row_loglik,
                         resp_out, labels, scratch,
                     )
         bad = _merge(nw, part_ll, part_bad, no_slots_1d, slots, no_slots_3d, compute_stats,
