@@ -211,7 +211,7 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
     _write_rows(r0, ll, R_K, best, row_loglik, resp_out, labels)
     if compute_stats:
         slot[:] = 0.0
-        tile_products(R, Phi, nb, slot.T, False, True)
+        tile_products(Phi, R, nb, slot, False, True)
     return total, -1
 
 
