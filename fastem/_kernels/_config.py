@@ -2,6 +2,9 @@
 
 import os
 
+from numba import types
+from numba.extending import intrinsic
+
 # Compiled kernels are cached on disk next to their source; FASTEM_NUMBA_CACHE=0 turns the
 # cache off (useful when profiling or when the package directory is read-only).
 CACHE = os.environ.get("FASTEM_NUMBA_CACHE", "1") != "0"
@@ -20,3 +23,23 @@ BLOCK_ROWS = 256
 # vectorizing any loop that divides (the log-sum-exp's 1/s among them). Inputs are validated
 # in Python, so no kernel divides by zero on purpose.
 JIT = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy")
+
+
+@intrinsic
+def prefer_wide_vectors(typingctx):
+    """Let LLVM vectorize the calling function's loops with the CPU's widest vectors.
+
+    LLVM's tuning for AVX-512 CPUs prefers 256-bit vectors (a guard against the clock drop
+    some of them take on 512-bit instructions), so loops that Numba vectorizes use half the
+    lanes the CPU has. The kernels are long, throughput-bound loops, where the full width
+    measured faster: fastem's exp took 0.55 ns instead of 0.88 per element on one core. A call
+    to this, first in a kernel function, sets that function's preference to 512 bits; on CPUs
+    without AVX-512 LLVM still uses the widest vectors they have.
+    """
+
+    def codegen(context, builder, signature, args):
+        # llvmlite knows no string attributes by name; the set underneath prints any entry.
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+
+    return types.void(), codegen

@@ -9,7 +9,7 @@ feeding four multiply-adds, measured about 2x a BLAS product at d = 16 and 64.
 
 from numba import njit
 
-from ._config import JIT
+from ._config import JIT, prefer_wide_vectors
 
 
 @njit(**JIT)
@@ -20,6 +20,7 @@ def tile_products(A, B, nb, out, upper, add):
     shape are written. With `upper`, only the tiles on or above the diagonal are computed (a
     symmetric product: the caller mirrors them), half the work of a full product.
     """
+    prefer_wide_vectors()
     for a0 in range(0, A.shape[0], 4):
         for b0 in range(a0 if upper else 0, B.shape[0], 4):
             s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = 0.0

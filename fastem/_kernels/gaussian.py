@@ -42,7 +42,7 @@ SPHERICAL  (K, 1, 1) p_k       unused                   (K, 1, 1)         (K, d)
 import numpy as np
 from numba import njit, prange
 
-from ._config import CACHE, JIT
+from ._config import CACHE, JIT, prefer_wide_vectors
 from ._math import exp_nonpositive, log_at_least_one
 from ._tiles import tile_products
 
@@ -68,6 +68,7 @@ def _load_columns(X, r0, r1, XT):
     per row read, which at d = 64 took 3x as long (more than the whole diagonal E-step); up
     to 16 features the row-by-row copy measured faster.
     """
+    prefer_wide_vectors()
     d = X.shape[1]
     nb = r1 - r0
     if d < 20:
@@ -104,6 +105,7 @@ def _first_nonfinite(X, r0, r1, ll):
 @njit(**_jit)
 def _centre(XT, mu, DT):
     """DT = XT - mu[:, None]."""
+    prefer_wide_vectors()
     d, nb = XT.shape
     for j in range(d):
         m = mu[j]
@@ -114,6 +116,7 @@ def _centre(XT, mu, DT):
 @njit(**_jit)
 def _logp(kind, XT, shift, centre, prec, aux, const, logp):
     """logp[k, i] = log w_k + log N(x_i | mu_k, Sigma_k) for the rows of one block."""
+    prefer_wide_vectors()
     d, nb = XT.shape
     K = shift.shape[0]
     acc = np.empty(nb)
@@ -153,6 +156,7 @@ def _logp(kind, XT, shift, centre, prec, aux, const, logp):
 def _sum_squares(Z, row0, d, off, scale, acc):
     """acc[i] = sum_j ((Z[row0 + j, i] - off[j]) * scale[j])^2, four rows of Z per sweep so
     that acc is loaded and stored once per four features."""
+    prefer_wide_vectors()
     nb = Z.shape[1]
     acc[:] = 0.0
     j = 0
@@ -180,6 +184,7 @@ def _normalize(logp, R, best, ll, work):
     """Responsibilities R (K, nb) from logp by a stable log-sum-exp; the rows'
     log-likelihoods into `ll` and their most likely component into `best`. `work` is (2, nb)
     scratch."""
+    prefer_wide_vectors()
     K, nb = logp.shape
     m = work[0]
     s = work[1]
@@ -237,6 +242,7 @@ def _write_rows(r0, ll, R, best, row_loglik, resp_out, labels):
 @njit(**_jit)
 def _stats(kind, XT, R, shift, p0, p1, p2):
     """One block's statistics into its own slot (p0, p1, p2)."""
+    prefer_wide_vectors()
     d, nb = XT.shape
     K = shift.shape[0]
     dp = (d + 3) // 4 * 4  # rows padded with zeros for the 4 x 4 tiles
@@ -295,6 +301,7 @@ def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, comp
 
     Returns (sum of the rows' log-likelihoods, first non-finite row or -1).
     """
+    prefer_wide_vectors()
     nb = r1 - r0
     d = X.shape[1]
     K = shift.shape[0]

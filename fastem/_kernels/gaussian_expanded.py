@@ -30,7 +30,7 @@ in ``gaussian.py``; within a block, sub-blocks are added in order.
 import numpy as np
 from numba import njit, prange
 
-from ._config import JIT
+from ._config import JIT, prefer_wide_vectors
 from ._panels import PANEL_ROWS, panel_product
 from ._tiles import tile_products
 from .gaussian import (DIAG, FULL, SPHERICAL, _load_columns, _merge, _normalize, _total_loglik,
@@ -79,6 +79,7 @@ def sub_rows(Fp, block_rows):
 @njit(**_jit)
 def _features(kind, XT, centre, Phi):
     """Phi[:F, :nb] = phi(x - c) for the columns x of XT (d, nb)."""
+    prefer_wide_vectors()
     d, nb = XT.shape
     for i in range(nb):
         Phi[0, i] = 1.0
@@ -112,6 +113,7 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
     """Rows s0:s1 of a block, both products in panels: their statistics added into `slot`,
     their per-row outputs written. Returns (sum of the rows' log-likelihoods, first
     non-finite row or -1)."""
+    prefer_wide_vectors()
     xt, phi, logp_buf, r_buf, rt_buf, best_buf, ll_buf, work_buf = scratch
     d = X.shape[1]
     Kv, Fp = eta.shape
@@ -164,6 +166,7 @@ def _block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, res
 
     Returns (sum of the rows' log-likelihoods, first non-finite row or -1).
     """
+    prefer_wide_vectors()
     d = X.shape[1]
     F = n_features_expanded(kind, d)
     if compute_stats:
@@ -185,6 +188,7 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
     """:func:`_block` below PANEL_MIN_FEATURES: the whole block at once, log-densities by
     BLAS and statistics in `_tiles`. Kept apart from the panel path: sharing its function
     cost this one 8% at d = 2 on 2 threads."""
+    prefer_wide_vectors()
     xt, phi, logp_buf, r_buf, rt_buf, best_buf, ll_buf, work_buf = scratch
     nb = r1 - r0
     d = X.shape[1]
