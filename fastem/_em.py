@@ -90,9 +90,7 @@ def kernel_rows(block, n_features):
 
     The kernels trust shapes, so a chunk that does not fit the model is refused here. They never
     write to X; handing them every chunk read-only makes in-memory arrays and memory-mapped
-    files the same Numba type, so one compiled kernel per dtype serves both: fewer compiles,
-    and equal bits across sources in every process (a kernel compiled in this process and its
-    twin loaded from the on-disk cache were seen to differ in the last bit).
+    files the same Numba type, so one compiled kernel per dtype serves both (fewer compiles).
     """
     if block.ndim != 2 or block.shape[1] != n_features:
         raise ValueError(

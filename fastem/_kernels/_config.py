@@ -9,9 +9,15 @@ from numba.extending import intrinsic
 # cache off (useful when profiling or when the package directory is read-only).
 CACHE = os.environ.get("FASTEM_NUMBA_CACHE", "1") != "0"
 
-# Fast-math flags without 'nnan' and 'ninf': the log-sum-exp needs -inf to behave, and the
-# finiteness checks on the data must not be optimized away.
-FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+# Fast-math flags without 'nnan' and 'ninf' (the log-sum-exp needs -inf to behave, and the
+# finiteness checks on the data must not be optimized away) and without 'reassoc'. With
+# reassociation LLVM may split a sum into vector lanes, and it did so differently in a kernel
+# compiled in the running process (which calls its helpers' own compiled copies) and in the
+# same kernel loaded from the disk cache (whose helpers were re-optimized inside it): a first,
+# compiling run and every later run differed in the last bit. Without it every sum keeps its
+# written order, the two agree bit for bit, and the exp and log are within 1 ulp; the passes
+# measured as fast, as the hot loops vectorize across rows, not along a sum.
+FASTMATH = {"nsz", "arcp", "contract", "afn"}
 
 # Rows per block. Partial statistics belong to blocks, not to threads, and are merged in block
 # order, so results are bit-identical for any number of threads, and for any chunk size that is

@@ -50,14 +50,12 @@ _LN2_LO = 1.9082149292705877e-10
 
 @njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def exp_nonpositive(x):
-    """exp(x) for x <= 0, within (4 + |x| / 2) ulp; exactly 0 below -708 (and for -inf).
+    """exp(x) for x <= 0, within 1 ulp (measured); exactly 0 below -708 (and for -inf).
 
-    exp(x) = 2^n exp(r) with n = round(x / ln 2) and |r| <= ln(2)/2. Without fast-math r is
-    exact (ln 2 in two parts) and the result within 1 ulp; under the kernels' fast-math,
-    reassociation folds the two parts back together, which costs about |n| / 5 ulp. Where
-    that is more than a few ulp (x < -20) the term is below 2e-9 of the row's largest one,
-    exactly 1, so the responsibilities and log-likelihood keep full accuracy. Below -708 the
-    true value is subnormal; as a responsibility it is 0 to double precision anyway.
+    exp(x) = 2^n exp(r) with n = round(x / ln 2) and |r| <= ln(2)/2, r exact thanks to ln 2
+    in two parts. That needs the kernels' fast-math to exclude reassociation, which would fold
+    the two parts back together (about |n| / 5 ulp). Below -708 the true value is subnormal;
+    as a responsibility it is 0 to double precision anyway.
     """
     xc = max(x, -708.0)
     n = math.floor(xc * _LOG2E + 0.5)
@@ -78,7 +76,7 @@ _EXPONENT_ONE = 1023 << 52
 
 @njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def log_at_least_one(x):
-    """log(x) for finite x >= 1 (a sum of exps whose largest term is 1), within a few ulp;
+    """log(x) for finite x >= 1 (a sum of exps whose largest term is 1), within 1 ulp (measured);
     NaN for anything else (a NaN stays NaN).
 
     x = 2^e m with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(z) with |z| <= 0.172, where
