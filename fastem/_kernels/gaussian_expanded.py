@@ -33,8 +33,16 @@ from numba import njit, prange
 from ._config import JIT, prefer_wide_vectors
 from ._panels import PANEL_ROWS, panel_product
 from ._tiles import tile_products
-from .gaussian import (DIAG, FULL, SPHERICAL, _load_columns, _merge, _normalize, _total_loglik,
-                       _write_rows)
+from .gaussian import (
+    DIAG,
+    FULL,
+    SPHERICAL,
+    _load_columns,
+    _merge,
+    _normalize,
+    _total_loglik,
+    _write_rows,
+)
 
 _jit = JIT
 
@@ -189,7 +197,7 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
     BLAS and statistics in `_tiles`. Kept apart from the panel path: sharing its function
     cost this one 8% at d = 2 on 2 threads."""
     prefer_wide_vectors()
-    xt, phi, logp_buf, r_buf, rt_buf, best_buf, ll_buf, work_buf = scratch
+    xt, phi, logp_buf, r_buf, _, best_buf, ll_buf, work_buf = scratch  # R is not transposed
     nb = r1 - r0
     d = X.shape[1]
     Kv, Fp = eta.shape
