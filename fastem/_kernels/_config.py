@@ -45,7 +45,10 @@ def prefer_wide_vectors(typingctx):
 
     def codegen(context, builder, signature, args):
         # llvmlite knows no string attributes by name; the set underneath prints any entry.
-        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        # Should a later llvmlite store attributes otherwise, LLVM's default width stays.
+        attributes = builder.function.attributes
+        if isinstance(attributes, set):
+            set.add(attributes, '"prefer-vector-width"="512"')
         return context.get_dummy_value()
 
     return types.void(), codegen
