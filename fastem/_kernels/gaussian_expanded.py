@@ -59,6 +59,7 @@ def n_features_expanded(kind, d):
     return 2 + d
 
 
+@njit(**_jit)
 def padded(n):
     """n rounded up to a multiple of 8: the panels' rows (PANEL_ROWS) and vector lanes
     (LANES)."""
@@ -126,7 +127,7 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
     d = X.shape[1]
     Kv, Fp = eta.shape
     nb = s1 - s0
-    nbp = (nb + PANEL_ROWS - 1) // PANEL_ROWS * PANEL_ROWS  # whole panels of rows
+    nbp = padded(nb)  # whole panels of rows
     # Contiguous views, so that the last, shorter sub-block is laid out like the rest.
     XT = xt[: d * nb].reshape((d, nb))
     Phi = phi[: Fp * nbp].reshape((Fp, nbp))
