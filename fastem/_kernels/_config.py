@@ -15,8 +15,9 @@ CACHE = os.environ.get("FASTEM_NUMBA_CACHE", "1") != "0"
 # compiled in the running process (which calls its helpers' own compiled copies) and in the
 # same kernel loaded from the disk cache (whose helpers were re-optimized inside it): a first,
 # compiling run and every later run differed in the last bit. Without it every sum keeps its
-# written order, the two agree bit for bit, and the exp and log are within 1 ulp; the passes
-# measured as fast, as the hot loops vectorize across rows, not along a sum.
+# written order, the two agree bit for bit, and the exp and log are within 1 ulp. The hot loops
+# vectorize across rows; the sums along rows are written with explicit vector lanes
+# (``_tiles.py``), as LLVM may no longer split a scalar sum into lanes itself.
 FASTMATH = {"nsz", "arcp", "contract", "afn"}
 
 # Rows per block. Partial statistics belong to blocks, not to threads, and are merged in block

@@ -1,0 +1,75 @@
+"""The kernels' own products, against NumPy's: the register panels of the expanded kernel and
+the 8-lane tiles and dot products of the statistics."""
+
+import numpy as np
+import pytest
+
+from fastem._kernels._panels import LANES, PANEL_ROWS, panel_product
+from fastem._kernels._tiles import TILE, row_dot, tile_products
+
+
+@pytest.mark.parametrize("n_cols", [LANES, 2 * LANES, 3 * LANES], ids=["8", "16", "16+8"])
+@pytest.mark.parametrize("a_transposed", [False, True], ids=["A-rows", "A-strided"])
+def test_panel_product_adds_the_matrix_product(n_cols, a_transposed):
+    """out += A[:, :n] @ B[:n] for both panel widths, an A read through any strides, and a
+    shared dimension n shorter than A's and B's."""
+    rng = np.random.default_rng(0)
+    M, n_full, n = 2 * PANEL_ROWS, 37, 29
+    A = rng.normal(size=(n_full, M)).T if a_transposed else rng.normal(size=(M, n_full))
+    B = rng.normal(size=(n_full, n_cols))
+    start = rng.normal(size=(M, n_cols))
+    out = start.copy()
+    panel_product(A, B, out, n)
+    np.testing.assert_allclose(out, start + A[:, :n] @ B[:n], rtol=1e-13, atol=1e-13)
+
+
+def test_panel_product_sums_in_index_order():
+    """Each entry is the shared dimension summed in order (with fused multiply-adds): the
+    result is exact on integers and does not depend on the panel an entry falls in."""
+    rng = np.random.default_rng(1)
+    A = rng.integers(-50, 50, size=(PANEL_ROWS, 40)).astype(np.float64)
+    B = rng.integers(-50, 50, size=(40, 2 * LANES)).astype(np.float64)
+    out = np.zeros((PANEL_ROWS, 2 * LANES))
+    panel_product(A, B, out, 40)
+    assert np.array_equal(out, A @ B)
+    narrow = np.zeros((PANEL_ROWS, LANES))
+    panel_product(A, np.ascontiguousarray(B[:, :LANES]), narrow, 40)
+    assert np.array_equal(narrow, out[:, :LANES])
+
+
+@pytest.mark.parametrize("nb", [256, 253, 5], ids=["whole-vectors", "tail", "tail-only"])
+@pytest.mark.parametrize("upper", [False, True], ids=["full", "upper"])
+@pytest.mark.parametrize("add", [False, True], ids=["set", "add"])
+def test_tile_products_match_numpy(nb, upper, add):
+    """out = (or +=) A[:, :nb] B[:, :nb]^T: lanes, the columns past the last whole vector, an
+    out smaller than the padded operands, and only the upper tiles when asked."""
+    rng = np.random.default_rng(2)
+    A = rng.normal(size=(3 * TILE, 260))
+    B = A.copy() if upper else rng.normal(size=(2 * TILE, 260))
+    start = rng.normal(size=(3 * TILE - 1, B.shape[0] - 1))
+    out = start.copy()
+    tile_products(A, B, nb, out, upper, add)
+    expected = (A[:, :nb] @ B[:, :nb].T)[: out.shape[0], : out.shape[1]] + (start if add else 0)
+    if upper:  # the tiles below the diagonal are not written
+        rows, cols = np.indices(out.shape)
+        written = rows // TILE <= cols // TILE
+        np.testing.assert_allclose(out[written], expected[written], rtol=1e-13, atol=1e-13)
+        assert np.array_equal(out[~written], start[~written])
+    else:
+        np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
+
+
+def test_lane_sums_are_exact_on_integers_and_fixed_in_order():
+    """Lanes then tail, in a fixed order: exact where every partial sum is, and the same bits
+    from a tile and from a single dot product of the same rows."""
+    rng = np.random.default_rng(3)
+    A = rng.integers(-50, 50, size=(TILE, 101)).astype(np.float64)
+    B = rng.integers(-50, 50, size=(TILE, 101)).astype(np.float64)
+    out = np.zeros((TILE, TILE))
+    tile_products(A, B, 101, out, False, False)
+    assert np.array_equal(out, A @ B.T)
+    real = rng.normal(size=(TILE, 101))
+    tile_products(real, B, 101, out, False, False)
+    for a in range(TILE):
+        for b in range(TILE):
+            assert row_dot(real, a, B, b, 101) == out[a, b]
