@@ -25,14 +25,15 @@ _KIND = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
 # Mixtures with this many features (per covariance type) and components run the expanded
 # kernel (gaussian_expanded.py); 'tied' never does. Per pass, 1M rows, 2 threads, against the
 # per-component kernel:
-# - 'full', K = 16: 0.113 vs 0.263 s at d = 16, 0.38 vs 0.68 at d = 32, 1.43 vs 2.60 at
-#   d = 64, but 1.05 vs 0.99 at d = 96, where Phi no longer fits a core's L2;
-# - 'diag', K = 16: 0.059 vs 0.064 s at d = 16, 0.173 vs 0.227 at d = 64, 0.32 vs 0.46 at
-#   d = 128; 'spherical' 0.044 vs 0.059 at d = 16, 0.134 vs 0.221 at d = 64. Below 16
-#   features they tie (d = 2) or lose (0.0154 vs 0.0120 s at d = 4, K = 5);
-# - with K <= 4 the per-component form is the faster ('full': 0.91 vs 0.63 s at d = 64,
-#   0.072 vs 0.064 at d = 16): the panels' 8 columns are then half empty.
-EXPANDED_FEATURES = {"full": range(1, 65), "diag": range(16, 513), "spherical": range(16, 513)}
+# - 'full', K = 16: 0.117 vs 0.234 s at d = 16, 0.37 vs 0.65 at d = 32, 1.27 vs 2.21 at
+#   d = 64; at d = 96 (300k rows) 1.47 vs 1.55, too close to call, as Phi no longer fits a
+#   core's L2;
+# - 'diag': 0.0092 vs 0.0106 s at d = 1, K = 8; 0.0204 vs 0.0255 at d = 8, K = 8; 0.046 vs
+#   0.071 at d = 16, K = 16; 0.157 vs 0.348 at d = 64, K = 16. 'spherical': 0.0121 vs 0.0171
+#   at d = 4, K = 8; 0.039 vs 0.070 at d = 16, K = 16; 0.119 vs 0.339 at d = 64, K = 16;
+# - with K <= 4 they tie ('full' at d = 64, 300k rows: 0.171 vs 0.169 s; 'diag' at d = 8:
+#   0.0175 vs 0.0176): the panels' and tiles' 8 columns are then half empty.
+EXPANDED_FEATURES = {"full": range(1, 65), "diag": range(1, 513), "spherical": range(1, 513)}
 EXPANDED_MIN_COMPONENTS = 5
 # ... and only while the expanded quadratic form's rounding error, in log-density units,
 # stays below ~2e-11 for rows within 3 sigma of their component: a bound on it is eps times
