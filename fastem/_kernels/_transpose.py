@@ -1,0 +1,89 @@
+"""Rows of the data into the kernels' column layout, 8 x 8 at a time in vector registers.
+
+The kernels read a block of rows X[r0:r1] (row-major, as users store data) and work on its
+transpose XT (features by rows), where every loop over rows is a contiguous vector loop. The
+copy is the one pass over the data's bytes, and at high d it was slower than the memory
+feeding it: element by element, in 8 x 8 tiles, it moved 7.4 GB/s on one core at d = 64,
+against 10.8 for a plain row-major copy and 14.1 for a sum. :func:`transpose_tile` loads 8 rows
+of 8 features as 8 vectors (widening float32 to float64 on the way), transposes them with
+three rounds of shuffles and stores 8 vectors of 8 rows.
+"""
+
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+TILE = 8
+
+_i32 = ir.IntType(32)
+_f64 = ir.DoubleType()
+_vec = ir.VectorType(_f64, TILE)
+
+# The three rounds, each combining vectors a and b (lanes 0-7 of a, 8-15 of b): interleave
+# single lanes of row pairs, then pairs of lanes, then halves. After them vector k holds
+# column k.
+_SINGLES = ([0, 8, 2, 10, 4, 12, 6, 14], [1, 9, 3, 11, 5, 13, 7, 15])
+_PAIRS = ([0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15])
+_HALVES = ([0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15])
+
+
+def _is_row_major(a, dtypes):
+    return (isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
+            and a.dtype in dtypes)
+
+
+@intrinsic
+def transpose_tile(typingctx, X, r, j0, XT, i):
+    """XT[j0 + k, i + u] = X[r + u, j0 + k] for u, k < 8: X C-contiguous float32 or float64,
+    XT C-contiguous float64. Nothing is checked: the caller keeps the tile inside both."""
+    if not (_is_row_major(X, (types.float32, types.float64))
+            and _is_row_major(XT, (types.float64,))):
+        return None
+    sig = types.void(X, types.intp, types.intp, XT, types.intp)
+
+    def codegen(context, builder, signature, args):
+        x_ty, _, _, xt_ty, _ = signature.args
+        x = context.make_array(x_ty)(context, builder, args[0])
+        xt = context.make_array(xt_ty)(context, builder, args[3])
+        r, j0, i = args[1], args[2], args[4]
+        intp = r.type
+        byte_ptr = ir.IntType(8).as_pointer()
+        x_base = builder.bitcast(x.data, byte_ptr)
+        xt_base = builder.bitcast(xt.data, byte_ptr)
+        x_stride = cgutils.unpack_tuple(builder, x.strides, 2)[0]
+        xt_stride = cgutils.unpack_tuple(builder, xt.strides, 2)[0]
+        elem = context.get_data_type(x_ty.dtype)
+        item = ir.Constant(intp, x_ty.dtype.bitwidth // 8)
+        col = builder.mul(j0, item)
+        rows = []
+        for u in range(TILE):
+            offset = builder.add(builder.mul(builder.add(r, ir.Constant(intp, u)), x_stride),
+                                 col)
+            ptr = builder.bitcast(builder.gep(x_base, [offset]),
+                                  ir.VectorType(elem, TILE).as_pointer())
+            row = builder.load(ptr, align=x_ty.dtype.bitwidth // 8)
+            rows.append(row if x_ty.dtype == types.float64 else builder.fpext(row, _vec))
+
+        def combine(a, b, lanes):
+            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_i32, TILE), lanes))
+
+        t = []
+        for p in range(0, TILE, 2):
+            t += [combine(rows[p], rows[p + 1], lanes) for lanes in _SINGLES]
+        u = [None] * TILE
+        for q in (0, 4):
+            for s in (0, 1):
+                u[q + s], u[q + s + 2] = (combine(t[q + s], t[q + s + 2], lanes)
+                                          for lanes in _PAIRS)
+        v = [None] * TILE
+        for k in range(4):
+            v[k], v[k + 4] = (combine(u[k], u[k + 4], lanes) for lanes in _HALVES)
+        out_col = builder.mul(i, ir.Constant(intp, 8))
+        for k in range(TILE):
+            offset = builder.add(
+                builder.mul(builder.add(j0, ir.Constant(intp, k)), xt_stride), out_col)
+            ptr = builder.bitcast(builder.gep(xt_base, [offset]), _vec.as_pointer())
+            builder.store(v[k], ptr, align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
