@@ -1,11 +1,11 @@
 """The kernels' own products, against NumPy's: the register panels of the expanded kernel and
-the 8-lane tiles and dot products of the statistics."""
+the 8-lane tiles, dot products and centred moments of the statistics."""
 
 import numpy as np
 import pytest
 
 from fastem._kernels._panels import LANES, PANEL_ROWS, panel_product
-from fastem._kernels._tiles import TILE, row_dot, tile_products
+from fastem._kernels._tiles import TILE, centred_moments, row_dot, tile_products
 
 
 @pytest.mark.parametrize("n_cols", [LANES, 2 * LANES, 3 * LANES], ids=["8", "16", "16+8"])
@@ -73,3 +73,21 @@ def test_lane_sums_are_exact_on_integers_and_fixed_in_order():
     for a in range(TILE):
         for b in range(TILE):
             assert row_dot(real, a, B, b, 101) == out[a, b]
+
+
+@pytest.mark.parametrize("d", [1, 4, 7], ids=["one-feature", "four", "four+three"])
+@pytest.mark.parametrize("nb", [256, 61], ids=["whole-vectors", "tail"])
+def test_centred_moments_match_numpy(d, nb):
+    """Each component's sum r (x - mu) and sum r (x - mu)^2, four features per sweep and one
+    at a time past them; and the single dot product."""
+    rng = np.random.default_rng(4)
+    K = 3
+    XT = rng.normal(size=(d, nb)) + 5.0
+    R = rng.random(size=(K, nb))
+    mu = rng.normal(size=(K, d)) + 5.0
+    first, second = np.full((K, d), np.nan), np.full((K, d), np.nan)
+    centred_moments(XT, R, mu, first, second)
+    t = XT[None, :, :] - mu[:, :, None]  # (K, d, nb)
+    np.testing.assert_allclose(first, np.einsum("ki,kji->kj", R, t), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(second, np.einsum("ki,kji->kj", R, t**2), rtol=1e-12, atol=1e-12)
+    assert row_dot(R, 1, XT, d - 1, nb) == pytest.approx(R[1] @ XT[d - 1], rel=1e-13)

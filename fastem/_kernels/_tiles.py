@@ -35,6 +35,21 @@ def _is_row_major(a):
             and a.dtype == types.float64)
 
 
+def _lane_total(builder, vec):
+    """The sum of an 8-lane vector's lanes in a fixed tree: halves, quarters, then the pair."""
+
+    def fold(vec, width):  # lanes [0, width) plus lanes [width, 2 width)
+        undef = ir.Constant(vec.type, ir.Undefined)
+        halves = [builder.shuffle_vector(vec, undef, ir.Constant(
+            ir.VectorType(_i32, width), list(range(h * width, (h + 1) * width))))
+            for h in range(2)]
+        return builder.fadd(*halves)
+
+    pair = fold(fold(vec, 4), 2)
+    return builder.fadd(builder.extract_element(pair, ir.Constant(_i32, 0)),
+                        builder.extract_element(pair, ir.Constant(_i32, 1)))
+
+
 def _lane_sums_intrinsic(n_a, n_b):
     """An intrinsic returning the n_a * n_b sums sum_{i < 8 n_vectors} A[a0 + u, i] B[b0 + v, i]
     as a tuple in the order (u, v) = (0, 0), (0, 1), ... . A and B are C-contiguous float64
@@ -81,18 +96,7 @@ def _lane_sums_intrinsic(n_a, n_b):
                         builder.store(
                             builder.call(fma, [a_vec[u], b_vec[v], builder.load(slot)]), slot)
 
-            def fold(vec, width):  # lanes [0, width) plus lanes [width, 2 width)
-                undef = ir.Constant(vec.type, ir.Undefined)
-                halves = [builder.shuffle_vector(vec, undef, ir.Constant(
-                    ir.VectorType(_i32, width), list(range(h * width, (h + 1) * width))))
-                    for h in range(2)]
-                return builder.fadd(*halves)
-
-            sums = []
-            for slot in acc:
-                pair = fold(fold(builder.load(slot), 4), 2)
-                sums.append(builder.fadd(builder.extract_element(pair, ir.Constant(_i32, 0)),
-                                         builder.extract_element(pair, ir.Constant(_i32, 1))))
+            sums = [_lane_total(builder, builder.load(slot)) for slot in acc]
             return context.make_tuple(builder, signature.return_type, sums)
 
         return sig, codegen
@@ -102,6 +106,102 @@ def _lane_sums_intrinsic(n_a, n_b):
 
 _tile_sums = _lane_sums_intrinsic(TILE, TILE)
 _dot_sums = _lane_sums_intrinsic(1, 1)
+
+
+def _moment_sums_intrinsic(n_rows):
+    """An intrinsic returning (sum r t_u for u < n_rows, then sum r t_u^2 for u < n_rows) over
+    i < 8 n_vectors, with t_u = XT[j0 + u, i] - mu[j0 + u] and r = R[k, i]: one sweep over R
+    for n_rows features, 2 n_rows independent vector sums (one alone waits on its previous
+    add every step). XT and R are C-contiguous float64, mu contiguous; nothing is checked."""
+
+    @intrinsic
+    def moment_sums(typingctx, XT, j0, R, k, mu, n_vectors):
+        if not (_is_row_major(XT) and _is_row_major(R) and isinstance(mu, types.Array)
+                and mu.ndim == 1 and mu.layout == "C" and mu.dtype == types.float64):
+            return None
+        sig = types.UniTuple(types.float64, 2 * n_rows)(XT, types.intp, R, types.intp, mu,
+                                                         types.intp)
+
+        def codegen(context, builder, signature, args):
+            xt = context.make_array(signature.args[0])(context, builder, args[0])
+            r = context.make_array(signature.args[2])(context, builder, args[2])
+            m = context.make_array(signature.args[4])(context, builder, args[4])
+            j0, k, n_vectors = args[1], args[3], args[5]
+            intp = j0.type
+            byte_ptr = ir.IntType(8).as_pointer()
+            xt_stride = cgutils.unpack_tuple(builder, xt.strides, 2)[0]
+            x_base = builder.bitcast(xt.data, byte_ptr)
+            x_rows = [builder.gep(x_base, [builder.mul(builder.add(j0, ir.Constant(intp, u)),
+                                                       xt_stride)]) for u in range(n_rows)]
+            r_row = builder.gep(builder.bitcast(r.data, byte_ptr), [
+                builder.mul(k, cgutils.unpack_tuple(builder, r.strides, 2)[0])])
+            undef = ir.Constant(_vec, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES)
+            mu_vecs = []
+            for u in range(n_rows):
+                mu_u = builder.load(builder.gep(m.data, [builder.add(j0, ir.Constant(intp, u))]))
+                mu_vecs.append(builder.shuffle_vector(
+                    builder.insert_element(undef, mu_u, ir.Constant(_i32, 0)), undef, splat))
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_vec, [_vec] * 3), "llvm.fma.v8f64")
+            zero = ir.Constant(_vec, [0.0] * LANES)
+            first = [cgutils.alloca_once_value(builder, zero) for _ in range(n_rows)]
+            second = [cgutils.alloca_once_value(builder, zero) for _ in range(n_rows)]
+
+            def load(row, offset):
+                ptr = builder.bitcast(builder.gep(row, [offset]), _vec.as_pointer())
+                return builder.load(ptr, align=8)
+
+            with cgutils.for_range(builder, n_vectors) as loop:
+                offset = builder.mul(loop.index, ir.Constant(intp, 8 * LANES))
+                r_vec = load(r_row, offset)
+                for u in range(n_rows):
+                    t = builder.fsub(load(x_rows[u], offset), mu_vecs[u])
+                    rt = builder.fmul(r_vec, t)
+                    builder.store(builder.fadd(builder.load(first[u]), rt), first[u])
+                    builder.store(builder.call(fma, [rt, t, builder.load(second[u])]), second[u])
+            sums = [_lane_total(builder, builder.load(slot)) for slot in first + second]
+            return context.make_tuple(builder, signature.return_type, sums)
+
+        return sig, codegen
+
+    return moment_sums
+
+
+_moment_sums_4 = _moment_sums_intrinsic(4)
+_moment_sums_1 = _moment_sums_intrinsic(1)
+
+
+@njit(**JIT)
+def centred_moments(XT, R, mu, first, second):
+    """first[k, j] = sum_i r_ki t_kij and second[k, j] = sum_i r_ki t_kij^2 for every component
+    k and feature j, with t_kij = XT[j, i] - mu[k, j] and r_ki = R[k, i]: the components' first
+    and second moments around mu. Four features per sweep, and every component's sweep over
+    them before the next four, so that their rows are read from L1 (at d = 64 XT is 128 KiB,
+    and a component-first order read it from L2, which took twice as long). The columns past
+    the last whole vector are added one at a time, after the lanes."""
+    d, nb = XT.shape
+    K = R.shape[0]
+    n_vectors = nb // LANES
+    j = 0
+    while j + 4 <= d:
+        for k in range(K):
+            s = _moment_sums_4(XT, j, R, k, mu[k], n_vectors)
+            for u in range(4):
+                first[k, j + u] = s[u]
+                second[k, j + u] = s[4 + u]
+        j += 4
+    while j < d:
+        for k in range(K):
+            first[k, j], second[k, j] = _moment_sums_1(XT, j, R, k, mu[k], n_vectors)
+        j += 1
+    for i in range(n_vectors * LANES, nb):
+        for k in range(K):
+            for j in range(d):
+                t = XT[j, i] - mu[k, j]
+                rt = R[k, i] * t
+                first[k, j] += rt
+                second[k, j] += rt * t
 
 
 @njit(**JIT)

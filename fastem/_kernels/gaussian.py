@@ -44,7 +44,7 @@ from numba import njit, prange
 
 from ._config import CACHE, JIT, prefer_wide_vectors
 from ._math import exp_nonpositive, log_at_least_one
-from ._tiles import row_dot, tile_products
+from ._tiles import centred_moments, row_dot, tile_products
 from ._transpose import transpose_tile
 
 FULL, TIED, DIAG, SPHERICAL = 0, 1, 2, 3
@@ -251,41 +251,47 @@ def _write_rows(r0, ll, R, best, row_loglik, resp_out, labels):
 def _stats(kind, XT, R, shift, p0, p1, p2):
     """One block's statistics into its own slot (p0, p1, p2).
 
-    Every sum over the rows is a :func:`row_dot` or a tile of :func:`tile_products`: as
-    scalar running sums they took one 4-cycle add per row and were most of the 'diag' pass.
+    Every sum over the rows is a :func:`row_dot`, a :func:`centred_moments` or a tile of
+    :func:`tile_products`, in vector lanes: as scalar running sums they took one 4-cycle add
+    per row and were most of the 'diag' pass.
     """
     prefer_wide_vectors()
     d, nb = XT.shape
     K = shift.shape[0]
-    dp = (d + 3) // 4 * 4  # rows padded with zeros for the 4 x 4 tiles
-    DT = np.zeros((dp, nb))
-    WT = np.zeros((dp, nb))
     ones = np.ones((1, nb))
     for k in range(K):
         p0[k] = row_dot(R, k, ones, 0, nb)
+    if kind == DIAG or kind == SPHERICAL:
+        second = np.empty((K, d))
+        centred_moments(XT, R, shift, p1, second)
+        for k in range(K):
+            if kind == DIAG:
+                for j in range(d):
+                    p2[k, 0, j] = second[k, j]
+            else:
+                sq = 0.0
+                for j in range(d):
+                    sq += second[k, j]
+                p2[k, 0, 0] = sq
+        return
+    dp = (d + 3) // 4 * 4  # rows padded with zeros for the 4 x 4 tiles
+    DT = np.zeros((dp, nb))
+    WT = np.zeros((dp, nb))
+    for k in range(K):
         if kind == TIED:
             if k == 0:  # 'tied' shares its centred rows
                 _centre(XT, shift[k], DT)
             for j in range(d):
                 p1[k, j] = row_dot(R, k, DT, j, nb)
             continue
-        sq = 0.0
-        for j in range(d):
+        for j in range(d):  # 'full'
             mu = shift[k, j]
             for i in range(nb):  # centre and weight in one sweep
                 t = XT[j, i] - mu
                 DT[j, i] = t
                 WT[j, i] = R[k, i] * t
             p1[k, j] = row_dot(WT, j, ones, 0, nb)
-            if kind != FULL:
-                a2 = row_dot(WT, j, DT, j, nb)
-                if kind == DIAG:
-                    p2[k, 0, j] = a2
-                sq += a2
-        if kind == SPHERICAL:
-            p2[k, 0, 0] = sq
-        elif kind == FULL:
-            tile_products(WT, DT, nb, p2[k], True, False)
+        tile_products(WT, DT, nb, p2[k], True, False)
     if kind == TIED:
         tile_products(DT, DT, nb, p2[0], True, False)
     if kind == FULL or kind == TIED:  # exactly symmetric
