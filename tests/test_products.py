@@ -41,7 +41,7 @@ def test_panel_product_sums_in_index_order():
 @pytest.mark.parametrize("upper", [False, True], ids=["full", "upper"])
 @pytest.mark.parametrize("add", [False, True], ids=["set", "add"])
 def test_tile_products_match_numpy(nb, upper, add):
-    """out = (or +=) A[:, :nb] B[:, :nb]^T: lanes, the columns past the last whole vector, an
+    """out = (or +=) A[:, :nb] B[:, :nb]^T: lanes, the masked step past the last whole vector, an
     out smaller than the padded operands, and only the upper tiles when asked."""
     rng = np.random.default_rng(2)
     A = rng.normal(size=(3 * TILE, 260))
@@ -60,8 +60,8 @@ def test_tile_products_match_numpy(nb, upper, add):
 
 
 def test_lane_sums_are_exact_on_integers_and_fixed_in_order():
-    """Lanes then tail, in a fixed order: exact where every partial sum is, and the same bits
-    from a tile and from a single dot product of the same rows."""
+    """Lanes and the masked last step, in a fixed order: exact where every partial sum is, and
+    the same bits from a tile and from a single dot product of the same rows."""
     rng = np.random.default_rng(3)
     A = rng.integers(-50, 50, size=(TILE, 101)).astype(np.float64)
     B = rng.integers(-50, 50, size=(TILE, 101)).astype(np.float64)

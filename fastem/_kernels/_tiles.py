@@ -1,5 +1,5 @@
 """Sums over a block's rows of products, in 8-lane vectors: A B^T in 4 x 4 register tiles,
-and single dot products.
+single dot products, and the per-component kernel's centred moments.
 
 The statistics of a block are sums over its rows, sum_i A[a, i] B[b, i]: the weighted scatter
 of each component ('full', 'tied'), the expanded kernel's R Phi^T, and the first and second
@@ -7,12 +7,15 @@ moments of the per-component kernel. The shapes are small in one dimension (d or
 against nb = 256 columns), where BLAS spends as much time packing its operands as multiplying.
 
 Each running sum here is a vector of 8 lanes, lane l summing the columns i = l mod 8, and the
-lanes are added in a fixed tree at the end. Written as scalar sums, the kernels' fast-math
+lanes are added in a fixed tree at the end; a block whose row count is not a multiple of 8
+ends with one masked step that reads nothing past its rows. Written as scalar sums, the kernels' fast-math
 (which excludes reassociation, see ``_config.FASTMATH``) keeps LLVM from splitting them into
 lanes itself, and a sum took one 4-cycle add per column: the tiles of the expanded kernel's
 statistics ran at 84 ns a row at 'diag' d = 16, K = 16 against 26 ns here, and 8.2 against
 2.2 ns at d = 2, K = 8. Every sum's order is fixed by the operands' shapes alone, so results do
-not depend on how, or in which process, the kernel was compiled.
+not depend on how, or in which process, the kernel was compiled. (The masked last step instead
+of a scalar loop also took 0.6 s off the per-component kernel's cold compile, where every
+helper is optimized again inside each function that calls it.)
 """
 
 from llvmlite import ir
@@ -50,13 +53,48 @@ def _lane_total(builder, vec):
                         builder.extract_element(pair, ir.Constant(_i32, 1)))
 
 
+def _sweep_columns(builder, n, step):
+    """Emit ``step(load)`` for every 8 columns of [0, n), where ``load(base, row)`` is the
+    vector of 8 float64 at byte ``row`` of ``base`` plus the step's columns. The last, partial
+    step (n not a multiple of 8) loads through a mask: zeros past n, nothing read there."""
+    intp = n.type
+    n_full = builder.udiv(n, ir.Constant(intp, LANES))
+
+    def loader(offset, mask):
+        def load(base, row):
+            ptr = builder.bitcast(builder.gep(base, [builder.add(row, offset)]),
+                                  _vec.as_pointer())
+            if mask is None:
+                return builder.load(ptr, align=8)
+            masked_load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+                _vec, [_vec.as_pointer(), _i32, ir.VectorType(ir.IntType(1), LANES), _vec]),
+                "llvm.masked.load.v8f64.p0v8f64")
+            return builder.call(masked_load, [ptr, ir.Constant(_i32, 8), mask,
+                                              ir.Constant(_vec, [0.0] * LANES)])
+        return load
+
+    with cgutils.for_range(builder, n_full) as loop:
+        step(loader(builder.mul(loop.index, ir.Constant(intp, 8 * LANES)), None))
+    done = builder.mul(n_full, ir.Constant(intp, LANES))
+    with builder.if_then(builder.icmp_unsigned("<", done, n)):
+        lanes = ir.Constant(ir.VectorType(intp, LANES), list(range(LANES)))
+        remaining = builder.sub(n, done)
+        splat = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(ir.VectorType(intp, LANES), ir.Undefined),
+                                   remaining, ir.Constant(_i32, 0)),
+            ir.Constant(ir.VectorType(intp, LANES), ir.Undefined),
+            ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES))
+        mask = builder.icmp_unsigned("<", lanes, splat)
+        step(loader(builder.mul(done, ir.Constant(intp, 8)), mask))
+
+
 def _lane_sums_intrinsic(n_a, n_b):
-    """An intrinsic returning the n_a * n_b sums sum_{i < 8 n_vectors} A[a0 + u, i] B[b0 + v, i]
-    as a tuple in the order (u, v) = (0, 0), (0, 1), ... . A and B are C-contiguous float64
-    holding those rows and columns; nothing is checked."""
+    """An intrinsic returning the n_a * n_b sums sum_{i < n} A[a0 + u, i] B[b0 + v, i] as a
+    tuple in the order (u, v) = (0, 0), (0, 1), ... . A and B are C-contiguous float64 holding
+    those rows and at least n columns; nothing is checked."""
 
     @intrinsic
-    def lane_sums(typingctx, A, B, a0, b0, n_vectors):
+    def lane_sums(typingctx, A, B, a0, b0, n):
         if not (_is_row_major(A) and _is_row_major(B)):
             return None
         sig = types.UniTuple(types.float64, n_a * n_b)(A, B, types.intp, types.intp,
@@ -65,7 +103,7 @@ def _lane_sums_intrinsic(n_a, n_b):
         def codegen(context, builder, signature, args):
             a = context.make_array(signature.args[0])(context, builder, args[0])
             b = context.make_array(signature.args[1])(context, builder, args[1])
-            a0, b0, n_vectors = args[2:]
+            a0, b0, n = args[2:]
             intp = a0.type
             byte_ptr = ir.IntType(8).as_pointer()
             a_base = builder.bitcast(a.data, byte_ptr)
@@ -82,20 +120,16 @@ def _lane_sums_intrinsic(n_a, n_b):
             zero = ir.Constant(_vec, [0.0] * LANES)
             acc = [cgutils.alloca_once_value(builder, zero) for _ in range(n_a * n_b)]
 
-            def load(base, row, offset):
-                ptr = builder.gep(base, [builder.add(row, offset)])
-                return builder.load(builder.bitcast(ptr, _vec.as_pointer()), align=8)
-
-            with cgutils.for_range(builder, n_vectors) as loop:
-                offset = builder.mul(loop.index, ir.Constant(intp, 8 * LANES))
-                a_vec = [load(a_base, row, offset) for row in a_rows]
-                b_vec = [load(b_base, row, offset) for row in b_rows]
+            def step(load):
+                a_vec = [load(a_base, row) for row in a_rows]
+                b_vec = [load(b_base, row) for row in b_rows]
                 for u in range(n_a):
                     for v in range(n_b):
                         slot = acc[u * n_b + v]
                         builder.store(
                             builder.call(fma, [a_vec[u], b_vec[v], builder.load(slot)]), slot)
 
+            _sweep_columns(builder, n, step)
             sums = [_lane_total(builder, builder.load(slot)) for slot in acc]
             return context.make_tuple(builder, signature.return_type, sums)
 
@@ -110,12 +144,12 @@ _dot_sums = _lane_sums_intrinsic(1, 1)
 
 def _moment_sums_intrinsic(n_rows):
     """An intrinsic returning (sum r t_u for u < n_rows, then sum r t_u^2 for u < n_rows) over
-    i < 8 n_vectors, with t_u = XT[j0 + u, i] - mu[j0 + u] and r = R[k, i]: one sweep over R
+    i < n, with t_u = XT[j0 + u, i] - mu[j0 + u] and r = R[k, i]: one sweep over R
     for n_rows features, 2 n_rows independent vector sums (one alone waits on its previous
     add every step). XT and R are C-contiguous float64, mu contiguous; nothing is checked."""
 
     @intrinsic
-    def moment_sums(typingctx, XT, j0, R, k, mu, n_vectors):
+    def moment_sums(typingctx, XT, j0, R, k, mu, n):
         if not (_is_row_major(XT) and _is_row_major(R) and isinstance(mu, types.Array)
                 and mu.ndim == 1 and mu.layout == "C" and mu.dtype == types.float64):
             return None
@@ -126,15 +160,15 @@ def _moment_sums_intrinsic(n_rows):
             xt = context.make_array(signature.args[0])(context, builder, args[0])
             r = context.make_array(signature.args[2])(context, builder, args[2])
             m = context.make_array(signature.args[4])(context, builder, args[4])
-            j0, k, n_vectors = args[1], args[3], args[5]
+            j0, k, n = args[1], args[3], args[5]
             intp = j0.type
             byte_ptr = ir.IntType(8).as_pointer()
             xt_stride = cgutils.unpack_tuple(builder, xt.strides, 2)[0]
             x_base = builder.bitcast(xt.data, byte_ptr)
-            x_rows = [builder.gep(x_base, [builder.mul(builder.add(j0, ir.Constant(intp, u)),
-                                                       xt_stride)]) for u in range(n_rows)]
-            r_row = builder.gep(builder.bitcast(r.data, byte_ptr), [
-                builder.mul(k, cgutils.unpack_tuple(builder, r.strides, 2)[0])])
+            x_rows = [builder.mul(builder.add(j0, ir.Constant(intp, u)), xt_stride)
+                      for u in range(n_rows)]
+            r_base = builder.bitcast(r.data, byte_ptr)
+            r_row = builder.mul(k, cgutils.unpack_tuple(builder, r.strides, 2)[0])
             undef = ir.Constant(_vec, ir.Undefined)
             splat = ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES)
             mu_vecs = []
@@ -148,18 +182,16 @@ def _moment_sums_intrinsic(n_rows):
             first = [cgutils.alloca_once_value(builder, zero) for _ in range(n_rows)]
             second = [cgutils.alloca_once_value(builder, zero) for _ in range(n_rows)]
 
-            def load(row, offset):
-                ptr = builder.bitcast(builder.gep(row, [offset]), _vec.as_pointer())
-                return builder.load(ptr, align=8)
-
-            with cgutils.for_range(builder, n_vectors) as loop:
-                offset = builder.mul(loop.index, ir.Constant(intp, 8 * LANES))
-                r_vec = load(r_row, offset)
+            def step(load):
+                # Past n, r and x load as 0: r t = 0 adds nothing to either sum.
+                r_vec = load(r_base, r_row)
                 for u in range(n_rows):
-                    t = builder.fsub(load(x_rows[u], offset), mu_vecs[u])
+                    t = builder.fsub(load(x_base, x_rows[u]), mu_vecs[u])
                     rt = builder.fmul(r_vec, t)
                     builder.store(builder.fadd(builder.load(first[u]), rt), first[u])
                     builder.store(builder.call(fma, [rt, t, builder.load(second[u])]), second[u])
+
+            _sweep_columns(builder, n, step)
             sums = [_lane_total(builder, builder.load(slot)) for slot in first + second]
             return context.make_tuple(builder, signature.return_type, sums)
 
@@ -178,42 +210,28 @@ def centred_moments(XT, R, mu, first, second):
     k and feature j, with t_kij = XT[j, i] - mu[k, j] and r_ki = R[k, i]: the components' first
     and second moments around mu. Four features per sweep, and every component's sweep over
     them before the next four, so that their rows are read from L1 (at d = 64 XT is 128 KiB,
-    and a component-first order read it from L2, which took twice as long). The columns past
-    the last whole vector are added one at a time, after the lanes."""
+    and a component-first order read it from L2, which took twice as long)."""
     d, nb = XT.shape
     K = R.shape[0]
-    n_vectors = nb // LANES
     j = 0
     while j + 4 <= d:
         for k in range(K):
-            s = _moment_sums_4(XT, j, R, k, mu[k], n_vectors)
+            s = _moment_sums_4(XT, j, R, k, mu[k], nb)
             for u in range(4):
                 first[k, j + u] = s[u]
                 second[k, j + u] = s[4 + u]
         j += 4
     while j < d:
         for k in range(K):
-            first[k, j], second[k, j] = _moment_sums_1(XT, j, R, k, mu[k], n_vectors)
+            first[k, j], second[k, j] = _moment_sums_1(XT, j, R, k, mu[k], nb)
         j += 1
-    for i in range(n_vectors * LANES, nb):
-        for k in range(K):
-            for j in range(d):
-                t = XT[j, i] - mu[k, j]
-                rt = R[k, i] * t
-                first[k, j] += rt
-                second[k, j] += rt * t
 
 
 @njit(**JIT)
 def row_dot(A, a, B, b, nb):
     """sum_{i < nb} A[a, i] * B[b, i] for C-contiguous float64 A and B with at least nb
-    columns; the columns past the last whole vector are added one at a time, after the
-    lanes."""
-    n_vectors = nb // LANES
-    s = _dot_sums(A, B, a, b, n_vectors)[0]
-    for i in range(n_vectors * LANES, nb):
-        s += A[a, i] * B[b, i]
-    return s
+    columns."""
+    return _dot_sums(A, B, a, b, nb)[0]
 
 
 @njit(**JIT)
@@ -223,22 +241,17 @@ def tile_products(A, B, nb, out, upper, add):
     A and B are C-contiguous float64 with a multiple of 4 rows (zero past the real ones) and
     at least nb columns; only entries inside `out`'s shape are written. With `upper`, only the
     tiles on or above the diagonal are computed (a symmetric product: the caller mirrors
-    them), half the work of a full product. The columns past the last whole vector are added
-    one at a time, after the lanes.
+    them), half the work of a full product.
     """
     prefer_wide_vectors()
-    n_vectors = nb // LANES
     for a0 in range(0, A.shape[0], TILE):
         for b0 in range(a0 if upper else 0, B.shape[0], TILE):
-            tile = _tile_sums(A, B, a0, b0, n_vectors)
+            tile = _tile_sums(A, B, a0, b0, nb)
             for u in range(TILE):
                 for v in range(TILE):
                     a, b = a0 + u, b0 + v
                     if a < out.shape[0] and b < out.shape[1]:
-                        s = tile[u * TILE + v]
-                        for i in range(n_vectors * LANES, nb):
-                            s += A[a, i] * B[b, i]
                         if add:
-                            out[a, b] += s
+                            out[a, b] += tile[u * TILE + v]
                         else:
-                            out[a, b] = s
+                            out[a, b] = tile[u * TILE + v]

@@ -278,22 +278,17 @@ def _stats(kind, XT, R, shift, p0, p1, p2):
     DT = np.zeros((dp, nb))
     WT = np.zeros((dp, nb))
     for k in range(K):
-        if kind == TIED:
-            if k == 0:  # 'tied' shares its centred rows
-                _centre(XT, shift[k], DT)
+        if kind == FULL or k == 0:  # 'tied' shares its centred rows
+            _centre(XT, shift[k], DT)
+        for j in range(d):
+            p1[k, j] = row_dot(R, k, DT, j, nb)
+        if kind == FULL:  # each component's weighted scatter; 'tied' has one, unweighted
             for j in range(d):
-                p1[k, j] = row_dot(R, k, DT, j, nb)
-            continue
-        for j in range(d):  # 'full'
-            mu = shift[k, j]
-            for i in range(nb):  # centre and weight in one sweep
-                t = XT[j, i] - mu
-                DT[j, i] = t
-                WT[j, i] = R[k, i] * t
-            p1[k, j] = row_dot(WT, j, ones, 0, nb)
-        tile_products(WT, DT, nb, p2[k], True, False)
-    if kind == TIED:
-        tile_products(DT, DT, nb, p2[0], True, False)
+                for i in range(nb):
+                    WT[j, i] = R[k, i] * DT[j, i]
+        if kind == FULL or k == K - 1:
+            tile_products(WT if kind == FULL else DT, DT, nb, p2[k if kind == FULL else 0],
+                          True, False)
     if kind == FULL or kind == TIED:  # exactly symmetric
         for k in range(p2.shape[0]):
             for a in range(d):
@@ -301,7 +296,10 @@ def _stats(kind, XT, R, shift, p0, p1, p2):
                     p2[k, a, b] = p2[k, b, a]
 
 
-@njit(**_jit)
+# Inlined (at Numba's level) into the parallel loop, its one caller: Numba optimizes a called
+# function's code again inside every function above it, and this level cost 1 s of the cold
+# compile.
+@njit(inline="always", **_jit)
 def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, compute_stats,
            p0, p1, p2, row_loglik, resp_out, labels):
     """Process rows r0:r1 into slot (p0, p1, p2) and the per-row outputs.
