@@ -146,14 +146,16 @@ def test_each_iteration_matches_reference(blobs, covariance_type, n_features):
 @ignore_convergence
 @pytest.mark.parametrize(("covariance_type", "n_features", "n_components"), [
     ("full", 2, 3), ("full", 9, 3), ("full", 48, 3), ("full", 12, 10),
-    ("diag", 3, 3), ("diag", 40, 10), ("spherical", 3, 3), ("spherical", 70, 10),
+    ("diag", 3, 3), ("diag", 3, 10), ("diag", 40, 10), ("spherical", 3, 3),
+    ("spherical", 70, 10),
 ], ids=["full-d2", "full-tiles", "full-panels-8", "full-panels-16", "diag-tiles",
-        "diag-panels", "spherical-tiles", "spherical-panels"])
+        "diag-whole-block-panels", "diag-panels", "spherical-tiles", "spherical-panels"])
 def test_both_kernels_match_reference(blobs, kernel, covariance_type, n_features,
                                       n_components):
-    """Both kernels, and each product path of the expanded one (the statistics in tiles
-    below 64 padded features, in panels of 8 or 16 components above), give the oracle's
-    iterations; the rows end on a partial block and sub-block."""
+    """Both kernels, and each product path of the expanded one (below 64 padded features a
+    whole block at once, its statistics in tiles for up to 8 components and in panels from
+    9; above, sub-blocks in panels of 8 or 16 components), give the oracle's iterations; the
+    rows end on a partial block and sub-block."""
     X = blobs(200 * n_components, n_components, n_features, spread=1.5, scale=3.0, seed=2)[0]
     start = random_start(X, covariance_type, n_components, seed=3)
     layout = GaussianParams(covariance_type, *start[:3]).expanded_layout()

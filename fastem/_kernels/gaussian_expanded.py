@@ -18,7 +18,7 @@ k, then a scatter per component), and nothing is swept once per component. From 
 features on (d >= 10 for 'full') both products run in the register panels of
 ``_panels.py``, on sub-blocks of :func:`sub_rows` rows so that Phi stays in the core's cache;
 below, where the exp and log of the log-sum-exp dominate, in a BLAS call and the row-wise sums
-of ``_tiles.py``.
+of ``_tiles.py`` (the statistics in panels again from 16 padded components).
 
 The price is cancellation: the expanded quadratic form loses about eps * |mu_k - c|^2 (in the
 metric of the component's precision) where the per-component form loses eps * |mu_k - c|.
@@ -70,6 +70,11 @@ def padded(n):
 # sums along the rows instead of in panels: at d = 2 the panels' statistics took 4.0 ns a row
 # against 2.3 (a transpose of R, and panels of 8 features that are mostly padding).
 PANEL_MIN_FEATURES = 64
+# ... and there, from 16 padded components (K > 8) on, the statistics still run in panels:
+# at 'diag' d = 16, K = 16 a pass took 0.041-0.046 s against 0.047-0.049 in tiles (and 5-9%
+# less at 'full' d = 8 and 'spherical' d = 16). With 8 the tiles are faster (2.2 ns a row at
+# d = 2 against 4.0 for the panels and R's transpose).
+PANEL_STATS_MIN_COMPONENTS = 16
 
 
 @njit(**_jit)
@@ -198,10 +203,11 @@ def _block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, res
 def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, resp_out,
                  labels, scratch):
     """:func:`_block` below PANEL_MIN_FEATURES: the whole block at once, log-densities by
-    BLAS and statistics in `_tiles`. Kept apart from the panel path: sharing its function
-    cost this one 8% at d = 2 on 2 threads."""
+    BLAS, statistics in `_tiles` or, from PANEL_STATS_MIN_COMPONENTS on, in panels. Kept
+    apart from the panel path: sharing its function cost this one 8% at d = 2 on 2
+    threads."""
     prefer_wide_vectors()
-    xt, phi, logp_buf, r_buf, _, best_buf, ll_buf, work_buf = scratch  # R is not transposed
+    xt, phi, logp_buf, r_buf, rt_buf, best_buf, ll_buf, work_buf = scratch
     nb = r1 - r0
     d = X.shape[1]
     Kv, Fp = eta.shape
@@ -227,7 +233,14 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
     _write_rows(r0, ll, R_K, best, row_loglik, resp_out, labels)
     if compute_stats:
         slot[:] = 0.0
-        tile_products(Phi, R, nb, slot, False, True)
+        if Kv >= PANEL_STATS_MIN_COMPONENTS:
+            RT = rt_buf[: nb * Kv].reshape((nb, Kv))
+            for i in range(nb):
+                for k in range(K):
+                    RT[i, k] = R[k, i]
+            panel_product(Phi, RT, slot, nb)
+        else:
+            tile_products(Phi, R, nb, slot, False, True)
     return total, -1
 
 
