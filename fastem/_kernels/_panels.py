@@ -22,13 +22,18 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._config import JIT
+from ._llvm import (
+    BYTE_PTR,
+    F64,
+    LANES,
+    VEC,
+    array_bytes,
+    load_vector,
+    splat,
+    vector_fma,
+)
 
-LANES = 8  # float64 per vector
 PANEL_ROWS = 8  # rows of A (and of the output) per panel
-
-_f64 = ir.DoubleType()
-_i32 = ir.IntType(32)
-_vec = ir.VectorType(_f64, LANES)
 
 
 def _panel_intrinsic(n_vectors):
@@ -42,46 +47,32 @@ def _panel_intrinsic(n_vectors):
         def codegen(context, builder, signature, args):
             a_ty, b_ty, out_ty = signature.args[:3]
             a = context.make_array(a_ty)(context, builder, args[0])
-            b = context.make_array(b_ty)(context, builder, args[1])
-            o = context.make_array(out_ty)(context, builder, args[2])
+            a_base = builder.bitcast(a.data, BYTE_PTR)
+            a_row_stride, a_col_stride = cgutils.unpack_tuple(builder, a.strides, 2)
+            b_base, b_row_stride = array_bytes(context, builder, b_ty, args[1])
+            out_base, out_row_stride = array_bytes(context, builder, out_ty, args[2])
             m0, j0, n = args[3:]
             intp = m0.type
-            a_row_stride, a_col_stride = cgutils.unpack_tuple(builder, a.strides, 2)
-            b_row_stride = cgutils.unpack_tuple(builder, b.strides, 2)[0]
-            out_row_stride = cgutils.unpack_tuple(builder, o.strides, 2)[0]
-            byte_ptr = ir.IntType(8).as_pointer()
-            a_base = builder.bitcast(a.data, byte_ptr)
-            b_base = builder.bitcast(b.data, byte_ptr)
-            out_base = builder.bitcast(o.data, byte_ptr)
             col_bytes = builder.mul(j0, ir.Constant(intp, 8))
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_vec, [_vec] * 3), "llvm.fma.v8f64")
+            fma = vector_fma(builder)
             # Stack slots, promoted to registers by LLVM: PANEL_ROWS * n_vectors accumulators.
-            zero = ir.Constant(_vec, [0.0] * LANES)
+            zero = ir.Constant(VEC, [0.0] * LANES)
             acc = [cgutils.alloca_once_value(builder, zero)
                    for _ in range(PANEL_ROWS * n_vectors)]
-            undef = ir.Constant(_vec, ir.Undefined)
-            lane0 = ir.Constant(_i32, 0)
-            splat = ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES)
             a_rows = [builder.mul(builder.add(m0, ir.Constant(intp, u)), a_row_stride)
                       for u in range(PANEL_ROWS)]
-
-            def vector_at(base, offset):
-                ptr = builder.bitcast(builder.gep(base, [offset]), _vec.as_pointer())
-                return ptr
 
             with cgutils.for_range(builder, n) as loop:
                 i = loop.index
                 b_row = builder.add(builder.mul(i, b_row_stride), col_bytes)
-                b_vec = [builder.load(vector_at(b_base, builder.add(
-                    b_row, ir.Constant(intp, 8 * LANES * v))), align=8)
-                    for v in range(n_vectors)]
+                b_vec = [load_vector(builder, b_base,
+                                     builder.add(b_row, ir.Constant(intp, 8 * LANES * v)))
+                         for v in range(n_vectors)]
                 a_col = builder.mul(i, a_col_stride)
                 for u in range(PANEL_ROWS):
                     a_ptr = builder.gep(a_base, [builder.add(a_rows[u], a_col)])
-                    a_val = builder.load(builder.bitcast(a_ptr, _f64.as_pointer()), align=8)
-                    a_vec = builder.shuffle_vector(
-                        builder.insert_element(undef, a_val, lane0), undef, splat)
+                    a_val = builder.load(builder.bitcast(a_ptr, F64.as_pointer()), align=8)
+                    a_vec = splat(builder, a_val)
                     for v in range(n_vectors):
                         slot = acc[u * n_vectors + v]
                         builder.store(builder.call(fma, [a_vec, b_vec[v], builder.load(slot)]),
@@ -91,8 +82,8 @@ def _panel_intrinsic(n_vectors):
                     builder.mul(builder.add(m0, ir.Constant(intp, u)), out_row_stride),
                     col_bytes)
                 for v in range(n_vectors):
-                    ptr = vector_at(out_base, builder.add(out_row,
-                                                          ir.Constant(intp, 8 * LANES * v)))
+                    offset = builder.add(out_row, ir.Constant(intp, 8 * LANES * v))
+                    ptr = builder.bitcast(builder.gep(out_base, [offset]), VEC.as_pointer())
                     total = builder.fadd(builder.load(ptr, align=8),
                                          builder.load(acc[u * n_vectors + v]))
                     builder.store(total, ptr, align=8)

@@ -24,13 +24,9 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._config import JIT, prefer_wide_vectors
+from ._llvm import I32, LANES, VEC, array_bytes, load_vector, splat, vector_fma
 
-LANES = 8  # float64 per vector
 TILE = 4  # rows of A and of B per tile
-
-_f64 = ir.DoubleType()
-_i32 = ir.IntType(32)
-_vec = ir.VectorType(_f64, LANES)
 
 
 def _is_row_major(a):
@@ -44,13 +40,13 @@ def _lane_total(builder, vec):
     def fold(vec, width):  # lanes [0, width) plus lanes [width, 2 width)
         undef = ir.Constant(vec.type, ir.Undefined)
         halves = [builder.shuffle_vector(vec, undef, ir.Constant(
-            ir.VectorType(_i32, width), list(range(h * width, (h + 1) * width))))
+            ir.VectorType(I32, width), list(range(h * width, (h + 1) * width))))
             for h in range(2)]
         return builder.fadd(*halves)
 
     pair = fold(fold(vec, 4), 2)
-    return builder.fadd(builder.extract_element(pair, ir.Constant(_i32, 0)),
-                        builder.extract_element(pair, ir.Constant(_i32, 1)))
+    return builder.fadd(builder.extract_element(pair, ir.Constant(I32, 0)),
+                        builder.extract_element(pair, ir.Constant(I32, 1)))
 
 
 def _sweep_columns(builder, n, step):
@@ -62,15 +58,15 @@ def _sweep_columns(builder, n, step):
 
     def loader(offset, mask):
         def load(base, row):
-            ptr = builder.bitcast(builder.gep(base, [builder.add(row, offset)]),
-                                  _vec.as_pointer())
             if mask is None:
-                return builder.load(ptr, align=8)
+                return load_vector(builder, base, builder.add(row, offset))
+            ptr = builder.bitcast(builder.gep(base, [builder.add(row, offset)]),
+                                  VEC.as_pointer())
             masked_load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-                _vec, [_vec.as_pointer(), _i32, ir.VectorType(ir.IntType(1), LANES), _vec]),
+                VEC, [VEC.as_pointer(), I32, ir.VectorType(ir.IntType(1), LANES), VEC]),
                 "llvm.masked.load.v8f64.p0v8f64")
-            return builder.call(masked_load, [ptr, ir.Constant(_i32, 8), mask,
-                                              ir.Constant(_vec, [0.0] * LANES)])
+            return builder.call(masked_load, [ptr, ir.Constant(I32, 8), mask,
+                                              ir.Constant(VEC, [0.0] * LANES)])
         return load
 
     with cgutils.for_range(builder, n_full) as loop:
@@ -78,13 +74,8 @@ def _sweep_columns(builder, n, step):
     done = builder.mul(n_full, ir.Constant(intp, LANES))
     with builder.if_then(builder.icmp_unsigned("<", done, n)):
         lanes = ir.Constant(ir.VectorType(intp, LANES), list(range(LANES)))
-        remaining = builder.sub(n, done)
-        splat = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(ir.VectorType(intp, LANES), ir.Undefined),
-                                   remaining, ir.Constant(_i32, 0)),
-            ir.Constant(ir.VectorType(intp, LANES), ir.Undefined),
-            ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES))
-        mask = builder.icmp_unsigned("<", lanes, splat)
+        remaining = splat(builder, builder.sub(n, done), ir.VectorType(intp, LANES))
+        mask = builder.icmp_unsigned("<", lanes, remaining)
         step(loader(builder.mul(done, ir.Constant(intp, 8)), mask))
 
 
@@ -101,23 +92,17 @@ def _lane_sums_intrinsic(n_a, n_b):
                                                         types.intp)
 
         def codegen(context, builder, signature, args):
-            a = context.make_array(signature.args[0])(context, builder, args[0])
-            b = context.make_array(signature.args[1])(context, builder, args[1])
+            a_base, a_stride = array_bytes(context, builder, signature.args[0], args[0])
+            b_base, b_stride = array_bytes(context, builder, signature.args[1], args[1])
             a0, b0, n = args[2:]
             intp = a0.type
-            byte_ptr = ir.IntType(8).as_pointer()
-            a_base = builder.bitcast(a.data, byte_ptr)
-            b_base = builder.bitcast(b.data, byte_ptr)
-            a_stride = cgutils.unpack_tuple(builder, a.strides, 2)[0]
-            b_stride = cgutils.unpack_tuple(builder, b.strides, 2)[0]
             a_rows = [builder.mul(builder.add(a0, ir.Constant(intp, u)), a_stride)
                       for u in range(n_a)]
             b_rows = [builder.mul(builder.add(b0, ir.Constant(intp, v)), b_stride)
                       for v in range(n_b)]
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_vec, [_vec] * 3), "llvm.fma.v8f64")
+            fma = vector_fma(builder)
             # Stack slots, promoted to registers by LLVM.
-            zero = ir.Constant(_vec, [0.0] * LANES)
+            zero = ir.Constant(VEC, [0.0] * LANES)
             acc = [cgutils.alloca_once_value(builder, zero) for _ in range(n_a * n_b)]
 
             def step(load):
@@ -157,28 +142,19 @@ def _moment_sums_intrinsic(n_rows):
                                                          types.intp)
 
         def codegen(context, builder, signature, args):
-            xt = context.make_array(signature.args[0])(context, builder, args[0])
-            r = context.make_array(signature.args[2])(context, builder, args[2])
+            x_base, xt_stride = array_bytes(context, builder, signature.args[0], args[0])
+            r_base, r_stride = array_bytes(context, builder, signature.args[2], args[2])
             m = context.make_array(signature.args[4])(context, builder, args[4])
             j0, k, n = args[1], args[3], args[5]
             intp = j0.type
-            byte_ptr = ir.IntType(8).as_pointer()
-            xt_stride = cgutils.unpack_tuple(builder, xt.strides, 2)[0]
-            x_base = builder.bitcast(xt.data, byte_ptr)
             x_rows = [builder.mul(builder.add(j0, ir.Constant(intp, u)), xt_stride)
                       for u in range(n_rows)]
-            r_base = builder.bitcast(r.data, byte_ptr)
-            r_row = builder.mul(k, cgutils.unpack_tuple(builder, r.strides, 2)[0])
-            undef = ir.Constant(_vec, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES)
-            mu_vecs = []
-            for u in range(n_rows):
-                mu_u = builder.load(builder.gep(m.data, [builder.add(j0, ir.Constant(intp, u))]))
-                mu_vecs.append(builder.shuffle_vector(
-                    builder.insert_element(undef, mu_u, ir.Constant(_i32, 0)), undef, splat))
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_vec, [_vec] * 3), "llvm.fma.v8f64")
-            zero = ir.Constant(_vec, [0.0] * LANES)
+            r_row = builder.mul(k, r_stride)
+            mu_vecs = [splat(builder, builder.load(
+                builder.gep(m.data, [builder.add(j0, ir.Constant(intp, u))])))
+                for u in range(n_rows)]
+            fma = vector_fma(builder)
+            zero = ir.Constant(VEC, [0.0] * LANES)
             first = [cgutils.alloca_once_value(builder, zero) for _ in range(n_rows)]
             second = [cgutils.alloca_once_value(builder, zero) for _ in range(n_rows)]
 

@@ -10,14 +10,12 @@ three rounds of shuffles and stores 8 vectors of 8 rows.
 """
 
 from llvmlite import ir
-from numba.core import cgutils, types
+from numba.core import types
 from numba.extending import intrinsic
 
-TILE = 8
+from ._llvm import I32, LANES, VEC, array_bytes, load_vector
 
-_i32 = ir.IntType(32)
-_f64 = ir.DoubleType()
-_vec = ir.VectorType(_f64, TILE)
+TILE = LANES  # rows and features per tile
 
 # The three rounds, each combining vectors a and b (lanes 0-7 of a, 8-15 of b): interleave
 # single lanes of row pairs, then pairs of lanes, then halves. After them vector k holds
@@ -43,15 +41,10 @@ def transpose_tile(typingctx, X, r, j0, XT, i):
 
     def codegen(context, builder, signature, args):
         x_ty, _, _, xt_ty, _ = signature.args
-        x = context.make_array(x_ty)(context, builder, args[0])
-        xt = context.make_array(xt_ty)(context, builder, args[3])
+        x_base, x_stride = array_bytes(context, builder, x_ty, args[0])
+        xt_base, xt_stride = array_bytes(context, builder, xt_ty, args[3])
         r, j0, i = args[1], args[2], args[4]
         intp = r.type
-        byte_ptr = ir.IntType(8).as_pointer()
-        x_base = builder.bitcast(x.data, byte_ptr)
-        xt_base = builder.bitcast(xt.data, byte_ptr)
-        x_stride = cgutils.unpack_tuple(builder, x.strides, 2)[0]
-        xt_stride = cgutils.unpack_tuple(builder, xt.strides, 2)[0]
         elem = context.get_data_type(x_ty.dtype)
         item = ir.Constant(intp, x_ty.dtype.bitwidth // 8)
         col = builder.mul(j0, item)
@@ -59,13 +52,12 @@ def transpose_tile(typingctx, X, r, j0, XT, i):
         for u in range(TILE):
             offset = builder.add(builder.mul(builder.add(r, ir.Constant(intp, u)), x_stride),
                                  col)
-            ptr = builder.bitcast(builder.gep(x_base, [offset]),
-                                  ir.VectorType(elem, TILE).as_pointer())
-            row = builder.load(ptr, align=x_ty.dtype.bitwidth // 8)
-            rows.append(row if x_ty.dtype == types.float64 else builder.fpext(row, _vec))
+            row = load_vector(builder, x_base, offset, ir.VectorType(elem, TILE),
+                              align=x_ty.dtype.bitwidth // 8)
+            rows.append(row if x_ty.dtype == types.float64 else builder.fpext(row, VEC))
 
         def combine(a, b, lanes):
-            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_i32, TILE), lanes))
+            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, TILE), lanes))
 
         t = []
         for p in range(0, TILE, 2):
@@ -82,7 +74,7 @@ def transpose_tile(typingctx, X, r, j0, XT, i):
         for k in range(TILE):
             offset = builder.add(
                 builder.mul(builder.add(j0, ir.Constant(intp, k)), xt_stride), out_col)
-            ptr = builder.bitcast(builder.gep(xt_base, [offset]), _vec.as_pointer())
+            ptr = builder.bitcast(builder.gep(xt_base, [offset]), VEC.as_pointer())
             builder.store(v[k], ptr, align=8)
         return context.get_dummy_value()
 
