@@ -40,8 +40,11 @@ def test_exp_accuracy_down_to_underflow():
     assert _apply_exp(np.array([0.0]))[0] == 1.0  # the row's largest term is exactly 1
 
 
-def test_exp_is_zero_below_minus_708_and_for_minus_inf():
-    assert np.all(_apply_exp(np.array([-708.5, -745.2, -1e300, -np.inf])) == 0.0)
+def test_exp_is_zero_below_minus_708_75_and_for_minus_inf():
+    assert np.all(_apply_exp(np.array([-708.75, -709.0, -745.2, -1e300, -np.inf])) == 0.0)
+    # Between -708.75 and -708, where exp underflows, it is tiny and not negative.
+    tail = _apply_exp(np.linspace(-708.74, -708.0, 1000))
+    assert np.all((tail >= 0.0) & (tail <= 2 * np.exp(-708.0)))
 
 
 def test_log_within_a_few_ulp_from_one_to_many_components():
