@@ -38,6 +38,7 @@ from fastem._bench import (  # noqa: F401  (the peers: one implementation, in fa
     import_daal4py,
     openblas_env,
     sklearn_at_start,
+    time_peers,
 )
 
 PEERS = ("fastem", "reference", "sklearn", "daal4py")

@@ -9,7 +9,9 @@ Run from the repository root (no pytest needed)::
 Tables go to stdout; progress goes to stderr. Each s/iter is the median over ``--repeats``
 runs (fewer for a peer whose runs exceed ``--budget`` seconds in all) of ``--n-iter``
 iterations, divided by ``--n-iter``; starting parameters, estimator
-construction and fastem's compilation are outside the timing. What each peer runs is described
+construction and fastem's compilation are outside the timing. The peers run in turn, as in
+``fastem bench`` and the CI gate (:func:`fastem._bench.time_peers`: a pause before each run,
+and an untimed run before a short one). What each peer runs is described
 in ``_peers.py``. OPENBLAS_CORETYPE is read, never changed: set or unset it on the command
 line (``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/report.py``) and
 check the BLAS kernel it then uses in the header this prints.
@@ -21,10 +23,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from importlib import metadata
 from pathlib import Path
 
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import _peers  # noqa: E402
 from _peers import shape_label  # noqa: E402
 
-from fastem._bench import SETTLE_SECONDS, _fmt_seconds, cpu_model  # noqa: E402
+from fastem._bench import _fmt_seconds, cpu_model  # noqa: E402
 
 MIB = 2**20
 
@@ -90,23 +90,6 @@ def machine_header(threads):
     return lines
 
 
-def time_peer(peer, X, start, n_iter, repeats, threads, budget):
-    """(median seconds per iteration, runs made, result of the last run).
-
-    Up to ``repeats`` runs, but no new run starts once ``budget`` seconds have been spent
-    (at least one run; slow peers at big shapes take tens of seconds per run).
-    """
-    times = []
-    result = None
-    while len(times) < repeats and (not times or sum(times) < budget):
-        run = _peers.prepare(peer, X, start, n_iter=n_iter, threads=threads)
-        time.sleep(SETTLE_SECONDS)  # let the previous peer's thread pool go idle
-        t0 = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) / n_iter, len(times), result
-
-
 def _agree(peer, result, expected):
     weights, means = result
     tol = _peers.tolerance(peer)
@@ -128,7 +111,7 @@ def run_report(args):
         for cov in args.covs:
             start = _peers.make_start(shape, cov)
             times = {}
-            expected = None
+            factories = {}
             for peer in peers:
                 try:
                     _peers.check_available(peer, shape, cov)
@@ -137,18 +120,26 @@ def run_report(args):
                     notes.append(f"{peer} at {shape_label(shape)} {cov}: skipped, {why}")
                     log(f"  {cov:5s} {peer:9s} skipped: {why}")
                     continue
-                seconds, runs, result = time_peer(peer, X, start, args.n_iter, args.repeats,
-                                                  args.threads, args.budget)
-                times[peer] = seconds
+                factories[peer] = (lambda peer=peer: _peers.prepare(
+                    peer, X, start, n_iter=args.n_iter, threads=args.threads))
+            # The peers in turn, each run after a pause (and, if short, an untimed run).
+            timings = _peers.time_peers(factories, n_iter=args.n_iter, repeats=args.repeats,
+                                        budget=args.budget)
+            expected = timings["fastem"].result
+            for peer, timing in timings.items():
+                if timing.error is not None:
+                    times[peer] = None
+                    notes.append(f"{peer} at {shape_label(shape)} {cov}: {timing.error}")
+                    continue
+                runs = len(timing.times)
+                times[peer] = timing.seconds_per_iter
                 if runs < args.repeats:
                     notes.append(f"{peer} at {shape_label(shape)} {cov}: median of {runs} "
                                  f"run{'s' if runs > 1 else ''} (--budget {args.budget:g} s)")
-                if peer == "fastem":
-                    expected = result
-                elif not _agree(peer, result, expected):
+                if peer != "fastem" and not _agree(peer, timing.result, expected):
                     notes.append(f"{peer} at {shape_label(shape)} {cov}: its iterates differ "
                                  "from fastem's beyond tolerance (see _peers.tolerance)")
-                log(f"  {cov:5s} {peer:9s} {seconds:.4f} s/iter ({runs} runs)")
+                log(f"  {cov:5s} {peer:9s} {times[peer]:.4f} s/iter ({runs} runs)")
             rss = None
             if not args.no_rss:
                 log(f"  {cov:5s} fastem peak RSS (fresh process)...")

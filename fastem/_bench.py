@@ -380,13 +380,31 @@ class PeerTiming:
 # from the next peer (measured: fastem at (1M, 2, 8) full 0.035 s/iter right after
 # scikit-learn, 0.019 after a 0.3 s pause or alone).
 SETTLE_SECONDS = 0.3
+# ... but the idle pause slows the run after it: the cores take a few milliseconds to come back
+# to speed. Measured, 3 iterations at 1M rows, s/iter back to back / after the pause / after
+# the pause and one untimed run: fastem (2, 8) 'full' 0.0108 / 0.0116 / 0.0109, 'diag'
+# (16, 16) 0.0407 / 0.0422 / 0.0414; oneDAL 0.0148 / 0.0151 / 0.0149 and 0.0873 / 0.0876 /
+# 0.0879. So a run shorter than this is timed only after an untimed one of the same peer;
+# for longer runs the pause's cost is below 0.5%.
+WARM_UP_BELOW_SECONDS = 1.0
+
+
+def _timed_run(make_run):
+    """(seconds, result) of one fresh run; EarlyStop propagates."""
+    run = make_run()
+    t0 = time.perf_counter()
+    result = run()
+    return time.perf_counter() - t0, result
 
 
 def time_peers(factories, *, n_iter, repeats, budget=float("inf"), log=None):
     """Time several peers, one run of each in turn, ``repeats`` rounds.
 
     Alternating the peers within each round exposes them to the same load on a shared
-    machine, so their ratios are steadier than their absolute times.
+    machine, so their ratios are steadier than their absolute times. Each run follows a pause
+    of SETTLE_SECONDS (other peers' threads go idle) and, for peers whose runs are shorter
+    than WARM_UP_BELOW_SECONDS, an untimed run (the cores come back to speed): every peer is
+    timed as in the middle of a long fit.
 
     Parameters
     ----------
@@ -413,17 +431,20 @@ def time_peers(factories, *, n_iter, repeats, budget=float("inf"), log=None):
             timing = timings[peer]
             if timing.error is not None or (timing.times and sum(timing.times) >= budget):
                 continue
-            run = make_run()
             time.sleep(SETTLE_SECONDS)
-            t0 = time.perf_counter()
             try:
-                result = run()
+                if timing.times and timing.times[-1] < WARM_UP_BELOW_SECONDS:
+                    make_run()()
+                seconds, result = _timed_run(make_run)
+                if not timing.times and seconds < WARM_UP_BELOW_SECONDS:
+                    # The peer's first run came right after the pause: it was the warm-up.
+                    seconds, result = _timed_run(make_run)
             except EarlyStop as error:
                 timing.error = str(error)
                 if log is not None:
                     log(f"  {peer:9s} stopped: {error}")
                 continue
-            timing.times.append(time.perf_counter() - t0)
+            timing.times.append(seconds)
             timing.result = result
             if log is not None:
                 log(f"  {peer:9s} run {len(timing.times)}: "
