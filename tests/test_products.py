@@ -10,17 +10,19 @@ from fastem._kernels._tiles import TILE, centred_moments, row_dot, tile_products
 
 @pytest.mark.parametrize("n_cols", [LANES, 2 * LANES, 3 * LANES], ids=["8", "16", "16+8"])
 @pytest.mark.parametrize("a_transposed", [False, True], ids=["A-rows", "A-strided"])
-def test_panel_product_adds_the_matrix_product(n_cols, a_transposed):
-    """out += A[:, :n] @ B[:n] for both panel widths, an A read through any strides, and a
-    shared dimension n shorter than A's and B's."""
+@pytest.mark.parametrize("add", [True, False], ids=["add", "set"])
+def test_panel_product_matches_the_matrix_product(n_cols, a_transposed, add):
+    """out += (or =) A[:, :n] @ B[:n] for both panel widths, an A read through any strides,
+    and a shared dimension n shorter than A's and B's."""
     rng = np.random.default_rng(0)
     M, n_full, n = 2 * PANEL_ROWS, 37, 29
     A = rng.normal(size=(n_full, M)).T if a_transposed else rng.normal(size=(M, n_full))
     B = rng.normal(size=(n_full, n_cols))
     start = rng.normal(size=(M, n_cols))
     out = start.copy()
-    panel_product(A, B, out, n)
-    np.testing.assert_allclose(out, start + A[:, :n] @ B[:n], rtol=1e-13, atol=1e-13)
+    panel_product(A, B, out, n, add)
+    expected = A[:, :n] @ B[:n] + (start if add else 0.0)
+    np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
 
 
 def test_panel_product_sums_in_index_order():
@@ -30,10 +32,10 @@ def test_panel_product_sums_in_index_order():
     A = rng.integers(-50, 50, size=(PANEL_ROWS, 40)).astype(np.float64)
     B = rng.integers(-50, 50, size=(40, 2 * LANES)).astype(np.float64)
     out = np.zeros((PANEL_ROWS, 2 * LANES))
-    panel_product(A, B, out, 40)
+    panel_product(A, B, out, 40, True)
     assert np.array_equal(out, A @ B)
     narrow = np.zeros((PANEL_ROWS, LANES))
-    panel_product(A, np.ascontiguousarray(B[:, :LANES]), narrow, 40)
+    panel_product(A, np.ascontiguousarray(B[:, :LANES]), narrow, 40, True)
     assert np.array_equal(narrow, out[:, :LANES])
 
 
