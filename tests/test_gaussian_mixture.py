@@ -21,6 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+import fastem._kernels.gaussian
 import fastem._params
 from fastem import GaussianMixture, reference
 from fastem._em import GIVEN, accumulate
@@ -174,6 +175,38 @@ def test_components_far_from_the_centre_keep_full_accuracy(kernel, covariance_ty
     start[1][:] = [X[:300].mean(axis=0) + 0.5, X[300:].mean(axis=0) - 0.5]
     assert GaussianParams(covariance_type, *start[:3]).expanded_layout() is None
     assert_iterations_match_reference(X, covariance_type, start)
+
+
+@ignore_convergence
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_responsibilities_below_the_floor_are_zero(kernel, covariance_type):
+    """Two unit clusters 35 apart: each row's log-density under the far component is 540 to
+    690 below the near one's. Responsibilities below e^-575 of the row's largest term are
+    exactly 0 (subnormal numbers would slow every instruction they enter); the others, the
+    log-likelihoods and the iterations are the oracle's."""
+    rng = np.random.default_rng(6)
+    X = np.r_[rng.normal(size=(400, 2)), rng.normal(size=(400, 2)) + [35.0, 0.0]]
+    cov = {"full": np.stack([np.eye(2)] * 2), "tied": np.eye(2), "diag": np.ones((2, 2)),
+           "spherical": np.ones(2)}[covariance_type]
+    prec_chol = reference.precisions_cholesky_from_covariances(cov, covariance_type)
+    start = (np.array([0.5, 0.5]), np.array([[0.0, 0.0], [35.0, 0.0]]), prec_chol,
+             reference.precisions_from_cholesky(prec_chol, covariance_type))
+    assert_iterations_match_reference(X, covariance_type, start)
+
+    gm = GaussianMixture(2, covariance_type=covariance_type, max_iter=1, tol=0,
+                         **explicit_init(start[0], start[1], start[3])).fit(X)
+    weighted = reference.log_gaussian_prob(X, gm.means_, gm.precisions_cholesky_,
+                                           covariance_type) + np.log(gm.weights_)
+    below_max = weighted - weighted.max(axis=1, keepdims=True)
+    log_resp, _ = reference.e_step(X, gm.weights_, gm.means_, gm.precisions_cholesky_,
+                                   covariance_type)
+    floor = fastem._kernels.gaussian.LOG_RESPONSIBILITY_FLOOR
+    zero, kept = below_max < floor - 1e-6, below_max > floor + 1e-6
+    assert zero.sum() > 100 and (kept & (below_max < -500)).sum() > 100
+    resp = gm.predict_proba(X)
+    assert np.all(resp[zero] == 0.0)
+    assert_allclose(resp[kept], np.exp(log_resp[kept]), rtol=1e-9)
+    assert_allclose(gm.score_samples(X), (weighted - log_resp)[:, 0], rtol=1e-12)
 
 
 def assert_iterations_match_reference(X, covariance_type, start=None):
