@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fastem._kernels._panels import LANES, PANEL_ROWS, panel_product
-from fastem._kernels._tiles import TILE, centred_moments, row_dot, tile_products
+from fastem._kernels._tiles import TILE, centred_moments, lane_sum, row_dot, tile_products
 
 
 @pytest.mark.parametrize("n_cols", [LANES, 2 * LANES, 3 * LANES], ids=["8", "16", "16+8"])
@@ -75,6 +75,20 @@ def test_lane_sums_are_exact_on_integers_and_fixed_in_order():
     for a in range(TILE):
         for b in range(TILE):
             assert row_dot(real, a, B, b, 101) == out[a, b]
+
+
+@pytest.mark.parametrize("n", [256, 253, 5, 0], ids=["whole-vectors", "tail", "tail-only",
+                                                     "empty"])
+def test_lane_sum(n):
+    """sum a[:n] in lanes: exact on integers, nothing read past n (a NaN there), and the same
+    bits as the single dot product with ones."""
+    rng = np.random.default_rng(5)
+    a = np.r_[rng.integers(-1000, 1000, size=n).astype(np.float64), np.nan]
+    assert lane_sum(a, n) == a[:n].sum()
+    real = np.r_[rng.normal(size=n), np.nan]
+    ones = np.ones((1, n + 1))
+    assert lane_sum(real, n) == row_dot(real[None, :], 0, ones, 0, n)
+    assert lane_sum(real, n) == pytest.approx(real[:n].sum(), rel=1e-13, abs=1e-13)
 
 
 @pytest.mark.parametrize("d", [1, 4, 7], ids=["one-feature", "four", "four+three"])

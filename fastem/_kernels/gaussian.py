@@ -44,7 +44,7 @@ from numba import njit, prange
 
 from ._config import CACHE, JIT, prefer_wide_vectors
 from ._math import exp_nonpositive, log_at_least_one
-from ._tiles import centred_moments, row_dot, tile_products
+from ._tiles import centred_moments, lane_sum, row_dot, tile_products
 from ._transpose import transpose_tile
 
 FULL, TIED, DIAG, SPHERICAL = 0, 1, 2, 3
@@ -233,9 +233,7 @@ def _normalize(logp, R, best, ll, work):
 def _total_loglik(X, r0, r1, ll):
     """(sum of the rows' log-likelihoods `ll`, first row of X[r0:r1] holding NaN or infinity
     or -1): the rows are looked at only when the sum is not finite."""
-    total = 0.0
-    for i in range(ll.shape[0]):
-        total += ll[i]
+    total = lane_sum(ll, ll.shape[0])
     if np.isfinite(total):
         return total, -1
     return total, _first_nonfinite(X, r0, r1, ll)
