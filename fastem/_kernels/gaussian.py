@@ -206,14 +206,20 @@ def _normalize(logp, R, best, ll, work):
     K, nb = logp.shape
     m = work[0]
     s = work[1]
-    best[:] = 0
     for i in range(nb):
         m[i] = logp[0, i]
-    for k in range(1, K):
-        for i in range(nb):
-            if logp[k, i] > m[i]:
-                m[i] = logp[k, i]
-                best[i] = k
+    if best.shape[0] > 0:
+        best[:] = 0
+        for k in range(1, K):
+            for i in range(nb):
+                if logp[k, i] > m[i]:
+                    m[i] = logp[k, i]
+                    best[i] = k
+    else:  # fitting: no labels to keep
+        for k in range(1, K):
+            for i in range(nb):
+                if logp[k, i] > m[i]:
+                    m[i] = logp[k, i]
     s[:] = 0.0
     for k in range(K):
         for i in range(nb):
@@ -333,7 +339,7 @@ def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, comp
     else:
         logp = np.empty((K, nb))
         _logp(kind, XT, shift, centre, prec, aux, const, logp)
-        best = np.empty(nb, dtype=np.int64)
+        best = np.empty(nb if mode == HARD or labels.shape[0] > 0 else 0, dtype=np.int64)
         ll = np.empty(nb)
         _normalize(logp, R, best, ll, np.empty((2, nb)))
         total, bad = _total_loglik(X, r0, r1, ll)

@@ -144,7 +144,7 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
     logp_K = logp_buf[: K * nbp].reshape((K, nbp))
     R = r_buf[: K * nbp].reshape((K, nbp))
     RT = rt_buf[: nb * Kv].reshape((nb, Kv))
-    best = best_buf[:nbp]
+    best = best_buf[: nbp if labels.shape[0] > 0 else 0]  # the labels only if wanted
     ll = ll_buf[:nbp]
     work = work_buf[: 2 * nbp].reshape((2, nbp))
     _load_columns(X, s0, s1, XT)
@@ -218,7 +218,7 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
     logp_K = logp_buf[: K * nbp].reshape((K, nbp))
     R = r_buf[: Kv * nbp].reshape((Kv, nbp))
     R_K = r_buf[: K * nbp].reshape((K, nbp))
-    best = best_buf[:nbp]
+    best = best_buf[: nbp if labels.shape[0] > 0 else 0]  # the labels only if wanted
     ll = ll_buf[:nbp]
     work = work_buf[: 2 * nbp].reshape((2, nbp))
     Phi[F:] = 0.0
