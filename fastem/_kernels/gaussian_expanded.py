@@ -99,16 +99,19 @@ def _features(kind, XT, centre, Phi):
     d, nb = XT.shape
     for i in range(nb):
         Phi[0, i] = 1.0
+    row = 1 + d
+    if kind == DIAG:  # y_j and y_j^2 in one sweep
+        for j in range(d):
+            c = centre[j]
+            for i in range(nb):
+                y = XT[j, i] - c
+                Phi[1 + j, i] = y
+                Phi[row + j, i] = y * y
+        return
     for j in range(d):
         c = centre[j]
         for i in range(nb):
             Phi[1 + j, i] = XT[j, i] - c
-    row = 1 + d
-    if kind == DIAG:
-        for j in range(d):
-            for i in range(nb):
-                Phi[row + j, i] = Phi[1 + j, i] * Phi[1 + j, i]
-        return
     if kind == SPHERICAL:
         for i in range(nb):
             Phi[row, i] = 0.0
