@@ -4,7 +4,7 @@ the 8-lane tiles, dot products and centred moments of the statistics."""
 import numpy as np
 import pytest
 
-from fastem._kernels._panels import LANES, PANEL_ROWS, panel_product
+from fastem._kernels._panels import LANES, MAX_SINGLE_ROWS, PANEL_ROWS, panel_product
 from fastem._kernels._tiles import TILE, centred_moments, lane_sum, row_dot, tile_products
 
 
@@ -20,9 +20,33 @@ def test_panel_product_matches_the_matrix_product(n_cols, a_transposed, add):
     B = rng.normal(size=(n_full, n_cols))
     start = rng.normal(size=(M, n_cols))
     out = start.copy()
-    panel_product(A, B, out, n, add)
+    panel_product(A, B, out, M, n, add)
     expected = A[:, :n] @ B[:n] + (start if add else 0.0)
     np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("m", [1, PANEL_ROWS + MAX_SINGLE_ROWS, PANEL_ROWS + MAX_SINGLE_ROWS + 1,
+                               2 * PANEL_ROWS, 33],
+                         ids=["one-row", "panel+single-rows", "panel+padded-panel", "panels",
+                              "diag-d16"])
+@pytest.mark.parametrize("n_cols", [LANES, 3 * LANES], ids=["8", "16+8"])
+@pytest.mark.parametrize("add", [True, False], ids=["add", "set"])
+def test_panel_product_of_the_first_rows(m, n_cols, add):
+    """out[:m] (+)= A[:m, :n] @ B[:n] for an A zero past row m: whole panels, then (adding)
+    single rows or one more panel over the padding; the rest of out as it was or, past the
+    last panel, the product's zeros."""
+    rng = np.random.default_rng(2)
+    M = 5 * PANEL_ROWS
+    A = rng.normal(size=(M, 29))
+    A[m:] = 0.0
+    B = rng.normal(size=(29, n_cols))
+    start = rng.normal(size=(M, n_cols))
+    out = start.copy()
+    panel_product(A, B, out, m, 29, add)
+    expected = A @ B + (start if add else 0.0)
+    np.testing.assert_allclose(out[:m], expected[:m], rtol=1e-13, atol=1e-13)
+    rest = out[m:]
+    assert np.all((rest == start[m:]) | (rest == expected[m:]))
 
 
 def test_panel_product_sums_in_index_order():
@@ -32,10 +56,10 @@ def test_panel_product_sums_in_index_order():
     A = rng.integers(-50, 50, size=(PANEL_ROWS, 40)).astype(np.float64)
     B = rng.integers(-50, 50, size=(40, 2 * LANES)).astype(np.float64)
     out = np.zeros((PANEL_ROWS, 2 * LANES))
-    panel_product(A, B, out, 40, True)
+    panel_product(A, B, out, PANEL_ROWS, 40, True)
     assert np.array_equal(out, A @ B)
     narrow = np.zeros((PANEL_ROWS, LANES))
-    panel_product(A, np.ascontiguousarray(B[:, :LANES]), narrow, 40, True)
+    panel_product(A, np.ascontiguousarray(B[:, :LANES]), narrow, PANEL_ROWS, 40, True)
     assert np.array_equal(narrow, out[:, :LANES])
 
 

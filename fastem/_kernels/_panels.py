@@ -36,9 +36,10 @@ from ._llvm import (
 PANEL_ROWS = 8  # rows of A (and of the output) per panel
 
 
-def _panel_intrinsic(n_vectors, add):
-    """An intrinsic adding (`add`) or writing A[m0:m0+8, :n] @ B[:n, j0:j0+8*n_vectors] into
-    the same panel of `out`. A may have any strides; B's and out's rows must be contiguous."""
+def _panel_intrinsic(n_vectors, add, n_rows=PANEL_ROWS):
+    """An intrinsic adding (`add`) or writing A[m0:m0+n_rows, :n] @ B[:n, j0:j0+8*n_vectors]
+    into the same panel of `out`. A may have any strides; B's and out's rows must be
+    contiguous."""
 
     @intrinsic
     def panel(typingctx, A, B, out, m0, j0, n):
@@ -55,12 +56,12 @@ def _panel_intrinsic(n_vectors, add):
             intp = m0.type
             col_bytes = builder.mul(j0, ir.Constant(intp, 8))
             fma = vector_fma(builder)
-            # Stack slots, promoted to registers by LLVM: PANEL_ROWS * n_vectors accumulators.
+            # Stack slots, promoted to registers by LLVM: n_rows * n_vectors accumulators.
             zero = ir.Constant(VEC, [0.0] * LANES)
             acc = [cgutils.alloca_once_value(builder, zero)
-                   for _ in range(PANEL_ROWS * n_vectors)]
+                   for _ in range(n_rows * n_vectors)]
             a_rows = [builder.mul(builder.add(m0, ir.Constant(intp, u)), a_row_stride)
-                      for u in range(PANEL_ROWS)]
+                      for u in range(n_rows)]
 
             with cgutils.for_range(builder, n) as loop:
                 i = loop.index
@@ -69,7 +70,7 @@ def _panel_intrinsic(n_vectors, add):
                                      builder.add(b_row, ir.Constant(intp, 8 * LANES * v)))
                          for v in range(n_vectors)]
                 a_col = builder.mul(i, a_col_stride)
-                for u in range(PANEL_ROWS):
+                for u in range(n_rows):
                     a_ptr = builder.gep(a_base, [builder.add(a_rows[u], a_col)])
                     a_val = builder.load(builder.bitcast(a_ptr, F64.as_pointer()), align=8)
                     a_vec = splat(builder, a_val)
@@ -77,7 +78,7 @@ def _panel_intrinsic(n_vectors, add):
                         slot = acc[u * n_vectors + v]
                         builder.store(builder.call(fma, [a_vec, b_vec[v], builder.load(slot)]),
                                       slot)
-            for u in range(PANEL_ROWS):
+            for u in range(n_rows):
                 out_row = builder.add(
                     builder.mul(builder.add(m0, ir.Constant(intp, u)), out_row_stride),
                     col_bytes)
@@ -99,29 +100,51 @@ _add_8x16 = _panel_intrinsic(2, True)
 _add_8x8 = _panel_intrinsic(1, True)
 _set_8x16 = _panel_intrinsic(2, False)
 _set_8x8 = _panel_intrinsic(1, False)
+_add_1x16 = _panel_intrinsic(2, True, 1)
+_add_1x8 = _panel_intrinsic(1, True, 1)
+# Up to this many rows past the last whole panel are added as single rows (whose steps are
+# bound by their loads, 1.5 times a panel's cost per row) rather than in a panel of 8, most of
+# it padding.
+MAX_SINGLE_ROWS = 4
 
 
 @njit(**JIT)
-def panel_product(A, B, out, n, add):
-    """out (+)= A[:, :n] @ B[:n]: added into `out` if `add`, else written over it; float64
+def panel_product(A, B, out, m, n, add):
+    """out[:m] (+)= A[:m, :n] @ B[:n]: added into `out` if `add`, else written over it; float64
     throughout. Writing saves zeroing `out` first: 3.5% of a pass at 'diag' d = 16, K = 16,
     where the log-densities are such a product.
 
+    Rows run in panels of 8; when adding, up to MAX_SINGLE_ROWS rows past the last whole panel
+    run one at a time (the statistics of 'diag' at d = 16, F = 33 features padded to 40, and
+    of 'full' at d = 16 and 64 have one such row: 1-2% of a pass). Otherwise the last panel
+    runs over A's rows past m, which must then be zero padding, and rows of `out` past m may
+    be written.
+
     The caller guarantees the shapes, which are not checked here: A is (M, >= n) with M a
     multiple of PANEL_ROWS and any strides; B is (>= n, N) and out is (M, N), both with
-    contiguous rows, N a multiple of LANES.
+    contiguous rows, N a multiple of LANES; m <= M.
     """
     M, N = out.shape
-    for m0 in range(0, M, PANEL_ROWS):
+    m_panels = m - m % PANEL_ROWS
+    if m > m_panels and (not add or m - m_panels > MAX_SINGLE_ROWS):
+        m_panels = min(M, m_panels + PANEL_ROWS)
+    m0 = 0
+    while m0 < max(m, m_panels):
+        single = m0 >= m_panels
         j0 = 0
         while j0 + 2 * LANES <= N:
-            if add:
+            if single:
+                _add_1x16(A, B, out, m0, j0, n)
+            elif add:
                 _add_8x16(A, B, out, m0, j0, n)
             else:
                 _set_8x16(A, B, out, m0, j0, n)
             j0 += 2 * LANES
         if j0 < N:
-            if add:
+            if single:
+                _add_1x8(A, B, out, m0, j0, n)
+            elif add:
                 _add_8x8(A, B, out, m0, j0, n)
             else:
                 _set_8x8(A, B, out, m0, j0, n)
+        m0 += 1 if single else PANEL_ROWS

@@ -156,7 +156,7 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
         lo = 0 if f >= F else nb
         for i in range(lo, nbp):
             Phi[f, i] = 0.0
-    panel_product(eta, Phi, logp, F, False)  # F, not Fp: padding would add only zeros
+    panel_product(eta, Phi, logp, Kv, F, False)  # F, not Fp: padding would add only zeros
     _normalize(logp_K, R, best, ll, work)
     total, bad = _total_loglik(X, s0, s1, ll_buf[:nb])
     if bad >= 0:
@@ -166,7 +166,7 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
         for i in range(nb):
             for k in range(K):
                 RT[i, k] = R[k, i]
-        panel_product(Phi, RT, slot, nb, True)
+        panel_product(Phi, RT, slot, F, nb, True)
     return total, -1
 
 
@@ -231,7 +231,7 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
     R[K:] = 0.0
     _load_columns(X, r0, r1, XT)
     _features(kind, XT, centre, Phi)
-    panel_product(eta, Phi, logp, F, False)  # F, not Fp: padding would add only zeros
+    panel_product(eta, Phi, logp, Kv, F, False)  # F, not Fp: padding would add only zeros
     _normalize(logp_K, R_K, best, ll, work)
     total, bad = _total_loglik(X, r0, r1, ll_buf[:nb])
     if bad >= 0:
@@ -244,7 +244,7 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
             for i in range(nb):
                 for k in range(K):
                     RT[i, k] = R[k, i]
-            panel_product(Phi, RT, slot, nb, True)
+            panel_product(Phi, RT, slot, F, nb, True)
         else:
             tile_products(Phi, R, nb, slot, False, True)
     return total, -1
