@@ -200,7 +200,8 @@ LOG_RESPONSIBILITY_FLOOR = -575.0
 @njit(**_jit)
 def _normalize(logp, R, best, ll, work):
     """Responsibilities R (K, nb) from logp by a stable log-sum-exp (0 below
-    LOG_RESPONSIBILITY_FLOOR); the rows' log-likelihoods into `ll` and their most likely
+    LOG_RESPONSIBILITY_FLOOR); the rows' log-likelihoods into `ll` and, unless `best` is
+    empty (a fit wants no labels: 2-4% of a pass at d = 2 and 4, K = 8), their most likely
     component into `best`. `work` is (2, nb) scratch."""
     prefer_wide_vectors()
     K, nb = logp.shape
