@@ -4,25 +4,64 @@ the 8-lane tiles, dot products and centred moments of the statistics."""
 import numpy as np
 import pytest
 
-from fastem._kernels._panels import LANES, MAX_SINGLE_ROWS, PANEL_ROWS, panel_product
+from fastem._kernels._panels import (
+    LANES,
+    MAX_SINGLE_ROWS,
+    PANEL_ROWS,
+    log_density_product,
+    panel_product,
+)
 from fastem._kernels._tiles import TILE, centred_moments, lane_sum, row_dot, tile_products
 
 
 @pytest.mark.parametrize("n_cols", [LANES, 2 * LANES, 3 * LANES], ids=["8", "16", "16+8"])
 @pytest.mark.parametrize("a_transposed", [False, True], ids=["A-rows", "A-strided"])
-@pytest.mark.parametrize("add", [True, False], ids=["add", "set"])
-def test_panel_product_matches_the_matrix_product(n_cols, a_transposed, add):
-    """out += (or =) A[:, :n] @ B[:n] for both panel widths, an A read through any strides,
-    and a shared dimension n shorter than A's and B's."""
+def test_panel_product_adds_the_matrix_product(n_cols, a_transposed):
+    """out += A[:, :n] @ B[:n] for both panel widths, an A read through any strides, and a
+    shared dimension n shorter than A's and B's."""
     rng = np.random.default_rng(0)
     M, n_full, n = 2 * PANEL_ROWS, 37, 29
     A = rng.normal(size=(n_full, M)).T if a_transposed else rng.normal(size=(M, n_full))
     B = rng.normal(size=(n_full, n_cols))
     start = rng.normal(size=(M, n_cols))
     out = start.copy()
-    panel_product(A, B, out, M, n, add)
-    expected = A[:, :n] @ B[:n] + (start if add else 0.0)
+    panel_product(A, B, out, M, n)
+    np.testing.assert_allclose(out, start + A[:, :n] @ B[:n], rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("n_cols", [LANES, 3 * LANES], ids=["8", "16+8"])
+@pytest.mark.parametrize("k", [1, 5, PANEL_ROWS, PANEL_ROWS + 3, 2 * PANEL_ROWS])
+def test_log_density_product_writes_the_product_and_each_columns_max(n_cols, k):
+    """out = A[:, :n] @ B[:n], written over whatever out held, and mx = the column-wise
+    maximum of its first k rows, across panels; rows past k (padding) are not in it."""
+    rng = np.random.default_rng(6)
+    M, n = 2 * PANEL_ROWS, 21
+    A = rng.normal(size=(M, 30))
+    A[k:] = rng.normal(size=(M - k, 30)) + 100.0  # padding rows far above the real ones
+    B = rng.normal(size=(30, n_cols))
+    out = np.full((M, n_cols), np.nan)
+    mx = np.full(n_cols + 3, np.nan)
+    log_density_product(A, B, out, n, mx, k)
+    expected = A[:, :n] @ B[:n]
     np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
+    assert np.array_equal(mx[:n_cols], out[:k].max(axis=0))
+    assert np.all(np.isnan(mx[n_cols:]))  # nothing past N written
+
+
+def test_log_density_product_max_treats_nan_like_the_sweep():
+    """As ``m = x_0; if x_k > m: m = x_k``: a NaN in a later row (here in both panels) is
+    passed over, a NaN in row 0 stays."""
+    rng = np.random.default_rng(7)
+    M, n = 2 * PANEL_ROWS, 6
+    B = rng.normal(size=(n, LANES))
+    out, mx = np.empty((M, LANES)), np.empty(LANES)
+    A = rng.normal(size=(M, n))
+    A[[3, 11], 0] = np.nan
+    log_density_product(A, B, out, n, mx, M)
+    assert np.array_equal(mx, np.nanmax(A @ B, axis=0))
+    A[0, 0] = np.nan
+    log_density_product(A, B, out, n, mx, M)
+    assert np.all(np.isnan(mx))
 
 
 @pytest.mark.parametrize("m", [1, PANEL_ROWS + MAX_SINGLE_ROWS, PANEL_ROWS + MAX_SINGLE_ROWS + 1,
@@ -30,11 +69,9 @@ def test_panel_product_matches_the_matrix_product(n_cols, a_transposed, add):
                          ids=["one-row", "panel+single-rows", "panel+padded-panel", "panels",
                               "diag-d16"])
 @pytest.mark.parametrize("n_cols", [LANES, 3 * LANES], ids=["8", "16+8"])
-@pytest.mark.parametrize("add", [True, False], ids=["add", "set"])
-def test_panel_product_of_the_first_rows(m, n_cols, add):
-    """out[:m] (+)= A[:m, :n] @ B[:n] for an A zero past row m: whole panels, then (adding)
-    single rows or one more panel over the padding; the rest of out as it was or, past the
-    last panel, the product's zeros."""
+def test_panel_product_adds_the_first_rows(m, n_cols):
+    """out[:m] += A[:m, :n] @ B[:n] for an A zero past row m: whole panels, then single rows
+    or one more panel over the padding; the rest of out as it was."""
     rng = np.random.default_rng(2)
     M = 5 * PANEL_ROWS
     A = rng.normal(size=(M, 29))
@@ -42,11 +79,9 @@ def test_panel_product_of_the_first_rows(m, n_cols, add):
     B = rng.normal(size=(29, n_cols))
     start = rng.normal(size=(M, n_cols))
     out = start.copy()
-    panel_product(A, B, out, m, 29, add)
-    expected = A @ B + (start if add else 0.0)
-    np.testing.assert_allclose(out[:m], expected[:m], rtol=1e-13, atol=1e-13)
-    rest = out[m:]
-    assert np.all((rest == start[m:]) | (rest == expected[m:]))
+    panel_product(A, B, out, m, 29)
+    np.testing.assert_allclose(out[:m], start[:m] + A[:m] @ B, rtol=1e-13, atol=1e-13)
+    assert np.array_equal(out[m:], start[m:])
 
 
 def test_panel_product_sums_in_index_order():
@@ -56,10 +91,10 @@ def test_panel_product_sums_in_index_order():
     A = rng.integers(-50, 50, size=(PANEL_ROWS, 40)).astype(np.float64)
     B = rng.integers(-50, 50, size=(40, 2 * LANES)).astype(np.float64)
     out = np.zeros((PANEL_ROWS, 2 * LANES))
-    panel_product(A, B, out, PANEL_ROWS, 40, True)
+    panel_product(A, B, out, PANEL_ROWS, 40)
     assert np.array_equal(out, A @ B)
     narrow = np.zeros((PANEL_ROWS, LANES))
-    panel_product(A, np.ascontiguousarray(B[:, :LANES]), narrow, PANEL_ROWS, 40, True)
+    panel_product(A, np.ascontiguousarray(B[:, :LANES]), narrow, PANEL_ROWS, 40)
     assert np.array_equal(narrow, out[:, :LANES])
 
 

@@ -7,8 +7,9 @@ operands for every such call and reached a third of its large-matrix rate on the
 GFLOP/s per core, OpenBLAS SkylakeX, d = 64, K = 16); Numba's own loops are held to 256-bit
 vectors by LLVM's preferred vector width on this machine and reached 37.
 
-:func:`panel_product` instead keeps a panel of 8 rows by 16 columns of the output in
-registers, as 16 vectors of 8 float64, and sweeps the shared dimension once: each step
+:func:`panel_product` (the statistics, added into their slot) and
+:func:`log_density_product` (the log-densities, written, with each row's largest) instead keep
+a panel of 8 rows by 16 columns of the output in registers, as 16 vectors of 8 float64, and sweeps the shared dimension once: each step
 broadcasts 8 entries of A, loads 16 contiguous entries of B and issues 16 fused multiply-adds.
 The vectors are written as LLVM vector types, which the backend lowers to AVX-512 registers
 where the CPU has them (66 to 77 GFLOP/s per core here) and to pairs of narrower ones
@@ -36,6 +37,80 @@ from ._llvm import (
 PANEL_ROWS = 8  # rows of A (and of the output) per panel
 
 
+def _panel_codegen(n_vectors, add, n_rows, with_max):
+    """Code adding (`add`) or writing A[m0:m0+n_rows, :n] @ B[:n, j0:j0+8*n_vectors] into the
+    same panel of `out`; `with_max` also folds the panel's rows below K into a running
+    column-wise maximum (see :func:`log_density_product`)."""
+
+    def codegen(context, builder, signature, args):
+        a_ty, b_ty, out_ty = signature.args[:3]
+        a = context.make_array(a_ty)(context, builder, args[0])
+        a_base = builder.bitcast(a.data, BYTE_PTR)
+        a_row_stride, a_col_stride = cgutils.unpack_tuple(builder, a.strides, 2)
+        b_base, b_row_stride = array_bytes(context, builder, b_ty, args[1])
+        out_base, out_row_stride = array_bytes(context, builder, out_ty, args[2])
+        m0, j0, n = args[3:6]
+        intp = m0.type
+        col_bytes = builder.mul(j0, ir.Constant(intp, 8))
+        fma = vector_fma(builder)
+        # Stack slots, promoted to registers by LLVM: n_rows * n_vectors accumulators.
+        zero = ir.Constant(VEC, [0.0] * LANES)
+        acc = [cgutils.alloca_once_value(builder, zero)
+               for _ in range(n_rows * n_vectors)]
+        a_rows = [builder.mul(builder.add(m0, ir.Constant(intp, u)), a_row_stride)
+                  for u in range(n_rows)]
+
+        with cgutils.for_range(builder, n) as loop:
+            i = loop.index
+            b_row = builder.add(builder.mul(i, b_row_stride), col_bytes)
+            b_vec = [load_vector(builder, b_base,
+                                 builder.add(b_row, ir.Constant(intp, 8 * LANES * v)))
+                     for v in range(n_vectors)]
+            a_col = builder.mul(i, a_col_stride)
+            for u in range(n_rows):
+                a_ptr = builder.gep(a_base, [builder.add(a_rows[u], a_col)])
+                a_val = builder.load(builder.bitcast(a_ptr, F64.as_pointer()), align=8)
+                a_vec = splat(builder, a_val)
+                for v in range(n_vectors):
+                    slot = acc[u * n_vectors + v]
+                    builder.store(builder.call(fma, [a_vec, b_vec[v], builder.load(slot)]),
+                                  slot)
+        totals = []
+        for u in range(n_rows):
+            out_row = builder.add(
+                builder.mul(builder.add(m0, ir.Constant(intp, u)), out_row_stride),
+                col_bytes)
+            for v in range(n_vectors):
+                offset = builder.add(out_row, ir.Constant(intp, 8 * LANES * v))
+                ptr = builder.bitcast(builder.gep(out_base, [offset]), VEC.as_pointer())
+                total = builder.load(acc[u * n_vectors + v])
+                if add:
+                    total = builder.fadd(builder.load(ptr, align=8), total)
+                builder.store(total, ptr, align=8)
+                totals.append(total)
+        if with_max:
+            mx = context.make_array(signature.args[6])(context, builder, args[6])
+            mx_base = builder.bitcast(mx.data, BYTE_PTR)
+            k = args[7]
+            first = builder.icmp_signed("==", m0, ir.Constant(intp, 0))
+            mask_type = ir.VectorType(ir.IntType(1), LANES)
+            for v in range(n_vectors):
+                offset = builder.add(col_bytes, ir.Constant(intp, 8 * LANES * v))
+                ptr = builder.bitcast(builder.gep(mx_base, [offset]), VEC.as_pointer())
+                # As `if x > m: m = x` over the components in order, from component 0.
+                best = builder.select(first, totals[v], builder.load(ptr, align=8))
+                for u in range(n_rows):
+                    x = totals[u * n_vectors + v]
+                    real = builder.icmp_signed("<", builder.add(m0, ir.Constant(intp, u)), k)
+                    take = builder.and_(builder.fcmp_ordered(">", x, best),
+                                        splat(builder, real, mask_type))
+                    best = builder.select(take, x, best)
+                builder.store(best, ptr, align=8)
+        return context.get_dummy_value()
+
+    return codegen
+
+
 def _panel_intrinsic(n_vectors, add, n_rows=PANEL_ROWS):
     """An intrinsic adding (`add`) or writing A[m0:m0+n_rows, :n] @ B[:n, j0:j0+8*n_vectors]
     into the same panel of `out`. A may have any strides; B's and out's rows must be
@@ -44,62 +119,27 @@ def _panel_intrinsic(n_vectors, add, n_rows=PANEL_ROWS):
     @intrinsic
     def panel(typingctx, A, B, out, m0, j0, n):
         sig = types.void(A, B, out, types.intp, types.intp, types.intp)
+        return sig, _panel_codegen(n_vectors, add, n_rows, False)
 
-        def codegen(context, builder, signature, args):
-            a_ty, b_ty, out_ty = signature.args[:3]
-            a = context.make_array(a_ty)(context, builder, args[0])
-            a_base = builder.bitcast(a.data, BYTE_PTR)
-            a_row_stride, a_col_stride = cgutils.unpack_tuple(builder, a.strides, 2)
-            b_base, b_row_stride = array_bytes(context, builder, b_ty, args[1])
-            out_base, out_row_stride = array_bytes(context, builder, out_ty, args[2])
-            m0, j0, n = args[3:]
-            intp = m0.type
-            col_bytes = builder.mul(j0, ir.Constant(intp, 8))
-            fma = vector_fma(builder)
-            # Stack slots, promoted to registers by LLVM: n_rows * n_vectors accumulators.
-            zero = ir.Constant(VEC, [0.0] * LANES)
-            acc = [cgutils.alloca_once_value(builder, zero)
-                   for _ in range(n_rows * n_vectors)]
-            a_rows = [builder.mul(builder.add(m0, ir.Constant(intp, u)), a_row_stride)
-                      for u in range(n_rows)]
+    return panel
 
-            with cgutils.for_range(builder, n) as loop:
-                i = loop.index
-                b_row = builder.add(builder.mul(i, b_row_stride), col_bytes)
-                b_vec = [load_vector(builder, b_base,
-                                     builder.add(b_row, ir.Constant(intp, 8 * LANES * v)))
-                         for v in range(n_vectors)]
-                a_col = builder.mul(i, a_col_stride)
-                for u in range(n_rows):
-                    a_ptr = builder.gep(a_base, [builder.add(a_rows[u], a_col)])
-                    a_val = builder.load(builder.bitcast(a_ptr, F64.as_pointer()), align=8)
-                    a_vec = splat(builder, a_val)
-                    for v in range(n_vectors):
-                        slot = acc[u * n_vectors + v]
-                        builder.store(builder.call(fma, [a_vec, b_vec[v], builder.load(slot)]),
-                                      slot)
-            for u in range(n_rows):
-                out_row = builder.add(
-                    builder.mul(builder.add(m0, ir.Constant(intp, u)), out_row_stride),
-                    col_bytes)
-                for v in range(n_vectors):
-                    offset = builder.add(out_row, ir.Constant(intp, 8 * LANES * v))
-                    ptr = builder.bitcast(builder.gep(out_base, [offset]), VEC.as_pointer())
-                    total = builder.load(acc[u * n_vectors + v])
-                    if add:
-                        total = builder.fadd(builder.load(ptr, align=8), total)
-                    builder.store(total, ptr, align=8)
-            return context.get_dummy_value()
 
-        return sig, codegen
+def _panel_max_intrinsic(n_vectors):
+    """:func:`_panel_intrinsic`, writing 8 rows, that also folds those of them below `k` into
+    the column-wise maximum mx[j0:j0+8*n_vectors] (started from row 0 when m0 is 0)."""
+
+    @intrinsic
+    def panel(typingctx, A, B, out, m0, j0, n, mx, k):
+        sig = types.void(A, B, out, types.intp, types.intp, types.intp, mx, types.intp)
+        return sig, _panel_codegen(n_vectors, False, PANEL_ROWS, True)
 
     return panel
 
 
 _add_8x16 = _panel_intrinsic(2, True)
 _add_8x8 = _panel_intrinsic(1, True)
-_set_8x16 = _panel_intrinsic(2, False)
-_set_8x8 = _panel_intrinsic(1, False)
+_set_max_8x16 = _panel_max_intrinsic(2)
+_set_max_8x8 = _panel_max_intrinsic(1)
 _add_1x16 = _panel_intrinsic(2, True, 1)
 _add_1x8 = _panel_intrinsic(1, True, 1)
 # Up to this many rows past the last whole panel are added as single rows (whose steps are
@@ -109,16 +149,13 @@ MAX_SINGLE_ROWS = 4
 
 
 @njit(**JIT)
-def panel_product(A, B, out, m, n, add):
-    """out[:m] (+)= A[:m, :n] @ B[:n]: added into `out` if `add`, else written over it; float64
-    throughout. Writing saves zeroing `out` first: 3.5% of a pass at 'diag' d = 16, K = 16,
-    where the log-densities are such a product.
+def panel_product(A, B, out, m, n):
+    """out[:m] += A[:m, :n] @ B[:n], float64 throughout.
 
-    Rows run in panels of 8; when adding, up to MAX_SINGLE_ROWS rows past the last whole panel
-    run one at a time (the statistics of 'diag' at d = 16, F = 33 features padded to 40, and
-    of 'full' at d = 16 and 64 have one such row: 1-2% of a pass). Otherwise the last panel
-    runs over A's rows past m, which must then be zero padding, and rows of `out` past m may
-    be written.
+    Rows run in panels of 8; up to MAX_SINGLE_ROWS rows past the last whole panel run one at
+    a time (the statistics of 'diag' at d = 16, F = 33 features padded to 40, and of 'full'
+    at d = 16 and 64 have one such row: 1-2% of a pass). Beyond that the last panel runs over
+    A's rows past m, which must then be zero padding.
 
     The caller guarantees the shapes, which are not checked here: A is (M, >= n) with M a
     multiple of PANEL_ROWS and any strides; B is (>= n, N) and out is (M, N), both with
@@ -126,7 +163,7 @@ def panel_product(A, B, out, m, n, add):
     """
     M, N = out.shape
     m_panels = m - m % PANEL_ROWS
-    if m > m_panels and (not add or m - m_panels > MAX_SINGLE_ROWS):
+    if m - m_panels > MAX_SINGLE_ROWS:
         m_panels = min(M, m_panels + PANEL_ROWS)
     m0 = 0
     while m0 < max(m, m_panels):
@@ -135,16 +172,34 @@ def panel_product(A, B, out, m, n, add):
         while j0 + 2 * LANES <= N:
             if single:
                 _add_1x16(A, B, out, m0, j0, n)
-            elif add:
-                _add_8x16(A, B, out, m0, j0, n)
             else:
-                _set_8x16(A, B, out, m0, j0, n)
+                _add_8x16(A, B, out, m0, j0, n)
             j0 += 2 * LANES
         if j0 < N:
             if single:
                 _add_1x8(A, B, out, m0, j0, n)
-            elif add:
-                _add_8x8(A, B, out, m0, j0, n)
             else:
-                _set_8x8(A, B, out, m0, j0, n)
+                _add_8x8(A, B, out, m0, j0, n)
         m0 += 1 if single else PANEL_ROWS
+
+
+@njit(**JIT)
+def log_density_product(A, B, out, n, mx, k):
+    """out = A[:, :n] @ B[:n] (written, all M rows) and mx[j] = the maximum of out[:k, j]:
+    the log-densities of a block and each row's largest.
+
+    Writing `out` spares zeroing it first (3.5% of a pass at 'diag' d = 16, K = 16). The
+    maximum is taken from the registers, as ``if x > m: m = x`` over the rows in order from
+    row 0, so that a NaN in row 0 stays and a NaN elsewhere is passed over, as in the
+    log-sum-exp's own sweep, which it spares (6% of a pass at d = 2, K = 8).
+
+    Shapes as for :func:`panel_product`, with every row of out written; mx is C-contiguous
+    with at least N entries, and 1 <= k <= M."""
+    M, N = out.shape
+    for m0 in range(0, M, PANEL_ROWS):
+        j0 = 0
+        while j0 + 2 * LANES <= N:
+            _set_max_8x16(A, B, out, m0, j0, n, mx, k)
+            j0 += 2 * LANES
+        if j0 < N:
+            _set_max_8x8(A, B, out, m0, j0, n, mx, k)

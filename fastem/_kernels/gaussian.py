@@ -198,25 +198,28 @@ LOG_RESPONSIBILITY_FLOOR = -575.0
 
 
 @njit(**_jit)
-def _normalize(logp, R, best, ll, work):
+def _normalize(logp, R, best, ll, work, max_known):
     """Responsibilities R (K, nb) from logp by a stable log-sum-exp (0 below
     LOG_RESPONSIBILITY_FLOOR); the rows' log-likelihoods into `ll` and, unless `best` is
     empty (a fit wants no labels: 2-4% of a pass at d = 2 and 4, K = 8), their most likely
-    component into `best`. `work` is (2, nb) scratch."""
+    component into `best`. `work` is (2, nb) scratch; with `max_known`, work[0] already
+    holds each row's largest log-density (from the product that made them)."""
     prefer_wide_vectors()
     K, nb = logp.shape
     m = work[0]
     s = work[1]
-    for i in range(nb):
-        m[i] = logp[0, i]
     if best.shape[0] > 0:
         best[:] = 0
+        for i in range(nb):
+            m[i] = logp[0, i]
         for k in range(1, K):
             for i in range(nb):
                 if logp[k, i] > m[i]:
                     m[i] = logp[k, i]
                     best[i] = k
-    else:  # fitting: no labels to keep
+    elif not max_known:  # fitting: no labels to keep
+        for i in range(nb):
+            m[i] = logp[0, i]
         for k in range(1, K):
             for i in range(nb):
                 if logp[k, i] > m[i]:
@@ -342,7 +345,7 @@ def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, comp
         _logp(kind, XT, shift, centre, prec, aux, const, logp)
         best = np.empty(nb if mode == HARD or labels.shape[0] > 0 else 0, dtype=np.int64)
         ll = np.empty(nb)
-        _normalize(logp, R, best, ll, np.empty((2, nb)))
+        _normalize(logp, R, best, ll, np.empty((2, nb)), False)
         total, bad = _total_loglik(X, r0, r1, ll)
         if bad >= 0:
             return 0.0, bad

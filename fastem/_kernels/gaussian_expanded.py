@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._config import JIT, prefer_wide_vectors
-from ._panels import PANEL_ROWS, panel_product
+from ._panels import PANEL_ROWS, log_density_product, panel_product
 from ._tiles import tile_products
 from .gaussian import (
     DIAG,
@@ -156,8 +156,9 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
         lo = 0 if f >= F else nb
         for i in range(lo, nbp):
             Phi[f, i] = 0.0
-    panel_product(eta, Phi, logp, Kv, F, False)  # F, not Fp: padding would add only zeros
-    _normalize(logp_K, R, best, ll, work)
+    # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
+    log_density_product(eta, Phi, logp, F, work[0], K)
+    _normalize(logp_K, R, best, ll, work, True)
     total, bad = _total_loglik(X, s0, s1, ll_buf[:nb])
     if bad >= 0:
         return 0.0, bad
@@ -166,7 +167,7 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
         for i in range(nb):
             for k in range(K):
                 RT[i, k] = R[k, i]
-        panel_product(Phi, RT, slot, F, nb, True)
+        panel_product(Phi, RT, slot, F, nb)
     return total, -1
 
 
@@ -231,8 +232,9 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
     R[K:] = 0.0
     _load_columns(X, r0, r1, XT)
     _features(kind, XT, centre, Phi)
-    panel_product(eta, Phi, logp, Kv, F, False)  # F, not Fp: padding would add only zeros
-    _normalize(logp_K, R_K, best, ll, work)
+    # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
+    log_density_product(eta, Phi, logp, F, work[0], K)
+    _normalize(logp_K, R_K, best, ll, work, True)
     total, bad = _total_loglik(X, r0, r1, ll_buf[:nb])
     if bad >= 0:
         return 0.0, bad
@@ -244,7 +246,7 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
             for i in range(nb):
                 for k in range(K):
                     RT[i, k] = R[k, i]
-            panel_product(Phi, RT, slot, F, nb, True)
+            panel_product(Phi, RT, slot, F, nb)
         else:
             tile_products(Phi, R, nb, slot, False, True)
     return total, -1
