@@ -46,6 +46,7 @@ from ._config import CACHE, JIT, prefer_wide_vectors
 from ._math import exp_nonpositive, log_at_least_one
 from ._tiles import centred_moments, lane_sum, row_dot, tile_products
 from ._transpose import transpose_tile
+from ._views import borrowed
 
 FULL, TIED, DIAG, SPHERICAL = 0, 1, 2, 3
 SOFT, HARD, GIVEN = 0, 1, 2  # responsibilities: posterior, one-hot argmax, supplied by caller
@@ -443,14 +444,19 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
     p2 = np.empty((W, s2.shape[0], s2.shape[1], s2.shape[2]))
     part_ll = np.empty(W)
     part_bad = np.empty(W, dtype=np.int64)
+    # The blocks see the shared arrays through borrowed views (``_views``), held here.
+    X_, shift_, centre_, prec_ = borrowed(X), borrowed(shift), borrowed(centre), borrowed(prec)
+    aux_, const_, resp_in_ = borrowed(aux), borrowed(const), borrowed(resp_in)
+    p0_, p1_, p2_ = borrowed(p0), borrowed(p1), borrowed(p2)
+    row_loglik_, resp_out_, labels_ = borrowed(row_loglik), borrowed(resp_out), borrowed(labels)
     for w0 in range(0, n_blocks, W):
         nw = min(W, n_blocks - w0)
         for w in prange(nw):
             r0 = (w0 + w) * block_rows
             r1 = min(n, r0 + block_rows)
             part_ll[w], part_bad[w] = _block(
-                kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, compute_stats,
-                p0[w], p1[w], p2[w], row_loglik, resp_out, labels,
+                kind, mode, X_, r0, r1, shift_, centre_, prec_, aux_, const_, resp_in_,
+                compute_stats, p0_[w], p1_[w], p2_[w], row_loglik_, resp_out_, labels_,
             )
         bad = _merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2)
         if bad >= 0:

@@ -34,6 +34,7 @@ from numba import njit, prange
 from ._config import JIT, prefer_wide_vectors
 from ._panels import PANEL_ROWS, log_density_product, panel_product
 from ._tiles import tile_products
+from ._views import borrowed, keep_alive, matrix
 from .gaussian import (
     DIAG,
     FULL,
@@ -139,17 +140,17 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
     nb = s1 - s0
     nbp = padded(nb)  # whole panels of rows
     # Contiguous views, so that the last, shorter sub-block is laid out like the rest.
-    XT = xt[: d * nb].reshape((d, nb))
-    Phi = phi[: Fp * nbp].reshape((Fp, nbp))
-    logp = logp_buf[: Kv * nbp].reshape((Kv, nbp))
+    XT = matrix(xt, d, nb)
+    Phi = matrix(phi, Fp, nbp)
+    logp = matrix(logp_buf, Kv, nbp)
     # The log-sum-exp runs over all nbp columns (those past nb are zero rows of data):
     # C-contiguous operands keep its loops vectorized.
-    logp_K = logp_buf[: K * nbp].reshape((K, nbp))
-    R = r_buf[: K * nbp].reshape((K, nbp))
-    RT = rt_buf[: nb * Kv].reshape((nb, Kv))
+    logp_K = matrix(logp_buf, K, nbp)
+    R = matrix(r_buf, K, nbp)
+    RT = matrix(rt_buf, nb, Kv)
     best = best_buf[: nbp if labels.shape[0] > 0 else 0]  # the labels only if wanted
     ll = ll_buf[:nbp]
-    work = work_buf[: 2 * nbp].reshape((2, nbp))
+    work = matrix(work_buf, 2, nbp)
     _load_columns(X, s0, s1, XT)
     _features(kind, XT, centre, Phi)
     for f in range(Fp):  # padding: feature rows past F, row columns past nb
@@ -216,15 +217,15 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
     d = X.shape[1]
     Kv, Fp = eta.shape
     F = n_features_expanded(kind, d)
-    XT = xt[: d * nb].reshape((d, nb))
-    Phi = phi[: Fp * nbp].reshape((Fp, nbp))
-    logp = logp_buf[: Kv * nbp].reshape((Kv, nbp))
-    logp_K = logp_buf[: K * nbp].reshape((K, nbp))
-    R = r_buf[: Kv * nbp].reshape((Kv, nbp))
-    R_K = r_buf[: K * nbp].reshape((K, nbp))
+    XT = matrix(xt, d, nb)
+    Phi = matrix(phi, Fp, nbp)
+    logp = matrix(logp_buf, Kv, nbp)
+    logp_K = matrix(logp_buf, K, nbp)
+    R = matrix(r_buf, Kv, nbp)
+    R_K = matrix(r_buf, K, nbp)
     best = best_buf[: nbp if labels.shape[0] > 0 else 0]  # the labels only if wanted
     ll = ll_buf[:nbp]
-    work = work_buf[: 2 * nbp].reshape((2, nbp))
+    work = matrix(work_buf, 2, nbp)
     Phi[F:] = 0.0
     for f in range(F):  # padding: row columns past nb
         for i in range(nb, nbp):
@@ -242,7 +243,7 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
     if compute_stats:
         slot[:] = 0.0
         if Kv >= PANEL_STATS_MIN_COMPONENTS:
-            RT = rt_buf[: nb * Kv].reshape((nb, Kv))
+            RT = matrix(rt_buf, nb, Kv)
             for i in range(nb):
                 for k in range(K):
                     RT[i, k] = R[k, i]
@@ -310,27 +311,34 @@ def expanded_pass(kind, X, centre, eta, K, compute_stats, block_rows, wave_block
         raise ValueError("expanded_pass: eta or stats do not have the padded layout")
     S = sub_rows(Fp, block_rows)
     T = max(1, min(n_tasks, W))
+    # The blocks see the arrays only through borrowed views (``_views``): this function holds
+    # the arrays themselves until it returns, and each task its scratch until it is done.
+    X_, centre_, eta_, slots_ = borrowed(X), borrowed(centre), borrowed(eta), borrowed(slots)
+    row_loglik_, resp_out_, labels_ = borrowed(row_loglik), borrowed(resp_out), borrowed(labels)
     for w0 in range(0, n_blocks, W):
         nw = min(W, n_blocks - w0)
         # T tasks, each taking every T-th block of the wave: scratch is made once per task, not
         # once per block. Blocks still own their slots, so T changes no bit.
         for t in prange(T):
-            scratch = (np.empty(d * S), np.empty(Fp * S), np.empty(Kv * S),
-                       np.empty(Kv * S), np.zeros(S * Kv), np.empty(S, dtype=np.int64),
-                       np.empty(S), np.empty(2 * S))
+            owned = (np.empty(d * S), np.empty(Fp * S), np.empty(Kv * S), np.empty(Kv * S),
+                     np.zeros(S * Kv), np.empty(S, dtype=np.int64), np.empty(S), np.empty(2 * S))
+            scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]),
+                       borrowed(owned[3]), borrowed(owned[4]), borrowed(owned[5]),
+                       borrowed(owned[6]), borrowed(owned[7]))
             for w in range(t, nw, T):
                 r0 = (w0 + w) * block_rows
                 r1 = min(n, r0 + block_rows)
                 if Fp < PANEL_MIN_FEATURES:
                     part_ll[w], part_bad[w] = _small_block(
-                        kind, X, r0, r1, centre, eta, K, compute_stats, slots[w], row_loglik,
-                        resp_out, labels, scratch,
+                        kind, X_, r0, r1, centre_, eta_, K, compute_stats, slots_[w],
+                        row_loglik_, resp_out_, labels_, scratch,
                     )
                 else:
                     part_ll[w], part_bad[w] = _block(
-                        kind, X, r0, r1, centre, eta, K, compute_stats, slots[w], row_loglik,
-                        resp_out, labels, scratch,
+                        kind, X_, r0, r1, centre_, eta_, K, compute_stats, slots_[w],
+                        row_loglik_, resp_out_, labels_, scratch,
                     )
+            keep_alive(owned)
         bad = _merge(nw, part_ll, part_bad, no_slots_1d, slots, no_slots_3d, compute_stats,
                      loglik, no_stats_1d, stats, no_stats_3d)
         if bad >= 0:

@@ -1,0 +1,73 @@
+"""The kernels' views without reference counts: they must see and change exactly the memory
+of the array they come from."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from fastem._kernels._views import borrowed, keep_alive, matrix
+
+
+@njit
+def _matrix_of(buffer, rows, cols):
+    return matrix(buffer, rows, cols)
+
+
+@njit
+def _write_through_borrowed(a, w, value):
+    """a[w, -1] = value through a borrowed view and a row of it; returns the row's sum."""
+    view = borrowed(a)
+    row = view[w]
+    row[row.shape[0] - 1] = value
+    return row.sum()
+
+
+@njit
+def _sum_of_scratch(n):
+    """Sum of 0..n-1 written into scratch through a borrowed matrix view, the scratch kept
+    alive as the kernels keep theirs."""
+    owned = (np.empty(n), np.empty(1))
+    view = matrix(borrowed(owned[0]), 1, n)
+    for i in range(n):
+        view[0, i] = i
+    total = view.sum()
+    keep_alive(owned)
+    return total
+
+
+def test_matrix_is_the_first_entries_of_its_buffer_row_major():
+    buffer = np.arange(20.0)
+    m = _matrix_of(buffer, 3, 4)
+    np.testing.assert_array_equal(m, buffer[:12].reshape(3, 4))
+    assert m.flags.c_contiguous
+    m[2, 3] = -1.0
+    assert buffer[11] == -1.0
+
+
+@pytest.mark.parametrize("rows, cols", [(5, 5), (-1, 4), (4, -1)])
+def test_matrix_rejects_a_shape_its_buffer_cannot_hold(rows, cols):
+    with pytest.raises(ValueError, match="too small"):
+        _matrix_of(np.zeros(20), rows, cols)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_borrowed_view_reads_and_writes_the_array(dtype):
+    a = np.arange(12, dtype=dtype).reshape(3, 4)
+    assert _write_through_borrowed(a, 1, 100.0) == 4 + 5 + 6 + 100
+    expected = np.arange(12, dtype=dtype).reshape(3, 4)
+    expected[1, 3] = 100.0
+    np.testing.assert_array_equal(a, expected)
+
+
+def test_borrowed_view_of_a_read_only_array():
+    @njit
+    def total(a):
+        return borrowed(a).sum()
+
+    a = np.arange(6.0)
+    a.setflags(write=False)
+    assert total(a) == 15.0
+
+
+def test_scratch_held_by_keep_alive_outlives_its_borrowed_views():
+    assert _sum_of_scratch(1000) == 999 * 1000 / 2
