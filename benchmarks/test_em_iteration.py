@@ -12,7 +12,6 @@ What is measured is described in benchmarks/README.md and in ``_peers.py``.
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 import pytest
@@ -40,10 +39,6 @@ def _fastem_result(shape, cov, n_iter):
 
 
 def _skip_unavailable(peer, shape, cov):
-    if peer == "daal4py":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pytest.importorskip("daal4py", reason="daal4py comes with scikit-learn-intelex")
     try:
         _peers.check_available(peer, shape, cov)
     except _peers.Unavailable as why:

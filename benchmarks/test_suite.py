@@ -253,6 +253,7 @@ def test_em(benchmark, request, suite_compiled, ceilings, em_rounds, npy_files, 
         run = _bench.prepare(case.peer, source, start, n_iter=n_iter, threads=THREADS)
         rss["before"] = _peers._rss_now()
         rss["reset"] = _peers._current_peak_reset()
+        rss["run"] = run
         return (run,), {}
 
     def timed(run):
@@ -267,6 +268,8 @@ def test_em(benchmark, request, suite_compiled, ceilings, em_rounds, npy_files, 
     except _bench.EarlyStop as why:  # oneDAL: the log-likelihood stopped increasing
         pytest.skip(str(why))
     peak = _peers._rss_peak()
+    if getattr(rss["run"], "peak_rss", None) is not None:  # run in a process of its own
+        peak, rss["before"] = rss["run"].peak_rss, rss["run"].rss_before
 
     seconds = statistics.median(times) / n_iter
     itemsize = np.dtype(case.dtype).itemsize

@@ -26,6 +26,8 @@ log-likelihood) and an M-step (weights, means, covariances, precision factors).
   threshold is refused): the run checks ``nIterations`` and fails if it did. oneDAL has no
   'tied' or 'spherical' covariances, and does not add ``reg_covar`` (it regularizes only
   ill-conditioned covariances), so its iterates differ from the others by about ``reg_covar``.
+  It runs in a worker process of its own (``fastem._peer_process``): in fastem's process it
+  shares the TBB runtime with fastem's kernels, and slowed them by up to 10%.
 
 Every peer starts from the same parameters (one fastem iteration from a k-means++
 initialization, :func:`make_start`) on the same rows (:func:`make_data`: a mixture of
@@ -42,6 +44,7 @@ are written out in ``benchmarks/README.md`` ("The roofline") and in :func:`flops
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -220,7 +223,12 @@ def check_available(peer, shape, covariance_type="full", *, memory_fraction=0.5)
     if peer == "daal4py":
         if covariance_type not in ("full", "diag"):
             raise Unavailable(f"oneDAL's em_gmm has no {covariance_type!r} covariances")
-        import_daal4py()
+        # Imported only where oneDAL runs, in a process of its own (see prepare).
+        if importlib.util.find_spec("daal4py") is None:
+            raise Unavailable("daal4py is not installed; pip install scikit-learn-intelex")
+        from ._peer_process import peer_process
+
+        peer_process().request("import", "daal4py")
     if peer != "fastem":
         need, have = peer_memory_bytes(peer, shape, covariance_type), available_bytes()
         if have is not None and need > memory_fraction * have:
@@ -238,7 +246,19 @@ def prepare(peer, X, start: Start, n_iter=3, threads=2):
     ``fastem.GaussianMixture.fit`` reads (a path to a ``.npy`` file). The callable returns
     ``(weights, means)`` after the last iteration. Building it is not timed; a run changes the
     state it was built with, so build one per run.
+
+    oneDAL (``daal4py``) runs in a worker process of its own (``fastem._peer_process``): in
+    this one it shares the TBB runtime with fastem's kernels and slowed them.
     """
+    from ._peer_process import ISOLATED_PEERS, prepare_isolated
+
+    if peer in ISOLATED_PEERS:
+        return prepare_isolated(peer, X, start, n_iter=n_iter, threads=threads)
+    return prepare_here(peer, X, start, n_iter=n_iter, threads=threads)
+
+
+def prepare_here(peer, X, start: Start, n_iter=3, threads=2):
+    """:func:`prepare`, in this process whatever the peer."""
     cov = start.covariance_type
     K = start.means.shape[0]
     if peer == "fastem":
