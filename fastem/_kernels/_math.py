@@ -7,8 +7,6 @@ log-sum-exp's time at d = 2, K = 8). These are plain arithmetic that LLVM vector
 on the ranges the log-sum-exp feeds them.
 """
 
-import math
-
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -60,6 +58,7 @@ _EXP_COEFFICIENTS = (
     1.0,
     1.0,
 )
+_EXP_LEADING, _EXP_REST = _EXP_COEFFICIENTS[0], _EXP_COEFFICIENTS[1:]
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471803691238  # ln 2 split in two so that n * _LN2_HI is exact
 _LN2_LO = 1.9082149292705877e-10
@@ -79,16 +78,17 @@ def exp_nonpositive(x):
     subnormal; as a responsibility it is 0 to double precision anyway.
     """
     xc = max(x, _EXP_FLOOR)
-    n = math.floor(xc * _LOG2E + 0.5)
+    n = np.floor(xc * _LOG2E + 0.5)  # a float: converted to an integer once, for the scale
     r = (xc - n * _LN2_HI) - n * _LN2_LO
-    p = 0.0
-    for c in _EXP_COEFFICIENTS:
+    p = _EXP_LEADING  # Horner from the leading coefficient: 0 * r + c is one more multiply-add
+    for c in _EXP_REST:
         p = p * r + c
     return p * _bits_as_float64((np.int64(n) + 1023) << 52)
 
 
 # 1/(2j + 1) for j = 9 .. 0: log(m) = 2 atanh(z) = 2 (z + z^3/3 + z^5/5 + ...), z = (m-1)/(m+1).
 _INV_ODD = tuple(1.0 / (2 * j + 1) for j in range(9, -1, -1))
+_INV_ODD_LEADING, _INV_ODD_REST = _INV_ODD[0], _INV_ODD[1:]
 _SQRT2 = 1.4142135623730951
 _MANTISSA = (1 << 52) - 1
 _EXPONENT_ONE = 1023 << 52
@@ -110,8 +110,8 @@ def log_at_least_one(x):
         e += 1
     z = (m - 1.0) / (m + 1.0)
     z2 = z * z
-    p = 0.0
-    for c in _INV_ODD:
+    p = _INV_ODD_LEADING
+    for c in _INV_ODD_REST:
         p = p * z2 + c
     log_m = 2.0 * z * p
     result = e * _LN2_HI + (log_m + e * _LN2_LO)
