@@ -10,7 +10,7 @@ three rounds of shuffles and stores 8 vectors of 8 rows.
 """
 
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._llvm import I32, LANES, VEC, array_bytes, load_vector
@@ -76,6 +76,60 @@ def transpose_tile(typingctx, X, r, j0, XT, i):
                 builder.mul(builder.add(j0, ir.Constant(intp, k)), xt_stride), out_col)
             ptr = builder.bitcast(builder.gep(xt_base, [offset]), VEC.as_pointer())
             builder.store(v[k], ptr, align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# Fewer features than a tile: 8 rows are 8 d contiguous entries.
+NARROW_MAX = TILE - 1
+
+
+@intrinsic
+def transpose_narrow(typingctx, X, r, XT, i):
+    """XT[j, i + u] = X[r + u, j] for u < 8 and every feature j of X, which has 1 to
+    NARROW_MAX of them (others: nothing is done). X C-contiguous float32 or float64, XT
+    C-contiguous float64; nothing is checked: the caller keeps the 8 rows inside both.
+
+    The 8 rows are one load of 8 d entries, and each feature one shuffle of it (LLVM picks the
+    permutes): element by element, with Numba's index arithmetic, the copy took a ninth of a
+    pass at d = 2, K = 8.
+    """
+    if not (_is_row_major(X, (types.float32, types.float64))
+            and _is_row_major(XT, (types.float64,))):
+        return None
+    sig = types.void(X, types.intp, XT, types.intp)
+
+    def codegen(context, builder, signature, args):
+        x_ty, _, xt_ty, _ = signature.args
+        x_base, x_stride = array_bytes(context, builder, x_ty, args[0])
+        xt_base, xt_stride = array_bytes(context, builder, xt_ty, args[2])
+        r, i = args[1], args[3]
+        intp = r.type
+        d = cgutils.unpack_tuple(
+            builder, context.make_array(x_ty)(context, builder, args[0]).shape, 2)[1]
+        elem = context.get_data_type(x_ty.dtype)
+        first = builder.mul(r, x_stride)
+        out_col = builder.mul(i, ir.Constant(intp, 8))
+        done = builder.append_basic_block("narrow.done")
+        switch = builder.switch(d, done)
+        for width in range(1, NARROW_MAX + 1):
+            case = builder.append_basic_block(f"narrow.d{width}")
+            switch.add_case(ir.Constant(intp, width), case)
+            builder.position_at_end(case)
+            rows = load_vector(builder, x_base, first, ir.VectorType(elem, TILE * width),
+                               align=x_ty.dtype.bitwidth // 8)
+            undef = ir.Constant(rows.type, ir.Undefined)
+            for j in range(width):
+                column = builder.shuffle_vector(rows, undef, ir.Constant(
+                    ir.VectorType(I32, TILE), [j + width * u for u in range(TILE)]))
+                if x_ty.dtype != types.float64:
+                    column = builder.fpext(column, VEC)
+                offset = builder.add(builder.mul(ir.Constant(intp, j), xt_stride), out_col)
+                ptr = builder.bitcast(builder.gep(xt_base, [offset]), VEC.as_pointer())
+                builder.store(column, ptr, align=8)
+            builder.branch(done)
+        builder.position_at_end(done)
         return context.get_dummy_value()
 
     return sig, codegen

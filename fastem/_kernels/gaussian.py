@@ -45,7 +45,7 @@ from numba import njit, prange
 from ._config import CACHE, JIT, prefer_wide_vectors
 from ._math import exp_nonpositive, log_at_least_one
 from ._tiles import centred_moments, lane_sum, row_dot, tile_products
-from ._transpose import transpose_tile
+from ._transpose import NARROW_MAX, transpose_narrow, transpose_tile
 from ._views import borrowed
 
 FULL, TIED, DIAG, SPHERICAL = 0, 1, 2, 3
@@ -66,9 +66,10 @@ _jit = JIT
 def _load_columns(X, r0, r1, XT):
     """Copy rows r0:r1 of X into float64 XT (d, nb), transposed.
 
-    In the 8 x 8 vector tiles of :func:`transpose_tile`, the features past the last whole
-    tile and the rows past the last whole tile element by element. One core, ns per row
-    against an element-by-element copy: float64 0.67 vs 1.51 at d = 2, 6.8 vs 9.3 at d = 12,
+    In the 8 x 8 vector tiles of :func:`transpose_tile` (below 8 features, 8 rows at a time
+    by :func:`transpose_narrow`), the features past the last whole tile and the rows past the
+    last whole tile element by element. One core, ns per row against an element-by-element
+    copy: float64 0.67 vs 1.51 at d = 2, 6.8 vs 9.3 at d = 12,
     38 vs 156 at d = 64; float32 5.2 vs 13.2 at d = 16, 35 vs 157 at d = 64. The exception,
     float64 with 16 to 23 features (rows of two or three cache lines), measured faster row by
     row (8.4 vs 10.5 at d = 16) and keeps that copy.
@@ -82,13 +83,17 @@ def _load_columns(X, r0, r1, XT):
                 XT[j, i] = X[r0 + i, j]
         return
     i_tiles = nb - nb % 8
-    j_tiles = d - d % 8
-    for i0 in range(0, i_tiles, 8):
-        for j0 in range(0, j_tiles, 8):
-            transpose_tile(X, r0 + i0, j0, XT, i0)
-        for i in range(i0, i0 + 8):
-            for j in range(j_tiles, d):
-                XT[j, i] = X[r0 + i, j]
+    if d <= NARROW_MAX:
+        for i0 in range(0, i_tiles, 8):
+            transpose_narrow(X, r0 + i0, XT, i0)
+    else:
+        j_tiles = d - d % 8
+        for i0 in range(0, i_tiles, 8):
+            for j0 in range(0, j_tiles, 8):
+                transpose_tile(X, r0 + i0, j0, XT, i0)
+            for i in range(i0, i0 + 8):
+                for j in range(j_tiles, d):
+                    XT[j, i] = X[r0 + i, j]
     for i in range(i_tiles, nb):
         for j in range(d):
             XT[j, i] = X[r0 + i, j]
