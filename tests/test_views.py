@@ -5,12 +5,17 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastem._kernels._views import borrowed, keep_alive, matrix
+from fastem._kernels._views import borrowed, flat, keep_alive, matrix
 
 
 @njit
 def _matrix_of(buffer, rows, cols):
     return matrix(buffer, rows, cols)
+
+
+@njit
+def _flat_of(a):
+    return flat(a)
 
 
 @njit
@@ -71,3 +76,13 @@ def test_borrowed_view_of_a_read_only_array():
 
 def test_scratch_held_by_keep_alive_outlives_its_borrowed_views():
     assert _sum_of_scratch(1000) == 999 * 1000 / 2
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 4), (2, 3, 5), (4, 0, 2)])
+def test_flat_is_every_entry_in_order(shape):
+    a = np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape)
+    f = _flat_of(a)
+    np.testing.assert_array_equal(f, a.ravel())
+    if f.size:
+        f[-1] = -1.0
+        assert a.flat[-1] == -1.0

@@ -38,6 +38,25 @@ def borrowed(typingctx, a):
 
 
 @intrinsic
+def flat(typingctx, a):
+    """A C-contiguous array of any shape as one row of all its entries, without the call into
+    Numba's reshape helper."""
+    if not (isinstance(a, types.Array) and a.layout == "C"):
+        return None
+    flat_type = a.copy(ndim=1, layout="C")
+
+    def codegen(context, builder, signature, args):
+        src = context.make_array(a)(context, builder, args[0])
+        view = context.make_array(flat_type)(context, builder)
+        populate_array(view, data=src.data, shape=[src.nitems], strides=[src.itemsize],
+                       itemsize=src.itemsize, meminfo=src.meminfo)
+        context.nrt.incref(builder, flat_type, view._getvalue())  # a new reference, as _matrix
+        return view._getvalue()
+
+    return flat_type(a), codegen
+
+
+@intrinsic
 def _matrix(typingctx, buffer, rows, cols):
     if not (isinstance(buffer, types.Array) and buffer.ndim == 1 and buffer.layout == "C"):
         return None

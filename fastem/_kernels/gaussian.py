@@ -46,7 +46,7 @@ from ._config import CACHE, JIT, prefer_wide_vectors
 from ._math import exp_nonpositive, log_at_least_one
 from ._tiles import centred_moments, lane_sum, row_dot, tile_products
 from ._transpose import NARROW_MAX, transpose_narrow, transpose_tile
-from ._views import borrowed
+from ._views import borrowed, flat
 
 FULL, TIED, DIAG, SPHERICAL = 0, 1, 2, 3
 SOFT, HARD, GIVEN = 0, 1, 2  # responsibilities: posterior, one-hot argmax, supplied by caller
@@ -388,9 +388,11 @@ def _merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2)
 @njit(cache=CACHE, nogil=True, fastmath=False)
 def _add_into(dst, src):
     """dst += src for C-contiguous arrays of one shape, as a flat loop (array expressions
-    cost seconds of cold compile)."""
-    flat_dst = dst.reshape(dst.size)
-    flat_src = src.reshape(src.size)
+    cost seconds of cold compile) over :func:`flat` views: with ``reshape``, two calls into
+    Numba's helper per block made the merge of a wave 10 times slower at d = 2, K = 8 (0.49
+    ms a pass against 0.05: 7% of it, while the other threads wait)."""
+    flat_dst = flat(dst)
+    flat_src = flat(src)
     for i in range(flat_dst.shape[0]):
         flat_dst[i] += flat_src[i]
 
