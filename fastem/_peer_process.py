@@ -7,8 +7,8 @@ in the same process then ran partly on one core: at (1M, 2, 8) 'full', fastem's 
 and 0.0080 s/iter alone and 0.0084 and 0.0091 right after one oneDAL run in the same process,
 recovering over a few fits; the benchmark report, which alternates the peers, gave 0.0096
 against 0.0083 with fastem alone. Neither library is used that way by anyone timing one of
-them, so the peers in :data:`ISOLATED_PEERS` run in a spawned worker process that never shares
-a runtime with fastem. The parent still alternates their runs with the other peers' runs, and
+them, so the peers in :data:`ISOLATED_PEERS` run in a worker process that never shares a
+runtime with fastem. The parent still alternates their runs with the other peers' runs, and
 times each one around its request: a pipe round trip adds about 20 microseconds.
 
 The worker gets the rows once per array: a memory-mapped ``.npy`` file by its path (so the peer
@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import atexit
 import importlib
-import multiprocessing
 import os
+import socket
+import subprocess
+import sys
 import tempfile
 import traceback
 import warnings
+from multiprocessing.connection import Connection
 
 import numpy as np
 
@@ -107,15 +110,20 @@ def _worker(conn) -> None:
 
 
 class PeerProcess:
-    """A spawned worker process that prepares and runs one peer's fits on request."""
+    """A worker process (``python -m fastem._peer_process``) that prepares and runs one peer's
+    fits on request.
+
+    A fresh interpreter on one end of a socket pair rather than a ``multiprocessing`` child:
+    its spawn start would run the calling script again in the child, where a script without
+    an ``if __name__ == "__main__"`` guard starts the benchmark over.
+    """
 
     def __init__(self):
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=_worker, args=(child,), daemon=True,
-                                         name="fastem-bench-peer")
-        self._process.start()
-        child.close()
+        ours, theirs = socket.socketpair()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(theirs.fileno())], pass_fds=[theirs.fileno()])
+        theirs.close()
+        self._conn = Connection(ours.detach())
         self._rows = None  # the array the worker holds now (kept alive: its id is its key)
 
     def request(self, *message):
@@ -127,7 +135,7 @@ class PeerProcess:
             status, value = self._conn.recv()
         except EOFError:
             raise RuntimeError("the benchmark's peer process died "
-                               f"(exit code {self._process.exitcode})") from None
+                               f"(exit code {self._process.poll()})") from None
         if status == "ok":
             return value
         name, text = value
@@ -156,9 +164,10 @@ class PeerProcess:
         self._rows = X
 
     def close(self) -> None:
-        self._conn.close()
-        self._process.join(timeout=10)
-        if self._process.is_alive():
+        self._conn.close()  # the worker sees the end of its requests and returns
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             self._process.kill()
 
 
@@ -189,3 +198,8 @@ def prepare_isolated(peer, X, start, *, n_iter, threads):
 
     run.rss_before = run.peak_rss = None
     return run
+
+
+if __name__ == "__main__":
+    # Library output goes to stderr: this process's stdout is the parent's.
+    _worker(Connection(int(sys.argv[1])))
