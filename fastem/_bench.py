@@ -155,7 +155,8 @@ def make_start(X, n_components, covariance_type, *, seed=0, threads=2) -> Start:
 
 def warm_up_fastem(covariance_types=("full", "diag"), dtypes=(np.float64,), threads=2) -> None:
     """Compile (or load from the cache) fastem's kernels for these dtypes on a tiny array,
-    writeable and read-only (another Numba type; :func:`make_data` returns read-only rows)."""
+    writeable and read-only (another Numba type; :func:`make_data` returns read-only rows),
+    with few components and with enough for the expanded kernel."""
     from sklearn.exceptions import ConvergenceWarning
 
     from .gaussian_mixture import GaussianMixture
@@ -168,7 +169,11 @@ def warm_up_fastem(covariance_types=("full", "diag"), dtypes=(np.float64,), thre
                 Xd = X.astype(dtype)
                 Xd.setflags(write=writeable)
                 for cov in covariance_types:
-                    GaussianMixture(2, covariance_type=cov, max_iter=2, n_jobs=threads).fit(Xd)
+                    # both kernels: the per-component one, and from EXPANDED_MIN_COMPONENTS
+                    # components on the expanded one
+                    for k in (2, EXPANDED_MIN_COMPONENTS):
+                        GaussianMixture(k, covariance_type=cov, max_iter=2,
+                                        n_jobs=threads).fit(Xd)
 
 
 # ---------------------------------------------------------------------------- peers
