@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 from scipy.linalg import lapack
 
 from ._kernels.gaussian import DIAG, FULL, SPHERICAL, TIED
@@ -83,9 +82,12 @@ def precisions_cholesky_from_precisions(precisions, covariance_type):
         return np.sqrt(precisions)
     mats = precisions[None] if covariance_type == "tied" else precisions
     out = np.empty_like(mats)
+    potrf = lapack.get_lapack_funcs("potrf", (mats,))  # scipy.linalg.cholesky's own call
     for k, prec in enumerate(mats):
         # J P J = L L^T with J the exchange matrix gives P = (J L J)(J L J)^T, J L J upper.
-        L = linalg.cholesky(prec[::-1, ::-1], lower=True)
+        L, info = potrf(prec[::-1, ::-1], lower=True, clean=True)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"precision matrix {k} is not positive definite")
         out[k] = L[::-1, ::-1]
     return out[0] if covariance_type == "tied" else out
 
@@ -96,8 +98,12 @@ def covariances_from_precisions_cholesky(precisions_cholesky, covariance_type):
         return 1.0 / precisions_cholesky**2
     mats = precisions_cholesky[None] if covariance_type == "tied" else precisions_cholesky
     out = np.empty_like(mats)
+    trtrs = lapack.get_lapack_funcs("trtrs", (mats,))  # scipy.linalg.solve_triangular's call
+    eye = np.eye(mats.shape[1])
     for k, U in enumerate(mats):
-        U_inv = linalg.solve_triangular(U, np.eye(U.shape[0]), lower=False)
+        U_inv, info = trtrs(U, eye, lower=False)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"precision factor {k} is singular")
         out[k] = U_inv.T @ U_inv
     return out[0] if covariance_type == "tied" else out
 
