@@ -19,7 +19,7 @@ from threadpoolctl import ThreadpoolController
 from ._kernels._config import BLOCK_ROWS
 from ._kernels.gaussian import GIVEN, HARD, SOFT, gaussian_pass
 from ._kernels.gaussian_expanded import expanded_pass, n_features_expanded
-from ._params import GaussianParams
+from ._params import GaussianParams, upper_pairs
 from ._stats import GaussianStats
 from .data import first_nonfinite_row
 
@@ -186,7 +186,7 @@ def _accumulate_expanded(source, params, kind, centre, eta, *,
     second = totals[1 + d : n_feat, :K].T  # (K, features past the linear ones)
     if params.covariance_type == "full":
         s2 = np.empty((K, d, d))
-        a, b = np.triu_indices(d)
+        a, b = upper_pairs(d)
         s2[:, a, b] = second
         s2[:, b, a] = second
     elif params.covariance_type == "diag":
