@@ -10,6 +10,7 @@ on the ranges the log-sum-exp feeds them.
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._config import CACHE, FASTMATH
@@ -116,3 +117,68 @@ def log_at_least_one(x):
     log_m = 2.0 * z * p
     result = e * _LN2_HI + (log_m + e * _LN2_LO)
     return result if x >= 1.0 and x < np.inf else np.nan
+
+
+# ---------------------------------------------------------------- the same, as LLVM vector code
+# For intrinsics that keep a log-sum-exp's running values in registers (``_logsumexp.py``):
+# exp_nonpositive and log_at_least_one operation for operation, each multiply-add fused where
+# LLVM fuses the compiled functions' (their fast-math allows contraction), so that both give
+# the same bits.
+
+
+def _vector_fma(builder, vector_type):
+    return cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vector_type, [vector_type] * 3),
+        f"llvm.fma.v{vector_type.count}f64")
+
+
+def _splat_constant(vector_type, value):
+    return ir.Constant(vector_type, [value] * vector_type.count)
+
+
+def exp_nonpositive_ir(builder, x):
+    """:func:`exp_nonpositive` of each lane of the float64 vector x, for lanes that are at
+    least -708 (others: any value; the caller selects them away)."""
+    vt = x.type
+    it = ir.VectorType(ir.IntType(64), vt.count)
+    fma = _vector_fma(builder, vt)
+    floor = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt]),
+                                           f"llvm.floor.v{vt.count}f64")
+    n = builder.call(floor, [builder.call(fma, [x, _splat_constant(vt, _LOG2E),
+                                                _splat_constant(vt, 0.5)])])
+    r = builder.call(fma, [n, _splat_constant(vt, -_LN2_HI), x])
+    r = builder.call(fma, [n, _splat_constant(vt, -_LN2_LO), r])
+    p = _splat_constant(vt, _EXP_LEADING)
+    for c in _EXP_REST:
+        p = builder.call(fma, [p, r, _splat_constant(vt, c)])
+    bits = builder.shl(builder.add(builder.fptosi(n, it), _splat_constant(it, 1023)),
+                       _splat_constant(it, 52))
+    return builder.fmul(p, builder.bitcast(bits, vt))
+
+
+def log_at_least_one_ir(builder, x):
+    """:func:`log_at_least_one` of each lane of the float64 vector x (NaN where it is not
+    finite and at least 1)."""
+    vt = x.type
+    it = ir.VectorType(ir.IntType(64), vt.count)
+    fma = _vector_fma(builder, vt)
+    bits = builder.bitcast(x, it)
+    e = builder.sub(builder.ashr(bits, _splat_constant(it, 52)), _splat_constant(it, 1023))
+    m = builder.bitcast(builder.or_(builder.and_(bits, _splat_constant(it, _MANTISSA)),
+                                    _splat_constant(it, _EXPONENT_ONE)), vt)
+    high = builder.fcmp_ordered(">", m, _splat_constant(vt, _SQRT2))
+    m = builder.select(high, builder.fmul(m, _splat_constant(vt, 0.5)), m)
+    e = builder.select(high, builder.add(e, _splat_constant(it, 1)), e)
+    one = _splat_constant(vt, 1.0)
+    z = builder.fdiv(builder.fsub(m, one), builder.fadd(m, one))
+    z2 = builder.fmul(z, z)
+    p = _splat_constant(vt, _INV_ODD_LEADING)
+    for c in _INV_ODD_REST:
+        p = builder.call(fma, [p, z2, _splat_constant(vt, c)])
+    log_m = builder.fmul(builder.fmul(_splat_constant(vt, 2.0), z), p)
+    ef = builder.sitofp(e, vt)
+    inner = builder.call(fma, [ef, _splat_constant(vt, _LN2_LO), log_m])
+    result = builder.call(fma, [ef, _splat_constant(vt, _LN2_HI), inner])
+    valid = builder.and_(builder.fcmp_ordered(">=", x, one),
+                         builder.fcmp_ordered("<", x, _splat_constant(vt, np.inf)))
+    return builder.select(valid, result, _splat_constant(vt, np.nan))

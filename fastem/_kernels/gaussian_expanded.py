@@ -32,6 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._config import JIT, prefer_wide_vectors
+from ._logsumexp import normalize_columns
 from ._panels import PANEL_ROWS, log_density_product, panel_product
 from ._tiles import tile_products
 from ._views import borrowed, keep_alive, matrix
@@ -173,7 +174,10 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
     _zero_padding(Phi, F, nb, zeroed)
     # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
     log_density_product(eta, Phi, logp, F, work[0], K)
-    _normalize(logp_K, R, best, ll, work, True)
+    if best.shape[0] > 0:  # the labels are wanted
+        _normalize(logp_K, R, best, ll, work, True)
+    else:
+        normalize_columns(logp_K, R, ll, work[0], K)
     total, bad = _total_loglik(X, s0, s1, ll_buf[:nb])
     if bad >= 0:
         return 0.0, bad
@@ -248,7 +252,10 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
     _zero_padding(Phi, F, nb, zeroed)
     # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
     log_density_product(eta, Phi, logp, F, work[0], K)
-    _normalize(logp_K, R_K, best, ll, work, True)
+    if best.shape[0] > 0:  # the labels are wanted
+        _normalize(logp_K, R_K, best, ll, work, True)
+    else:
+        normalize_columns(logp_K, R_K, ll, work[0], K)
     total, bad = _total_loglik(X, r0, r1, ll_buf[:nb])
     if bad >= 0:
         return 0.0, bad

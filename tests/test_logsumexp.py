@@ -1,0 +1,45 @@
+"""The fused log-sum-exp of the expanded kernel against the whole-block loops it replaces in
+fits: the same bits, including below the responsibility floor, at -inf and NaN."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from fastem._kernels._logsumexp import GROUPS, normalize_columns
+from fastem._kernels.gaussian import _normalize
+
+
+@njit
+def _fused(logp, R, ll, mx, K):
+    normalize_columns(logp, R, ll, mx, K)
+
+
+def _log_densities(rng, K, n_rows):
+    logp = rng.normal(scale=30.0, size=(K, n_rows)) - 5.0
+    logp[:, ::7] -= 600.0  # rows far from every component
+    logp[0, 1::7] -= 600.0  # a component far below the rest: below the floor, 0
+    logp[rng.integers(K), 3::11] = -np.inf
+    logp[:, 5] = -np.inf  # a row no component explains: log(0), then NaN
+    logp[rng.integers(K), 9] = np.nan
+    return logp
+
+
+@pytest.mark.parametrize("K", [1, 5, 8, 16])
+@pytest.mark.parametrize("groups", [2, GROUPS, GROUPS + 3, 4 * GROUPS + 1])
+def test_fused_log_sum_exp_gives_the_same_bits(K, groups):
+    rng = np.random.default_rng(K * 100 + groups)
+    n_rows = 8 * groups
+    logp = _log_densities(rng, K, n_rows)
+    R_ref, ll_ref, work = np.empty((K, n_rows)), np.empty(n_rows), np.empty((2, n_rows))
+    _normalize(logp, R_ref, np.empty(0, dtype=np.int64), ll_ref, work, False)
+    largest = work[0].copy()  # each row's largest log-density, as the kernel's panel gives it
+
+    R, ll = np.full((K, n_rows), -7.0), np.full(n_rows, -7.0)
+    _fused(logp, R, ll, largest, K)
+    np.testing.assert_array_equal(R, R_ref)
+    np.testing.assert_array_equal(ll, ll_ref)
+    # What the comparison covered: a NaN log-likelihood and, with two components or more,
+    # responsibilities below the floor.
+    assert np.isnan(ll[5]) and (K == 1 or (R == 0.0).any())
+    finite = np.isfinite(ll)
+    np.testing.assert_allclose(R[:, finite].sum(axis=0), 1.0, rtol=1e-15)
