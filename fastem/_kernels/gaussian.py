@@ -69,19 +69,15 @@ def _load_columns(X, r0, r1, XT):
     In the 8 x 8 vector tiles of :func:`transpose_tile` (below 8 features, 8 rows at a time
     by :func:`transpose_narrow`), the features past the last whole tile and the rows past the
     last whole tile element by element. One core, ns per row against an element-by-element
-    copy: float64 0.67 vs 1.51 at d = 2, 6.8 vs 9.3 at d = 12,
-    38 vs 156 at d = 64; float32 5.2 vs 13.2 at d = 16, 35 vs 157 at d = 64. The exception,
-    float64 with 16 to 23 features (rows of two or three cache lines), measured faster row by
-    row (8.4 vs 10.5 at d = 16) and keeps that copy.
+    copy: float64 0.67 vs 1.51 at d = 2, 6.8 vs 9.3 at d = 12, 38 vs 156 at d = 64; float32
+    5.2 vs 13.2 at d = 16, 35 vs 157 at d = 64. Float64 with 16 to 23 features copied alone
+    measured faster row by row (8.4 vs 10.5 ns at d = 16, the copy bound by memory either
+    way), but within a pass the tiles' fewer instructions won: the pass took 6.8% less at
+    d = 16, K = 16 'diag' (4% 'full'), 11.7% at d = 20, K = 8 'diag'.
     """
     prefer_wide_vectors()
     d = X.shape[1]
     nb = r1 - r0
-    if X.itemsize == 8 and 16 <= d < 24:
-        for i in range(nb):
-            for j in range(d):
-                XT[j, i] = X[r0 + i, j]
-        return
     i_tiles = nb - nb % 8
     if d <= NARROW_MAX:
         for i0 in range(0, i_tiles, 8):
