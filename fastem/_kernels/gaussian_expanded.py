@@ -15,9 +15,10 @@ the responsibility sums, the first moments and the second moments the covariance
 (the upper triangle, the diagonal or the trace), all around c. For 'full' each costs 2 K F
 flops per row, half of the per-component form in ``gaussian.py`` ((x - mu_k) P_k for every
 k, then a scatter per component), and nothing is swept once per component. From 64 padded
-features on (d >= 10 for 'full') both products run in the register panels of
-``_panels.py``, on sub-blocks of :func:`sub_rows` rows so that Phi stays in the core's cache;
-below, where the exp and log of the log-sum-exp dominate, on whole blocks: the log-densities
+features on (d >= 10 for 'full'), or 32 with more than 8 components, both products run in
+the register panels of ``_panels.py``, on sub-blocks of :func:`sub_rows` rows so that Phi
+stays in the core's cache; below, where the exp and log of the log-sum-exp dominate, on
+whole blocks: the log-densities
 in panels (3.5% faster than a BLAS call at 'diag' d = 16, K = 16), the statistics in the
 row-wise sums of ``_tiles.py`` (in panels again from 16 padded components).
 
@@ -79,14 +80,27 @@ PANEL_MIN_FEATURES = 64
 # less at 'full' d = 8 and 'spherical' d = 16). With 8 the tiles are faster (2.2 ns a row at
 # d = 2 against 4.0 for the panels and R's transpose).
 PANEL_STATS_MIN_COMPONENTS = 16
+# With that many padded components, sub-blocks from this many padded features on: at 'diag'
+# d = 16, K = 16 (40 features) a pass took 7.1% less than in whole blocks, at d = 12 (32)
+# 5.7% less, at 'full' d = 8, K = 16 (48) 1.1% less; with K = 8 whole blocks stayed faster
+# ('full' d = 8: 2.3%, 'diag' d = 16: 1.2%).
+PANEL_MIN_FEATURES_MANY_COMPONENTS = 32
 
 
 @njit(**_jit)
-def sub_rows(Fp, block_rows):
-    """Rows per sub-block: below PANEL_MIN_FEATURES the whole block; above, 128, or 64 once
-    Phi (Fp, 128) would outgrow 512 KiB, a quarter of a core's L2 (d > 30). At d = 16, K = 16
-    a pass took 0.126 s with 256 rows, 0.113 with 128 and 0.119 with 64."""
-    if Fp < PANEL_MIN_FEATURES:
+def uses_sub_blocks(Fp, Kv):
+    """Whether blocks run in sub-blocks (:func:`_block`) rather than whole
+    (:func:`_small_block`), for Fp padded features and Kv padded components."""
+    return Fp >= PANEL_MIN_FEATURES or (Fp >= PANEL_MIN_FEATURES_MANY_COMPONENTS
+                                        and Kv >= PANEL_STATS_MIN_COMPONENTS)
+
+
+@njit(**_jit)
+def sub_rows(Fp, Kv, block_rows):
+    """Rows per sub-block: the whole block unless :func:`uses_sub_blocks`; else 128, or 64
+    once Phi (Fp, 128) would outgrow 512 KiB, a quarter of a core's L2 (d > 30). At d = 16,
+    K = 16 a pass took 0.126 s with 256 rows, 0.113 with 128 and 0.119 with 64."""
+    if not uses_sub_blocks(Fp, Kv):
         return block_rows
     rows = 128
     while rows > 64 and Fp * rows * 8 > 2**19:
@@ -225,7 +239,8 @@ def _block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, res
 @njit(inline="always", **_jit)
 def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, resp_out,
                  labels, scratch):
-    """:func:`_block` below PANEL_MIN_FEATURES: the whole block at once, log-densities in
+    """:func:`_block` where sub-blocks do not pay (:func:`uses_sub_blocks`): the whole block
+    at once, log-densities in
     panels, statistics in `_tiles` or, from PANEL_STATS_MIN_COMPONENTS on, in panels. Kept
     apart from the sub-block path: sharing its function cost this one 4-5% at d = 2 and at
     'diag' d = 16, K = 16 on 2 threads."""
@@ -329,7 +344,7 @@ def expanded_pass(kind, X, centre, eta, K, compute_stats, block_rows, wave_block
     if (Kv % PANEL_ROWS or Fp % PANEL_ROWS or Fp < n_features_expanded(kind, d) or K > Kv
             or (compute_stats and (stats.shape[0] != Fp or stats.shape[1] != Kv))):
         raise ValueError("expanded_pass: eta or stats do not have the padded layout")
-    S = sub_rows(Fp, block_rows)
+    S = sub_rows(Fp, Kv, block_rows)
     T = max(1, min(n_tasks, W))
     # The blocks see the arrays only through borrowed views (``_views``): this function holds
     # the arrays themselves until it returns, and each task its scratch until it is done.
@@ -349,7 +364,7 @@ def expanded_pass(kind, X, centre, eta, K, compute_stats, block_rows, wave_block
             for w in range(t, nw, T):
                 r0 = (w0 + w) * block_rows
                 r1 = min(n, r0 + block_rows)
-                if Fp < PANEL_MIN_FEATURES:
+                if not uses_sub_blocks(Fp, Kv):
                     part_ll[w], part_bad[w] = _small_block(
                         kind, X_, r0, r1, centre_, eta_, K, compute_stats, slots_[w],
                         row_loglik_, resp_out_, labels_, scratch,
