@@ -19,3 +19,27 @@ def test_load_columns_is_the_transpose(dtype, d, rows):
     XT = np.full((d, r1 - r0), np.nan)
     _load_columns(X, r0, r1, XT)
     assert np.array_equal(XT, X[r0:r1].T.astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("d", [8, 16, 64])
+@pytest.mark.parametrize("rows", [(0, 256), (37, 293), (5, 13)], ids=["block", "offset", "short"])
+def test_diag_features_from_rows_are_those_of_the_columns(dtype, d, rows):
+    """The 'diag' features taken straight from the rows, in 8 x 8 tiles, are the same bits as
+    those of the transposed copy."""
+    from fastem._kernels.gaussian import DIAG
+    from fastem._kernels.gaussian_expanded import _diag_features_from_rows, _features
+
+    r0, r1 = rows
+    rng = np.random.default_rng(d)
+    X = (rng.normal(size=(300, d)) * 5 + 3).astype(dtype)
+    X.flags.writeable = False
+    centre = rng.normal(size=d)
+    F = 1 + 2 * d
+    XT = np.empty((d, r1 - r0))
+    _load_columns(X, r0, r1, XT)
+    expected = np.full((F, r1 - r0), np.nan)
+    _features(DIAG, XT, centre, expected)
+    Phi = np.full((F, r1 - r0), np.nan)
+    _diag_features_from_rows(X, r0, r1, centre, Phi)
+    assert np.array_equal(Phi, expected)

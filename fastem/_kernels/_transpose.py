@@ -13,7 +13,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from ._llvm import I32, LANES, VEC, array_bytes, load_vector
+from ._llvm import BYTE_PTR, I32, LANES, VEC, array_bytes, load_vector, splat
 
 TILE = LANES  # rows and features per tile
 
@@ -30,6 +30,46 @@ def _is_row_major(a, dtypes):
             and a.dtype in dtypes)
 
 
+def _tile_columns(context, builder, x_ty, x_arg, r, j0):
+    """The 8 x 8 tile X[r:r+8, j0:j0+8] as 8 float64 vectors, vector k holding column j0 + k:
+    eight loads (float32 widened) and three rounds of shuffles."""
+    x_base, x_stride = array_bytes(context, builder, x_ty, x_arg)
+    intp = r.type
+    elem = context.get_data_type(x_ty.dtype)
+    col = builder.mul(j0, ir.Constant(intp, x_ty.dtype.bitwidth // 8))
+    rows = []
+    for u in range(TILE):
+        offset = builder.add(builder.mul(builder.add(r, ir.Constant(intp, u)), x_stride), col)
+        row = load_vector(builder, x_base, offset, ir.VectorType(elem, TILE),
+                          align=x_ty.dtype.bitwidth // 8)
+        rows.append(row if x_ty.dtype == types.float64 else builder.fpext(row, VEC))
+
+    def combine(a, b, lanes):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, TILE), lanes))
+
+    t = []
+    for p in range(0, TILE, 2):
+        t += [combine(rows[p], rows[p + 1], lanes) for lanes in _SINGLES]
+    u = [None] * TILE
+    for q in (0, 4):
+        for s in (0, 1):
+            u[q + s], u[q + s + 2] = (combine(t[q + s], t[q + s + 2], lanes)
+                                      for lanes in _PAIRS)
+    v = [None] * TILE
+    for k in range(4):
+        v[k], v[k + 4] = (combine(u[k], u[k + 4], lanes) for lanes in _HALVES)
+    return v
+
+
+def _store_row_vector(builder, base, stride, row, i, vector):
+    """vector into base's row `row`, columns i:i+8 (a float64 matrix with row stride
+    `stride` bytes)."""
+    intp = row.type
+    offset = builder.add(builder.mul(row, stride), builder.mul(i, ir.Constant(intp, 8)))
+    ptr = builder.bitcast(builder.gep(base, [offset]), VEC.as_pointer())
+    builder.store(vector, ptr, align=8)
+
+
 @intrinsic
 def transpose_tile(typingctx, X, r, j0, XT, i):
     """XT[j0 + k, i + u] = X[r + u, j0 + k] for u, k < 8: X C-contiguous float32 or float64,
@@ -41,41 +81,51 @@ def transpose_tile(typingctx, X, r, j0, XT, i):
 
     def codegen(context, builder, signature, args):
         x_ty, _, _, xt_ty, _ = signature.args
-        x_base, x_stride = array_bytes(context, builder, x_ty, args[0])
-        xt_base, xt_stride = array_bytes(context, builder, xt_ty, args[3])
         r, j0, i = args[1], args[2], args[4]
-        intp = r.type
-        elem = context.get_data_type(x_ty.dtype)
-        item = ir.Constant(intp, x_ty.dtype.bitwidth // 8)
-        col = builder.mul(j0, item)
-        rows = []
-        for u in range(TILE):
-            offset = builder.add(builder.mul(builder.add(r, ir.Constant(intp, u)), x_stride),
-                                 col)
-            row = load_vector(builder, x_base, offset, ir.VectorType(elem, TILE),
-                              align=x_ty.dtype.bitwidth // 8)
-            rows.append(row if x_ty.dtype == types.float64 else builder.fpext(row, VEC))
-
-        def combine(a, b, lanes):
-            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, TILE), lanes))
-
-        t = []
-        for p in range(0, TILE, 2):
-            t += [combine(rows[p], rows[p + 1], lanes) for lanes in _SINGLES]
-        u = [None] * TILE
-        for q in (0, 4):
-            for s in (0, 1):
-                u[q + s], u[q + s + 2] = (combine(t[q + s], t[q + s + 2], lanes)
-                                          for lanes in _PAIRS)
-        v = [None] * TILE
-        for k in range(4):
-            v[k], v[k + 4] = (combine(u[k], u[k + 4], lanes) for lanes in _HALVES)
-        out_col = builder.mul(i, ir.Constant(intp, 8))
+        columns = _tile_columns(context, builder, x_ty, args[0], r, j0)
+        xt_base, xt_stride = array_bytes(context, builder, xt_ty, args[3])
         for k in range(TILE):
-            offset = builder.add(
-                builder.mul(builder.add(j0, ir.Constant(intp, k)), xt_stride), out_col)
-            ptr = builder.bitcast(builder.gep(xt_base, [offset]), VEC.as_pointer())
-            builder.store(v[k], ptr, align=8)
+            _store_row_vector(builder, xt_base, xt_stride,
+                              builder.add(j0, ir.Constant(r.type, k)), i, columns[k])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def diag_features_tile(typingctx, X, r, j0, centre, Phi, i):
+    """The 'diag' features of the tile X[r:r+8, j0:j0+8], straight from the rows: with
+    y = x - centre, Phi[1 + j, i + u] = y_j and Phi[1 + d + j, i + u] = y_j^2 for the
+    tile's features j and rows u (d = X.shape[1]): the transposed rows never go through
+    memory. X C-contiguous float32 or float64, centre 1-D float64, Phi C-contiguous float64;
+    nothing is checked."""
+    if not (_is_row_major(X, (types.float32, types.float64))
+            and _is_row_major(Phi, (types.float64,))
+            and isinstance(centre, types.Array) and centre.ndim == 1
+            and centre.dtype == types.float64):
+        return None
+    sig = types.void(X, types.intp, types.intp, centre, Phi, types.intp)
+
+    def codegen(context, builder, signature, args):
+        x_ty, _, _, c_ty, phi_ty, _ = signature.args
+        r, j0, i = args[1], args[2], args[5]
+        intp = r.type
+        columns = _tile_columns(context, builder, x_ty, args[0], r, j0)
+        d = cgutils.unpack_tuple(
+            builder, context.make_array(x_ty)(context, builder, args[0]).shape, 2)[1]
+        c = context.make_array(c_ty)(context, builder, args[3])
+        c_stride = cgutils.unpack_tuple(builder, c.strides, 1)[0]
+        c_base = builder.bitcast(c.data, BYTE_PTR)
+        phi_base, phi_stride = array_bytes(context, builder, phi_ty, args[4])
+        for k in range(TILE):
+            j = builder.add(j0, ir.Constant(intp, k))
+            c_ptr = builder.bitcast(builder.gep(c_base, [builder.mul(j, c_stride)]),
+                                    ir.DoubleType().as_pointer())
+            y = builder.fsub(columns[k], splat(builder, builder.load(c_ptr)))
+            row = builder.add(j, ir.Constant(intp, 1))
+            _store_row_vector(builder, phi_base, phi_stride, row, i, y)
+            _store_row_vector(builder, phi_base, phi_stride, builder.add(row, d), i,
+                              builder.fmul(y, y))
         return context.get_dummy_value()
 
     return sig, codegen

@@ -36,6 +36,7 @@ from ._config import JIT, prefer_wide_vectors
 from ._logsumexp import normalize_columns
 from ._panels import PANEL_ROWS, log_density_product, panel_product
 from ._tiles import tile_products
+from ._transpose import diag_features_tile
 from ._views import borrowed, keep_alive, matrix
 from .gaussian import (
     DIAG,
@@ -106,6 +107,26 @@ def sub_rows(Fp, Kv, block_rows):
     while rows > 64 and Fp * rows * 8 > 2**19:
         rows //= 2
     return min(rows, block_rows)
+
+
+@njit(**_jit)
+def _diag_features_from_rows(X, r0, r1, centre, Phi):
+    """Phi[:F, :nb] = the 'diag' features of rows r0:r1 of X, in 8 x 8 tiles straight from
+    the rows (``diag_features_tile``), without the transposed copy that :func:`_features`
+    reads: a pass took 8.7% less at d = 64, K = 16, 2.9% at d = 16. Only for whole tiles
+    (:func:`_diag_tiles_fit`): element-by-element tails here cost 1.6 s of cold compile."""
+    prefer_wide_vectors()
+    for i in range(r1 - r0):
+        Phi[0, i] = 1.0
+    for i0 in range(0, r1 - r0, 8):
+        for j0 in range(0, X.shape[1], 8):
+            diag_features_tile(X, r0 + i0, j0, centre, Phi, i0)
+
+
+@njit(inline="always", **_jit)
+def _diag_tiles_fit(kind, d, nb):
+    """Whether :func:`_diag_features_from_rows` serves these rows: 'diag', whole tiles."""
+    return kind == DIAG and d % 8 == 0 and nb % 8 == 0
 
 
 @njit(**_jit)
@@ -183,8 +204,11 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
     best = best_buf[: nbp if labels.shape[0] > 0 else 0]  # the labels only if wanted
     ll = ll_buf[:nbp]
     work = matrix(work_buf, 2, nbp)
-    _load_columns(X, s0, s1, XT)
-    _features(kind, XT, centre, Phi)
+    if _diag_tiles_fit(kind, d, nb):
+        _diag_features_from_rows(X, s0, s1, centre, Phi)
+    else:
+        _load_columns(X, s0, s1, XT)
+        _features(kind, XT, centre, Phi)
     _zero_padding(Phi, F, nb, zeroed)
     # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
     log_density_product(eta, Phi, logp, F, work[0], K)
@@ -262,8 +286,11 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
     work = matrix(work_buf, 2, nbp)
     if zeroed[0] != nbp:  # R's rows past K, never written: zeroed once per layout
         R[K:] = 0.0
-    _load_columns(X, r0, r1, XT)
-    _features(kind, XT, centre, Phi)
+    if _diag_tiles_fit(kind, d, nb):
+        _diag_features_from_rows(X, r0, r1, centre, Phi)
+    else:
+        _load_columns(X, r0, r1, XT)
+        _features(kind, XT, centre, Phi)
     _zero_padding(Phi, F, nb, zeroed)
     # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
     log_density_product(eta, Phi, logp, F, work[0], K)
