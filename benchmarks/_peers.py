@@ -132,12 +132,7 @@ def first_fit(cache_dir, covariance_type="full", threads=THREADS) -> dict:
 
 def _current_peak_reset() -> bool:
     """Reset this process's RSS high-water mark (Linux); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    return _bench.reset_peak_rss()
 
 
 def _rss_now() -> int:
@@ -147,13 +142,9 @@ def _rss_now() -> int:
 
 
 def _rss_peak() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = _bench.status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     import resource
     import sys
 

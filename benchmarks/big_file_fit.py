@@ -49,6 +49,8 @@ GIB = 2**30
 READ_BUFFER = 64 * MIB
 
 
+# A copy of fastem._bench.status_bytes: importing anything from fastem loads the package and
+# Numba, and this script measures the plain read before fastem is imported.
 def status_bytes(field: str) -> int | None:
     """A memory field of /proc/self/status (e.g. 'RssAnon', 'VmHWM') in bytes; None if absent."""
     try:

@@ -194,6 +194,30 @@ def peer_memory_bytes(peer, shape, covariance_type="full") -> int:
     return 64 * 2**20
 
 
+def status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status in bytes (Linux: 'VmRSS' now, 'VmHWM' the peak,
+    'RssAnon' the anonymous part); None where there is no such file or field."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's RSS high-water mark, VmHWM (Linux); False where that is not
+    possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def available_bytes() -> int | None:
     """Memory available now (psutil), or None when psutil is missing."""
     try:

@@ -35,26 +35,6 @@ import numpy as np
 ISOLATED_PEERS = ("daal4py",)
 
 
-def _peak_reset() -> None:
-    try:  # Linux: resets VmHWM, the peak resident memory
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _status_bytes(field) -> int | None:
-    """A memory line of /proc/self/status (Linux: VmRSS now, VmHWM the peak), or None."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _load_rows(spec):
     kind, path, dtype, shape, offset = spec
     if kind == "memmap":
@@ -97,10 +77,10 @@ def _worker(conn) -> None:
                 run = _bench.prepare_here(peer, X, start, n_iter=n_iter, threads=threads)
                 reply = None
             elif command == "run":
-                before = _status_bytes("VmRSS")
-                _peak_reset()
+                before = _bench.status_bytes("VmRSS")
+                _bench.reset_peak_rss()
                 result = run()
-                reply = (result, before, _status_bytes("VmHWM"))
+                reply = (result, before, _bench.status_bytes("VmHWM"))
             else:
                 raise ValueError(f"unknown request {command!r}")
             conn.send(("ok", reply))
