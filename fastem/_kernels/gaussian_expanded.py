@@ -18,9 +18,9 @@ k, then a scatter per component), and nothing is swept once per component. From 
 features on (d >= 10 for 'full'), or 32 with more than 8 components, both products run in
 the register panels of ``_panels.py``, on sub-blocks of :func:`sub_rows` rows so that Phi
 stays in the core's cache; below, where the exp and log of the log-sum-exp dominate, on
-whole blocks: the log-densities
-in panels (3.5% faster than a BLAS call at 'diag' d = 16, K = 16), the statistics in the
-row-wise sums of ``_tiles.py`` (in panels again from 16 padded components).
+whole blocks: the log-densities in panels (3.5% faster than a BLAS call at 'diag' d = 16,
+K = 16), the statistics in the row-wise sums of ``_tiles.py`` (in panels again from 16
+padded components).
 
 The price is cancellation: the expanded quadratic form loses about eps * |mu_k - c|^2 (in the
 metric of the component's precision) where the per-component form loses eps * |mu_k - c|.
@@ -113,7 +113,7 @@ def sub_rows(Fp, Kv, block_rows):
 def _diag_features_from_rows(X, r0, r1, centre, Phi):
     """Phi[:F, :nb] = the 'diag' features of rows r0:r1 of X, in 8 x 8 tiles straight from
     the rows (``diag_features_tile``), without the transposed copy that :func:`_features`
-    reads: a pass took 8.7% less at d = 64, K = 16, 2.9% at d = 16. Only for whole tiles
+    reads: a pass took 9.4% less at d = 64, K = 16, 2.3% at d = 16. Only for whole tiles
     (:func:`_diag_tiles_fit`): element-by-element tails here cost 1.6 s of cold compile."""
     prefer_wide_vectors()
     for i in range(r1 - r0):
@@ -264,10 +264,9 @@ def _block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, res
 def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, resp_out,
                  labels, scratch):
     """:func:`_block` where sub-blocks do not pay (:func:`uses_sub_blocks`): the whole block
-    at once, log-densities in
-    panels, statistics in `_tiles` or, from PANEL_STATS_MIN_COMPONENTS on, in panels. Kept
-    apart from the sub-block path: sharing its function cost this one 4-5% at d = 2 and at
-    'diag' d = 16, K = 16 on 2 threads."""
+    at once, log-densities in panels, statistics in `_tiles` or, from
+    PANEL_STATS_MIN_COMPONENTS on, in panels. Kept apart from the sub-block path: sharing its
+    function cost this one 4-5% at d = 2 and at 'diag' d = 16, K = 16 on 2 threads."""
     prefer_wide_vectors()
     xt, phi, logp_buf, r_buf, rt_buf, best_buf, ll_buf, work_buf, zeroed = scratch
     nb = r1 - r0
@@ -284,7 +283,9 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
     best = best_buf[: nbp if labels.shape[0] > 0 else 0]  # the labels only if wanted
     ll = ll_buf[:nbp]
     work = matrix(work_buf, 2, nbp)
-    if zeroed[0] != nbp:  # R's rows past K, never written: zeroed once per layout
+    # R's rows past K are never written: zeroed once per layout, like Phi's padding (whose
+    # _zero_padding below then records this layout in `zeroed`).
+    if zeroed[0] != nbp:
         R[K:] = 0.0
     if _diag_tiles_fit(kind, d, nb):
         _diag_features_from_rows(X, r0, r1, centre, Phi)
