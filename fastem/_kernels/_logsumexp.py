@@ -23,9 +23,8 @@ from numba.extending import intrinsic
 
 from ._llvm import VEC, array_bytes, load_vector
 from ._math import exp_nonpositive_ir, log_at_least_one_ir
+from .gaussian import LOG_RESPONSIBILITY_FLOOR  # responsibilities below it are 0
 
-# Responsibilities below e^LOG_RESPONSIBILITY_FLOOR of the row's largest are 0 (gaussian.py).
-LOG_RESPONSIBILITY_FLOOR = -575.0
 # Groups of 8 rows taken through the components together.
 GROUPS = 8
 
