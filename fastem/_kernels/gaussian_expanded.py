@@ -19,8 +19,7 @@ features on (d >= 10 for 'full'), or 32 with more than 8 components, both produc
 the register panels of ``_panels.py``, on sub-blocks of :func:`sub_rows` rows so that Phi
 stays in the core's cache; below, where the exp and log of the log-sum-exp dominate, on
 whole blocks: the log-densities in panels (3.5% faster than a BLAS call at 'diag' d = 16,
-K = 16), the statistics in the row-wise sums of ``_tiles.py`` (in panels again from 16
-padded components).
+K = 16), the statistics in the row-wise sums of ``_tiles.py``.
 
 The price is cancellation: the expanded quadratic form loses about eps * |mu_k - c|^2 (in the
 metric of the component's precision) where the per-component form loses eps * |mu_k - c|.
@@ -72,19 +71,19 @@ def padded(n):
 
 
 # Fewer padded features than this (d < 10), and a block runs whole (:func:`_small_block`), its
-# statistics in `_tiles`' sums along the rows instead of in panels: at d = 2 the panels'
-# statistics took 4.0 ns a row against 2.3 (a transpose of R, and panels of 8 features that
-# are mostly padding).
+# statistics in `_tiles`' sums along the rows, which read R as it is: panels would need R
+# transposed, Kv entries gathered per row. With 8 components at d = 2 the panels' statistics
+# took 4.0 ns a row against 2.3; with 16 to 64 components at 8 to 24 padded features a pass
+# in tiles took 5-20% less ('diag' d = 8, K = 16, 32, 64: -7%, -13%, -20%; 'full' d = 5,
+# K = 16, 64: -6%, -20%).
 PANEL_MIN_FEATURES = 64
-# ... and there, from 16 padded components (K > 8) on, the statistics still run in panels:
-# at 'diag' d = 16, K = 16 a pass took 0.041-0.046 s against 0.047-0.049 in tiles (and 5-9%
-# less at 'full' d = 8 and 'spherical' d = 16). With 8 the tiles are faster (2.2 ns a row at
-# d = 2 against 4.0 for the panels and R's transpose).
+# ... but with this many padded components, sub-blocks in panels from
+# PANEL_MIN_FEATURES_MANY_COMPONENTS padded features on: at 'diag' d = 16, K = 16 (40
+# features) a pass took 7.1% less than in whole blocks with the statistics in panels, at d = 12
+# (32) 5.7% less, at 'full' d = 8, K = 16 (48) 1.1% less; whole blocks with the statistics in
+# tiles were slower still (4-18% at 'diag' d = 12 and 16, K = 16 and 64). With K = 8 whole
+# blocks stayed faster ('full' d = 8: 2.3%, 'diag' d = 16: 1.2%).
 PANEL_STATS_MIN_COMPONENTS = 16
-# With that many padded components, sub-blocks from this many padded features on: at 'diag'
-# d = 16, K = 16 (40 features) a pass took 7.1% less than in whole blocks, at d = 12 (32)
-# 5.7% less, at 'full' d = 8, K = 16 (48) 1.1% less; with K = 8 whole blocks stayed faster
-# ('full' d = 8: 2.3%, 'diag' d = 16: 1.2%).
 PANEL_MIN_FEATURES_MANY_COMPONENTS = 32
 
 
@@ -264,11 +263,11 @@ def _block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, res
 def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, resp_out,
                  labels, scratch):
     """:func:`_block` where sub-blocks do not pay (:func:`uses_sub_blocks`): the whole block
-    at once, log-densities in panels, statistics in `_tiles` or, from
-    PANEL_STATS_MIN_COMPONENTS on, in panels. Kept apart from the sub-block path: sharing its
-    function cost this one 4-5% at d = 2 and at 'diag' d = 16, K = 16 on 2 threads."""
+    at once, log-densities in panels, statistics in `_tiles`. Kept apart from the sub-block
+    path: sharing its function cost this one 4-5% at d = 2 and at 'diag' d = 16, K = 16 on 2
+    threads."""
     prefer_wide_vectors()
-    xt, phi, logp_buf, r_buf, rt_buf, best_buf, ll_buf, work_buf, zeroed = scratch
+    xt, phi, logp_buf, r_buf, _, best_buf, ll_buf, work_buf, zeroed = scratch
     nb = r1 - r0
     nbp = padded(nb)  # whole panels of rows, as in _sub_block
     d = X.shape[1]
@@ -303,16 +302,8 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
     if bad >= 0:
         return 0.0, bad
     _write_rows(r0, ll_buf[:nb], R_K, best, row_loglik, resp_out, labels)
-    if compute_stats:
-        if Kv >= PANEL_STATS_MIN_COMPONENTS:
-            slot[:] = 0.0
-            RT = matrix(rt_buf, nb, Kv)
-            for i in range(nb):
-                for k in range(K):
-                    RT[i, k] = R[k, i]
-            panel_product(Phi, RT, slot, F, nb)
-        else:  # written whole, padding included: no zeroing first
-            tile_products(Phi, R, nb, slot, False, False)
+    if compute_stats:  # written whole: no zeroing first
+        tile_products(Phi, R, nb, slot, False, False)
     return total, -1
 
 
