@@ -58,8 +58,8 @@ from importlib import metadata
 
 import numpy as np
 
-from ._kernels.gaussian import DIAG, FULL, SPHERICAL
-from ._kernels.gaussian_expanded import n_features_expanded
+from ._kernels.gaussian import DIAG, FULL, SPHERICAL, TIED
+from ._kernels.gaussian_expanded import n_features_expanded, scatter_rows
 from ._params import EXPANDED_FEATURES, EXPANDED_MIN_COMPONENTS
 
 __all__ = [
@@ -528,8 +528,8 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
                                                                   dp = 4 ceil(d / 4); 8
     tied          5d + 8 per component, plus per row 4d^2 + d     6d + 8 per component; per
                   (one product with the shared factor and one     row 2d + Mahalanobis +
-                  unweighted scatter of x - c: responsibilities   dp(dp + 4)
-                  sum to one)
+                  unweighted scatter of x - c: responsibilities   dp(dp + 4) (K < 5 or
+                  sum to one)                                     d > 64)
     diag          9d + 8: (x - mu) p, square, add 4d; x - mu,     the same
                   r t, sum, r t^2 and sum 5d
     spherical     8d + 9: x - mu, square, add 3d, one scale; 5d   9d + 8 (scales per feature)
@@ -540,8 +540,10 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
     least ``EXPANDED_MIN_COMPONENTS`` components; the benchmark's well-separated data always
     passes its accuracy test), the kernel count is the expanded form's instead: 2 F' for the
     log-densities eta Phi and 2 F' for the statistics Phi R^T per component, F' = 8 ceil(F / 8)
-    with F = 1 + d + d(d+1)/2 ('full'), 1 + 2d ('diag') or 2 + d ('spherical'); per row the
-    features, d + d(d+1)/2, 2d or 2d.
+    with F = 1 + d + d(d+1)/2 ('full'), 1 + 2d ('diag'), 2 + d ('spherical') or
+    1 + 4 ceil(d / 4) ('tied', its padded layout); per row the features, d + d(d+1)/2, 2d, 2d
+    or, for 'tied', d, and its product U^T y (2 d d8, d8 = 8 ceil(d / 8)), the squares of that
+    (2d) and its unweighted scatter (2 dp^2, dp = 4 ceil(d / 4)).
 
     Parameters
     ----------
@@ -565,10 +567,15 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
     expanded = (not dense and K >= EXPANDED_MIN_COMPONENTS
                 and d in EXPANDED_FEATURES.get(covariance_type, ()))
     if expanded:
-        kind = {"full": FULL, "diag": DIAG, "spherical": SPHERICAL}[covariance_type]
-        n_feat = 8 * math.ceil(n_features_expanded(kind, d) / 8)
+        kind = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}[covariance_type]
+        if kind == TIED:
+            n_feat = 8 * math.ceil((1 + scatter_rows(d)) / 8)
+            per_row = d + 2 * d * 8 * math.ceil(d / 8) + 2 * d + 2 * dp * dp
+        else:
+            n_feat = 8 * math.ceil(n_features_expanded(kind, d) / 8)
+            per_row = d + d * (d + 1) // 2 if covariance_type == "full" else 2 * d
         per_component = 4 * n_feat + NORMALIZE_FLOPS
-        per_row = (d + d * (d + 1) // 2 if covariance_type == "full" else 2 * d) + ROW_FLOPS
+        per_row += ROW_FLOPS
     elif covariance_type == "full":
         sumsq = 3 * d if dense else 4 * d
         per_component = maha + sumsq + 3 * d + scatter + NORMALIZE_FLOPS

@@ -165,20 +165,23 @@ def _expanded_tasks():
     return 4 * numba.get_num_threads()
 
 
-def _accumulate_expanded(source, params, kind, centre, eta, *,
+def _accumulate_expanded(source, params, kind, centre, eta, row_factor, *,
                          chunk_size=None) -> GaussianStats:
     """:func:`accumulate` by the expanded kernel: statistics around the one centre c."""
     K, d = params.means.shape
     n_feat = n_features_expanded(kind, d)
     totals = np.zeros(eta.shape[::-1])  # phi(x - c) r_k summed over rows, a column per component
-    waves = _wave_blocks(totals.size)
+    tied = params.covariance_type == "tied"
+    scatter = np.zeros((1, d, d) if tied else (0, 0, 0))  # 'tied': sum of (x - c)(x - c)^T
+    waves = _wave_blocks(totals.size + scatter.size)
     loglik = np.zeros(1)
     no_resp = np.empty((0, K))
     n = 0
     for start, block in source.chunks(chunk_size, prefetch=True):
         block = kernel_rows(block, params.means.shape[1])
-        bad = expanded_pass(kind, block, centre, eta, K, True, BLOCK_ROWS, waves,
-                            _expanded_tasks(), loglik, totals, _EMPTY_1D, no_resp, _EMPTY_LABELS)
+        bad = expanded_pass(kind, block, centre, eta, row_factor, K, True, BLOCK_ROWS, waves,
+                            _expanded_tasks(), loglik, totals, scatter, _EMPTY_1D, no_resp,
+                            _EMPTY_LABELS)
         if bad >= 0:
             _raise_bad_row(start, bad)
         n += block.shape[0]
@@ -189,6 +192,8 @@ def _accumulate_expanded(source, params, kind, centre, eta, *,
         a, b = upper_pairs(d)
         s2[:, a, b] = second
         s2[:, b, a] = second
+    elif tied:  # the kernel's whole product, symmetric to the bit
+        s2 = scatter[0]
     elif params.covariance_type == "diag":
         s2 = np.ascontiguousarray(second)
     else:
@@ -205,7 +210,7 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
     Outputs are arrays of n_samples rows (float64 log-likelihoods and responsibilities, int64
     labels), possibly memory-mapped; each chunk's rows are written as soon as computed.
     """
-    expanded = params.expanded_layout()  # (kind, centre, eta) or None
+    expanded = params.expanded_layout()  # (kind, centre, eta, row_factor) or None
     kind, shift, centre, prec, aux, const = params.kernel_layout()
     K = shift.shape[0]
     no_resp = np.empty((0, K))
@@ -221,9 +226,10 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
             _EMPTY_LABELS if labels is None else labels[start : start + m],
         ]
         if expanded is not None:
-            e_kind, e_centre, eta = expanded
-            bad = expanded_pass(e_kind, block, e_centre, eta, K, False, BLOCK_ROWS, 1024,
-                                _expanded_tasks(), loglik, np.empty((0, 0)), *views)
+            e_kind, e_centre, eta, row_factor = expanded
+            bad = expanded_pass(e_kind, block, e_centre, eta, row_factor, K, False, BLOCK_ROWS,
+                                1024, _expanded_tasks(), loglik, np.empty((0, 0)),
+                                np.empty((0, 0, 0)), *views)
         else:
             bad = gaussian_pass(
                 kind, SOFT, block, shift, centre, prec, aux, const, no_resp, False, BLOCK_ROWS,

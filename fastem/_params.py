@@ -15,7 +15,7 @@ import numpy as np
 from scipy.linalg import lapack
 
 from ._kernels.gaussian import DIAG, FULL, SPHERICAL, TIED
-from ._kernels.gaussian_expanded import n_features_expanded, padded
+from ._kernels.gaussian_expanded import n_features_expanded, padded, scatter_rows
 from ._stats import GaussianStats
 
 __all__ = ["GaussianParams", "COVARIANCE_TYPES"]
@@ -24,17 +24,23 @@ COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 _KIND = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
 
 # Mixtures with this many features (per covariance type) and components run the expanded
-# kernel (gaussian_expanded.py); 'tied' never does. Per pass, 1M rows, 2 threads, against the
-# per-component kernel:
+# kernel (gaussian_expanded.py). Per pass, 1M rows, 2 threads, against the per-component
+# kernel:
 # - 'full', K = 16: 0.117 vs 0.234 s at d = 16, 0.37 vs 0.65 at d = 32, 1.27 vs 2.21 at
 #   d = 64; at d = 96 (300k rows) 1.47 vs 1.55, too close to call, as Phi no longer fits a
 #   core's L2;
 # - 'diag': 0.0092 vs 0.0106 s at d = 1, K = 8; 0.0204 vs 0.0255 at d = 8, K = 8; 0.046 vs
 #   0.071 at d = 16, K = 16; 0.157 vs 0.348 at d = 64, K = 16. 'spherical': 0.0121 vs 0.0171
 #   at d = 4, K = 8; 0.039 vs 0.070 at d = 16, K = 16; 0.119 vs 0.339 at d = 64, K = 16;
+# - 'tied' (in one process, passes alternating): 0.0076 vs 0.0099 s at d = 2, K = 8; 0.0406
+#   vs 0.0567 at d = 16, K = 16; 0.0995 vs 0.158 at d = 16, K = 64; 0.235 vs 0.286 at
+#   d = 64, K = 16; 0.328 vs 0.571 at d = 64, K = 64; at d = 1 they tie (1.03 and 1.05 times
+#   at K = 5 and 64). At d = 128 (200k rows) its two (d, d) sums per row, whatever K,
+#   outweigh what it saves per component: 0.143 vs 0.129 s at K = 8;
 # - with K <= 4 they tie ('full' at d = 64, 300k rows: 0.171 vs 0.169 s; 'diag' at d = 8:
 #   0.0175 vs 0.0176): the panels' and tiles' 8 columns are then half empty.
-EXPANDED_FEATURES = {"full": range(1, 65), "diag": range(1, 513), "spherical": range(1, 513)}
+EXPANDED_FEATURES = {"full": range(1, 65), "tied": range(1, 65), "diag": range(1, 513),
+                     "spherical": range(1, 513)}
 EXPANDED_MIN_COMPONENTS = 5
 # ... and only while the expanded quadratic form's rounding error, in log-density units,
 # stays below ~2e-11 for rows within 3 sigma of their component: a bound on it is eps times
@@ -185,9 +191,10 @@ class GaussianParams:
         return self.weights @ self.means / self.weights.sum()
 
     def expanded_layout(self):
-        """(kind, centre, eta) as `fastem._kernels.gaussian_expanded.expanded_pass` reads
-        them, or None where that kernel would be slower or lose accuracy (see
-        EXPANDED_FEATURES, EXPANDED_MIN_COMPONENTS and EXPANDED_MAX_SCALE)."""
+        """(kind, centre, eta, row_factor) as
+        `fastem._kernels.gaussian_expanded.expanded_pass` reads them, or None where that
+        kernel would be slower or lose accuracy (see EXPANDED_FEATURES,
+        EXPANDED_MIN_COMPONENTS and EXPANDED_MAX_SCALE)."""
         ct = self.covariance_type
         K, d = self.means.shape
         if (ct not in EXPANDED_FEATURES or d not in EXPANDED_FEATURES[ct]
@@ -196,19 +203,25 @@ class GaussianParams:
         U = self.precisions_cholesky
         centre = self._centre()
         m = self.means - centre
-        if ct == "full":
-            precisions = np.matmul(U, U.transpose(0, 2, 1))
+        if ct in ("full", "tied"):
+            shared = ct == "tied"
+            factors = U[None] if shared else U
+            precisions = np.matmul(factors, factors.transpose(0, 2, 1))
             covariances = self.covariances
             if covariances is None:
-                covariances = covariances_from_precisions_cholesky(U, "full")
+                covariances = covariances_from_precisions_cholesky(U, ct)
+            if shared:
+                covariances = covariances[None]
             variances = np.diagonal(covariances, axis1=1, axis2=2)
-            log_det = np.log(np.diagonal(U, axis1=1, axis2=2)).sum(axis=1)
+            log_det = np.log(np.diagonal(factors, axis1=1, axis2=2)).sum(axis=1)
         else:  # diagonal precisions, (K, d)
             precisions = np.broadcast_to(U[:, None] ** 2 if ct == "spherical" else U**2, (K, d))
             variances = 1.0 / precisions
             log_det = np.log(U).sum(axis=1) if ct == "diag" else d * np.log(U)
         reach = np.abs(m) + 3.0 * np.sqrt(np.abs(variances))
-        if ct == "full":
+        if ct == "tied":  # one precision for all: broadcast over the components
+            precisions = np.broadcast_to(precisions, (K, d, d))
+        if ct in ("full", "tied"):
             scale = np.einsum("ka,kab,kb->k", reach, np.abs(precisions), reach)
         else:
             scale = np.sum(precisions * reach**2, axis=1)
@@ -216,6 +229,17 @@ class GaussianParams:
             return None
         kind = _KIND[ct]
         n_feat = n_features_expanded(kind, d)
+        row_factor = np.zeros((0, 0))
+        if ct == "tied":
+            # The quadratic term -|U^T y|^2 / 2 is every component's: the kernel takes it off
+            # each row's log-likelihood from U^T, and it stays out of eta.
+            row_factor = np.zeros((padded(d), padded(d)))
+            row_factor[:d, :d] = U.T
+            eta = np.zeros((padded(K), padded(1 + scatter_rows(d))))
+            eta[:K, 0] = (self._const(np.broadcast_to(log_det, K))
+                          - 0.5 * np.einsum("ka,kab,kb->k", m, precisions, m))
+            eta[:K, 1 : 1 + d] = m @ precisions[0]
+            return kind, np.ascontiguousarray(centre, dtype=np.float64), eta, row_factor
         eta = np.zeros((padded(K), padded(n_feat)))
         if ct == "full":
             eta[:K, 0] = self._const(log_det) - 0.5 * np.einsum("ka,kab,kb->k", m, precisions, m)
@@ -227,7 +251,7 @@ class GaussianParams:
             eta[:K, 1 : 1 + d] = precisions * m
             # 'diag': one coefficient per y_j^2; 'spherical': one for |y|^2
             eta[:K, 1 + d : n_feat] = -0.5 * precisions[:, : n_feat - 1 - d]
-        return kind, np.ascontiguousarray(centre, dtype=np.float64), eta
+        return kind, np.ascontiguousarray(centre, dtype=np.float64), eta, row_factor
 
     def kernel_layout(self):
         """(kind, shift, centre, prec, aux, const) as `fastem._kernels.gaussian.gaussian_pass`

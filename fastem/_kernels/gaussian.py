@@ -7,10 +7,10 @@ One kernel, :func:`gaussian_pass`, serves every covariance type and every use:
   accumulated into the caller's float64 arrays;
 * ``predict`` / ``predict_proba`` / ``score_samples``: per-row outputs, statistics off.
 
-For 'full', 'diag' and 'spherical' mixtures of the sizes listed in
-``fastem._params.EXPANDED_FEATURES``, ``gaussian_expanded.expanded_pass`` is faster and is
-used instead wherever its accuracy allows; this kernel is then the fallback, and serves 'tied'
-and the initialization's hard and given responsibilities.
+For mixtures of the sizes listed in ``fastem._params.EXPANDED_FEATURES``,
+``gaussian_expanded.expanded_pass`` is faster and is used instead wherever its accuracy allows;
+this kernel is then the fallback, and serves the initialization's hard and given
+responsibilities.
 
 Rows are processed in fixed-size blocks of ``block_rows`` (``_config.BLOCK_ROWS``). Each block
 writes its partial statistics to its own slot; slots are merged serially in block order.

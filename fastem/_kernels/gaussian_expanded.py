@@ -1,4 +1,4 @@
-"""The E-step and statistics as two matrix products per block ('full', 'diag', 'spherical').
+"""The E-step and statistics as two matrix products per block (every covariance type).
 
 With y = x - c (c a common centre near the data), ``log w_k + log N(x | mu_k, Sigma_k)`` is
 linear in features of y:
@@ -6,7 +6,8 @@ linear in features of y:
     'full'       phi(y) = (1, y_1 .. y_d, y_a y_b for a <= b)      F = 1 + d + d (d + 1) / 2
     'diag'       phi(y) = (1, y_1 .. y_d, y_1^2 .. y_d^2)           F = 1 + 2 d
     'spherical'  phi(y) = (1, y_1 .. y_d, |y|^2)                    F = 2 + d
-    log w_k + log N(x | mu_k, Sigma_k) = eta_k . phi(y)
+    'tied'       phi(y) = (1, y_1 .. y_d)                           F = 1 + d
+    log w_k + log N(x | mu_k, Sigma_k) = eta_k . phi(y)   (+ q(y) for 'tied')
 
 where eta_k holds the component's natural parameters (built by
 ``fastem._params.GaussianParams.expanded_layout``). A block's log-densities are then one
@@ -20,6 +21,14 @@ the register panels of ``_panels.py``, on sub-blocks of :func:`sub_rows` rows so
 stays in the core's cache; below, where the exp and log of the log-sum-exp dominate, on
 whole blocks: the log-densities in panels (3.5% faster than a BLAS call at 'diag' d = 16,
 K = 16), the statistics in the row-wise sums of ``_tiles.py``.
+
+'tied''s quadratic term q(y) = -|U^T y|^2 / 2 (U U^T the shared precision) is the same for
+every component: it leaves the responsibilities alone, so it stays out of eta and is taken
+off each row's log-likelihood after the log-sum-exp, from one more (d, d) product per block.
+Its one covariance needs the unweighted scatter of y, in ``_tiles``. Both are d^2
+multiply-adds per row whatever K, besides the 2 K (d + 1) of the two products, where the
+per-component form sweeps every component's rows; at d = 16 and 64, K = 16, a pass took 25-30%
+less. 'tied' always runs whole blocks: its Phi is small.
 
 The price is cancellation: the expanded quadratic form loses about eps * |mu_k - c|^2 (in the
 metric of the component's precision) where the per-component form loses eps * |mu_k - c|.
@@ -41,6 +50,7 @@ from .gaussian import (
     DIAG,
     FULL,
     SPHERICAL,
+    TIED,
     _load_columns,
     _merge,
     _normalize,
@@ -53,14 +63,25 @@ _jit = JIT
 
 @njit(**_jit)
 def n_features_expanded(kind, d):
-    """F, the number of features of d-dimensional rows for covariance `kind` (FULL, DIAG or
-    SPHERICAL): the quadratic ones of 'full', or (1, y, y_j^2) for 'diag' and (1, y, |y|^2)
-    for 'spherical', whose log-densities have no cross terms."""
+    """F, the number of features of d-dimensional rows for covariance `kind`: the quadratic
+    ones of 'full', (1, y, y_j^2) for 'diag' and (1, y, |y|^2) for 'spherical', whose
+    log-densities have no cross terms, and (1, y) for 'tied', whose quadratic term is the
+    same for every component."""
     if kind == FULL:
         return 1 + d + d * (d + 1) // 2
     if kind == DIAG:
         return 1 + 2 * d
+    if kind == TIED:
+        return 1 + d
     return 2 + d
+
+
+@njit(**_jit)
+def scatter_rows(d):
+    """Rows of y that 'tied''s scatter reads from Phi (d rounded up to the 4 x 4 tiles of
+    ``_tiles``): its padded layout holds at least 1 + scatter_rows(d) features, zero past
+    F."""
+    return (d + 3) // 4 * 4
 
 
 @njit(**_jit)
@@ -75,7 +96,7 @@ def padded(n):
 # transposed, Kv entries gathered per row. With 8 components at d = 2 the panels' statistics
 # took 4.0 ns a row against 2.3; with 16 to 64 components at 8 to 24 padded features a pass
 # in tiles took 5-20% less ('diag' d = 8, K = 16, 32, 64: -7%, -13%, -20%; 'full' d = 5,
-# K = 16, 64: -6%, -20%).
+# K = 16, 64: -6%, -20%; 'tied' d = 16: -5%).
 PANEL_MIN_FEATURES = 64
 # ... but with this many padded components, sub-blocks in panels from
 # PANEL_MIN_FEATURES_MANY_COMPONENTS padded features on: at 'diag' d = 16, K = 16 (40
@@ -88,19 +109,22 @@ PANEL_MIN_FEATURES_MANY_COMPONENTS = 32
 
 
 @njit(**_jit)
-def uses_sub_blocks(Fp, Kv):
+def uses_sub_blocks(kind, Fp, Kv):
     """Whether blocks run in sub-blocks (:func:`_block`) rather than whole
-    (:func:`_small_block`), for Fp padded features and Kv padded components."""
+    (:func:`_small_block`), for Fp padded features and Kv padded components of covariance
+    `kind`; 'tied' (d + 1 features) always runs whole blocks, where its own terms are."""
+    if kind == TIED:
+        return False
     return Fp >= PANEL_MIN_FEATURES or (Fp >= PANEL_MIN_FEATURES_MANY_COMPONENTS
                                         and Kv >= PANEL_STATS_MIN_COMPONENTS)
 
 
 @njit(**_jit)
-def sub_rows(Fp, Kv, block_rows):
+def sub_rows(kind, Fp, Kv, block_rows):
     """Rows per sub-block: the whole block unless :func:`uses_sub_blocks`; else 128, or 64
     once Phi (Fp, 128) would outgrow 512 KiB, a quarter of a core's L2 (d > 30). At d = 16,
     K = 16 a pass took 0.126 s with 256 rows, 0.113 with 128 and 0.119 with 64."""
-    if not uses_sub_blocks(Fp, Kv):
+    if not uses_sub_blocks(kind, Fp, Kv):
         return block_rows
     rows = 128
     while rows > 64 and Fp * rows * 8 > 2**19:
@@ -148,6 +172,8 @@ def _features(kind, XT, centre, Phi):
         c = centre[j]
         for i in range(nb):
             Phi[1 + j, i] = XT[j, i] - c
+    if kind == TIED:
+        return
     if kind == SPHERICAL:
         for i in range(nb):
             Phi[row, i] = 0.0
@@ -180,13 +206,44 @@ def _zero_padding(Phi, F, nb, zeroed):
 
 
 @njit(**_jit)
+def _tied_terms(Phi, phi, d, nb, row_factor, Z, acc, ll, compute_stats, scatter):
+    """What 'tied' adds to a whole block whose y fill Phi's rows 1..d (``phi`` its buffer):
+    the term no component changes, ll[i] -= |U^T y_i|^2 / 2, left out of the log-sum-exp;
+    with `compute_stats`, the one unweighted scatter sum_i y_i y_i^T written into `scatter`
+    (d, d). `row_factor` is U^T (padded(d), padded(d)), zero past d; Z (padded(d), Phi's row
+    length) and acc (as long) are scratch.
+
+    Both products are called with arguments of the types of the block's own calls, so that
+    one compiled copy of each serves both: Numba compiles a function again for every
+    constant passed (a literal k = 1, or tile_products' flags for the upper triangle alone),
+    which cost 1 s more of cold compile. So the scatter is the whole product, d^2
+    multiply-adds a row where its upper triangle needs half; with runtime flags instead of
+    constants the block's own statistics ran 28% slower at d = 2 and 16. The whole product
+    is symmetric to the bit (the same products summed in the same order)."""
+    prefer_wide_vectors()
+    nbp = Z.shape[1]
+    # Z = U^T Y by the log-densities' own product, whose maxima go unused (k from a shape).
+    log_density_product(row_factor, Phi[1:], Z, d, acc, row_factor.shape[0])
+    for i in range(nbp):
+        acc[i] = 0.0
+    for j in range(d):
+        for i in range(nbp):
+            acc[i] += Z[j, i] * Z[j, i]
+    for i in range(nb):
+        ll[i] -= 0.5 * acc[i]
+    if compute_stats:  # with the block's own flags (see above): the whole product, written
+        Y = matrix(phi[nbp:], scatter_rows(d), nbp)
+        tile_products(Y, Y, nb, scatter, False, False)
+
+
+@njit(**_jit)
 def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik, resp_out,
                labels, scratch):
     """Rows s0:s1 of a block, both products in panels: their statistics added into `slot`,
     their per-row outputs written. Returns (sum of the rows' log-likelihoods, first
     non-finite row or -1)."""
     prefer_wide_vectors()
-    xt, phi, logp_buf, r_buf, rt_buf, best_buf, ll_buf, work_buf, zeroed = scratch
+    xt, phi, logp_buf, r_buf, rt_buf, best_buf, ll_buf, work_buf, zeroed, _ = scratch
     d = X.shape[1]
     Kv, Fp = eta.shape
     nb = s1 - s0
@@ -236,10 +293,11 @@ def _block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, res
     """Process rows r0:r1 into `slot` (zeroed here) and the per-row outputs, one sub-block
     at a time.
 
-    `scratch` is the calling thread's (xt, phi, logp, r, rt, best, ll, work, zeroed) buffers,
-    sized for a sub-block and reused: allocating them per block took a fifth of the pass at
-    small d. `rt`'s columns past K are zero and are never written; `zeroed` holds the row
-    length of the layout whose padding is zero (:func:`_zero_padding`), -1 at first.
+    `scratch` is the calling thread's (xt, phi, logp, r, rt, best, ll, work, zeroed, z)
+    buffers, sized for a sub-block and reused: allocating them per block took a fifth of the
+    pass at small d. `rt`'s columns past K are zero and are never written; `zeroed` holds the
+    row length of the layout whose padding is zero (:func:`_zero_padding`), -1 at first; `z`
+    is 'tied''s, which runs whole blocks only (:func:`_small_block`).
 
     Returns (sum of the rows' log-likelihoods, first non-finite row or -1).
     """
@@ -260,14 +318,14 @@ def _block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, res
 
 
 @njit(inline="always", **_jit)
-def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, resp_out,
-                 labels, scratch):
+def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slot, scatter,
+                 row_loglik, resp_out, labels, scratch):
     """:func:`_block` where sub-blocks do not pay (:func:`uses_sub_blocks`): the whole block
-    at once, log-densities in panels, statistics in `_tiles`. Kept apart from the sub-block
-    path: sharing its function cost this one 4-5% at d = 2 and at 'diag' d = 16, K = 16 on 2
-    threads."""
+    at once, log-densities in panels, statistics in `_tiles`, and 'tied''s own terms
+    (:func:`_tied_terms`) into `scatter`. Kept apart from the sub-block path: sharing its
+    function cost this one 4-5% at d = 2 and at 'diag' d = 16, K = 16 on 2 threads."""
     prefer_wide_vectors()
-    xt, phi, logp_buf, r_buf, _, best_buf, ll_buf, work_buf, zeroed = scratch
+    xt, phi, logp_buf, r_buf, _, best_buf, ll_buf, work_buf, zeroed, z_buf = scratch
     nb = r1 - r0
     nbp = padded(nb)  # whole panels of rows, as in _sub_block
     d = X.shape[1]
@@ -298,6 +356,9 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
         _normalize(logp_K, R_K, best, ll, work, True)
     else:
         normalize_columns(logp_K, R_K, ll, work[0], K)
+    if kind == TIED:
+        _tied_terms(Phi, phi, d, nb, row_factor, matrix(z_buf, row_factor.shape[0], nbp),
+                    work[1], ll, compute_stats, scatter)
     total, bad = _total_loglik(X, r0, r1, ll_buf[:nb])
     if bad >= 0:
         return 0.0, bad
@@ -308,21 +369,24 @@ def _small_block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_logli
 
 
 @njit(parallel=True, **_jit)
-def expanded_pass(kind, X, centre, eta, K, compute_stats, block_rows, wave_blocks, n_tasks, loglik,
-                  stats, row_loglik, resp_out, labels):
+def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows, wave_blocks,
+                  n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels):
     """One pass over a chunk of rows, soft responsibilities.
 
     Parameters
     ----------
     kind : int
-        FULL, DIAG or SPHERICAL: which features (:func:`n_features_expanded`).
+        FULL, TIED, DIAG or SPHERICAL: which features (:func:`n_features_expanded`).
     X : (n, d) float32 or float64, C-contiguous
         In: the rows.
     centre : (d,) float64
         In: c, the point the features are taken around.
     eta : (padded(K), padded(F)) float64
         In: natural parameters, one row per component in the order of :func:`_features`;
-        zero past K and past F.
+        zero past K and past F. 'tied' has at least 1 + scatter_rows(d) padded features.
+    row_factor : (padded(d), padded(d)) float64 for 'tied', else (0, 0)
+        In: U^T, the transposed Cholesky factor of the shared precision (U U^T), zero past
+        d: each row's log-likelihood takes |U^T y|^2 / 2 off its log-sum-exp.
     K : int
         The number of components.
     compute_stats : bool
@@ -337,6 +401,8 @@ def expanded_pass(kind, X, centre, eta, K, compute_stats, block_rows, wave_block
     stats : (padded(F), padded(K)) float64
         In/out: sum over rows of phi(x - c) r_k, one column per component; entries past F
         and past K stay zero.
+    scatter : (1, d, d) float64 for 'tied' with statistics, else (0, 0, 0)
+        In/out: sum over rows of (x - c)(x - c)^T.
     row_loglik, resp_out, labels
         Out: as for ``gaussian.gaussian_pass`` (empty when not wanted).
 
@@ -348,26 +414,35 @@ def expanded_pass(kind, X, centre, eta, K, compute_stats, block_rows, wave_block
     n = X.shape[0]
     n_blocks = (n + block_rows - 1) // block_rows
     W = min(wave_blocks, n_blocks)
+    d = X.shape[1]
+    Kv, Fp = eta.shape
+    tied_stats = kind == TIED and compute_stats
     if compute_stats:
         slots = np.empty((W, stats.shape[0], stats.shape[1]))
     else:
         slots = np.empty((W, 0, 0))
+    scatter_slots = np.empty((W, 1, d, d)) if tied_stats else np.empty((W, 1, 0, 0))
     part_ll = np.empty(W)
     part_bad = np.empty(W, dtype=np.int64)
-    # The shared merge adds up to three statistics; this kernel has one, in the middle place.
+    # The shared merge adds up to three statistics: this kernel's in the middle place, and
+    # 'tied''s scatter in the last.
     no_slots_1d, no_stats_1d = np.empty((W, 0)), np.empty(0)
-    no_slots_3d, no_stats_3d = np.empty((W, 0, 0, 0)), np.empty((0, 0, 0))
-    d = X.shape[1]
-    Kv, Fp = eta.shape
     # The panels read without bounds checks: the layout is built in Python, checked again here.
     if (Kv % PANEL_ROWS or Fp % PANEL_ROWS or Fp < n_features_expanded(kind, d) or K > Kv
             or (compute_stats and (stats.shape[0] != Fp or stats.shape[1] != Kv))):
         raise ValueError("expanded_pass: eta or stats do not have the padded layout")
-    S = sub_rows(Fp, Kv, block_rows)
+    if kind == TIED and (row_factor.shape[0] != padded(d) or row_factor.shape[1] != padded(d)
+                         or Fp < 1 + scatter_rows(d)
+                         or (compute_stats and (scatter.shape[0] != 1 or scatter.shape[1] != d
+                                                or scatter.shape[2] != d))):
+        raise ValueError("expanded_pass: row_factor, eta or scatter do not have the padded "
+                         "layout of 'tied'")
+    S = sub_rows(kind, Fp, Kv, block_rows)
     T = max(1, min(n_tasks, W))
     # The blocks see the arrays only through borrowed views (``_views``): this function holds
     # the arrays themselves until it returns, and each task its scratch until it is done.
     X_, centre_, eta_, slots_ = borrowed(X), borrowed(centre), borrowed(eta), borrowed(slots)
+    row_factor_, scatter_slots_ = borrowed(row_factor), borrowed(scatter_slots)
     row_loglik_, resp_out_, labels_ = borrowed(row_loglik), borrowed(resp_out), borrowed(labels)
     for w0 in range(0, n_blocks, W):
         nw = min(W, n_blocks - w0)
@@ -376,17 +451,19 @@ def expanded_pass(kind, X, centre, eta, K, compute_stats, block_rows, wave_block
         for t in prange(T):
             owned = (np.empty(d * S), np.empty(Fp * S), np.empty(Kv * S), np.empty(Kv * S),
                      np.zeros(S * Kv), np.empty(S, dtype=np.int64), np.empty(S), np.empty(2 * S),
-                     np.full(1, -1, dtype=np.int64))
+                     np.full(1, -1, dtype=np.int64), np.empty(row_factor.shape[0] * S))
             scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]),
                        borrowed(owned[3]), borrowed(owned[4]), borrowed(owned[5]),
-                       borrowed(owned[6]), borrowed(owned[7]), borrowed(owned[8]))
+                       borrowed(owned[6]), borrowed(owned[7]), borrowed(owned[8]),
+                       borrowed(owned[9]))
             for w in range(t, nw, T):
                 r0 = (w0 + w) * block_rows
                 r1 = min(n, r0 + block_rows)
-                if not uses_sub_blocks(Fp, Kv):
+                if not uses_sub_blocks(kind, Fp, Kv):
                     part_ll[w], part_bad[w] = _small_block(
-                        kind, X_, r0, r1, centre_, eta_, K, compute_stats, slots_[w],
-                        row_loglik_, resp_out_, labels_, scratch,
+                        kind, X_, r0, r1, centre_, eta_, row_factor_, K, compute_stats,
+                        slots_[w], scatter_slots_[w, 0], row_loglik_, resp_out_, labels_,
+                        scratch,
                     )
                 else:
                     part_ll[w], part_bad[w] = _block(
@@ -394,8 +471,8 @@ def expanded_pass(kind, X, centre, eta, K, compute_stats, block_rows, wave_block
                         row_loglik_, resp_out_, labels_, scratch,
                     )
             keep_alive(owned)
-        bad = _merge(nw, part_ll, part_bad, no_slots_1d, slots, no_slots_3d, compute_stats,
-                     loglik, no_stats_1d, stats, no_stats_3d)
+        bad = _merge(nw, part_ll, part_bad, no_slots_1d, slots, scatter_slots, compute_stats,
+                     loglik, no_stats_1d, stats, scatter)
         if bad >= 0:
             return bad
     return -1
