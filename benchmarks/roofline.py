@@ -52,6 +52,13 @@ optimistic. For d = 16, K = 16, full: 1,128 flops per row-component, 18,068 per 
 This module is imported by ``test_suite.py`` and can be run on its own::
 
     python benchmarks/roofline.py            # print the ceilings and a few floors
+    python benchmarks/roofline.py --grid     # and fastem's pass over its floor, d x K x cov
+
+``--grid`` times one fastem pass (the E-step and the statistics, from the benchmarks' common
+start; median of ``--repeats``) at N rows (``--rows``, default 1M) for d in {2, 16, 64}, K in
+{4, 16, 64} and the four covariance types, and prints it over the floor measured just
+before: where fastem stands against the machine at every shape of the suite's grid, in a few
+minutes.
 """
 
 from __future__ import annotations
@@ -142,6 +149,48 @@ def describe(ceilings: Ceilings) -> list[str]:
     ]
 
 
+def pass_seconds(X, n_components, covariance_type, threads=2, repeats=5) -> float:
+    """Median time of one fastem pass (E-step and statistics) over X from the benchmarks'
+    common start, after one untimed pass (which compiles or loads the kernel)."""
+    import time
+
+    from fastem._bench import make_start
+    from fastem._em import accumulate, threads as fastem_threads
+    from fastem._params import GaussianParams
+    from fastem.data import ArraySource
+
+    start = make_start(X, n_components, covariance_type, threads=threads)
+    params = GaussianParams(covariance_type, start.weights, start.means,
+                            start.precisions_cholesky, start.covariances)
+    source = ArraySource(X)
+    times = []
+    with fastem_threads(threads):
+        accumulate(source, params)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            accumulate(source, params)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def grid(ceilings: Ceilings, n_samples=1_000_000, threads=2, repeats=5,
+         features=(2, 16, 64), components=(4, 16, 64),
+         covariance_types=("full", "tied", "diag", "spherical")):
+    """Print fastem's pass time over its roofline floor for every shape of the grid."""
+    from fastem._bench import make_data
+
+    print("| N x d x K | cov | fastem s/pass | floor | bound | time / floor |")
+    print("|---|---|---:|---:|---:|---:|")
+    for d in features:
+        for k in components:
+            X = make_data(n_samples, d, k)
+            for cov in covariance_types:
+                seconds = pass_seconds(X, k, cov, threads=threads, repeats=repeats)
+                floor, bound = roofline_floor(n_samples, d, k, cov, 8, ceilings)
+                print(f"| {n_samples:,} x {d} x {k} | {cov} | {seconds:.4f} | "
+                      f"{floor * 1e3:.2f} ms | {bound} | {seconds / floor:.2f}x |", flush=True)
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -150,6 +199,10 @@ def main(argv=None) -> int:
                                      "the roofline floor of one fastem pass at a few shapes.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--grid", action="store_true",
+                        help="also time fastem's pass over its floor at every shape of the "
+                             "grid d in {2, 16, 64}, K in {4, 16, 64}, four covariance types")
+    parser.add_argument("--rows", type=float, default=1e6, help="N for --grid")
     args = parser.parse_args(argv)
     c = measure(args.threads, repeats=args.repeats)
     for line in describe(c):
@@ -162,6 +215,9 @@ def main(argv=None) -> int:
             floor, bound = roofline_floor(n, d, k, cov, 8, c)
             print(f"| {n:,} x {d} x {k} | {cov} | {flops_per_row(d, k, cov):,.0f} | "
                   f"{flops_per_row(d, k, cov, 'kernel'):,.0f} | {floor * 1e3:.2f} ms | {bound} |")
+    if args.grid:
+        print()
+        grid(c, n_samples=int(args.rows), threads=args.threads, repeats=args.repeats)
     return 0
 
 
