@@ -656,6 +656,24 @@ def test_statistics_add_up(overlapping, kernel, covariance_type):
         assert_rel(value, reference_value, 1e-10)
 
 
+@pytest.mark.parametrize("n_features", [3, 7, 16, 33])
+def test_tied_scatter_of_the_expanded_kernel(n_features):
+    """'tied''s one unweighted scatter, which the expanded kernel sums as a whole (d, d)
+    product per block, is symmetric to the bit and is numpy's (X - c)^T (X - c), c the
+    statistics' shift; d = 7 fills the padded layout but for the scatter's tile rows."""
+    rng = np.random.default_rng(16)
+    X = rng.normal(size=(3 * BLOCK_ROWS + 17, n_features)) * rng.uniform(0.5, 3.0, n_features)
+    X += 5.0
+    weights, means, _, precisions = random_start(X, "tied", 6, seed=17)
+    params = GaussianParams("tied", weights, means,
+                            precisions_cholesky_from_precisions(precisions, "tied"))
+    assert params.expanded_layout() is not None
+    stats = accumulate(ArraySource(X), params)
+    assert_array_equal(stats.s2, stats.s2.T)
+    Y = X - stats.shift[0]
+    assert_rel(stats.s2, Y.T @ Y, 1e-13)
+
+
 def assert_stats_close(a, b, rtol):
     assert a.covariance_type == b.covariance_type
     assert_array_equal(a.shift, b.shift)
