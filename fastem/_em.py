@@ -113,6 +113,16 @@ def kernel_rows(block, n_features):
     return view
 
 
+def whole_blocks(m):
+    """Row ranges (a, b) of a chunk of m rows as ``gaussian_pass`` takes them: its whole blocks
+    of BLOCK_ROWS, then the rest. Each range is one block or whole blocks; the blocks and their
+    order are the chunk's own, so the results keep every bit."""
+    cut = m - m % BLOCK_ROWS
+    if 0 < cut < m:
+        return ((0, cut), (cut, m))
+    return ((0, m),)
+
+
 def _check_loglik(loglik):
     if not np.isfinite(loglik):
         raise ValueError(
@@ -142,15 +152,18 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     for start, block in source.chunks(chunk_size, prefetch=True):
         block = kernel_rows(block, params.means.shape[1])
         m = block.shape[0]
-        resp_in = no_resp
+        resp = None
         if mode == GIVEN:
-            resp_in = np.ascontiguousarray(resp_for_chunk(start, m), dtype=np.float64)
-        bad = gaussian_pass(
-            kind, mode, block, shift, centre, prec, aux, const, resp_in, True, BLOCK_ROWS, waves,
-            loglik, stats.s0, stats.s1, s2, _EMPTY_1D, no_resp, _EMPTY_LABELS,
-        )
-        if bad >= 0:
-            _raise_bad_row(start, bad)
+            resp = np.ascontiguousarray(resp_for_chunk(start, m), dtype=np.float64)
+        for a, b in whole_blocks(m):
+            bad = gaussian_pass(
+                kind, mode, block[a:b], shift, centre, prec, aux, const,
+                no_resp if resp is None else resp[a:b], True, BLOCK_ROWS, waves,
+                numba.get_num_threads(), loglik, stats.s0, stats.s1, s2, _EMPTY_1D, no_resp,
+                _EMPTY_LABELS,
+            )
+            if bad >= 0:
+                _raise_bad_row(start + a, bad)
         n += m
     stats.n_samples = n
     stats.loglik = float(loglik[0])
@@ -159,9 +172,10 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     return stats
 
 
-def _expanded_tasks():
+def _tasks():
     """Parallel tasks per wave of the expanded kernel, each with its own scratch: a few per
-    thread, so that the one-at-a-time schedule can still balance them."""
+    thread, so that the one-at-a-time schedule can still balance them. (``gaussian_pass``'s
+    tasks take blocks from a counter: one per thread.)"""
     return 4 * numba.get_num_threads()
 
 
@@ -180,7 +194,7 @@ def _accumulate_expanded(source, params, kind, centre, eta, row_factor, *,
     for start, block in source.chunks(chunk_size, prefetch=True):
         block = kernel_rows(block, params.means.shape[1])
         bad = expanded_pass(kind, block, centre, eta, row_factor, K, True, BLOCK_ROWS, waves,
-                            _expanded_tasks(), loglik, totals, scatter, _EMPTY_1D, no_resp,
+                            _tasks(), loglik, totals, scatter, _EMPTY_1D, no_resp,
                             _EMPTY_LABELS)
         if bad >= 0:
             _raise_bad_row(start, bad)
@@ -228,15 +242,20 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
         if expanded is not None:
             e_kind, e_centre, eta, row_factor = expanded
             bad = expanded_pass(e_kind, block, e_centre, eta, row_factor, K, False, BLOCK_ROWS,
-                                1024, _expanded_tasks(), loglik, np.empty((0, 0)),
+                                1024, _tasks(), loglik, np.empty((0, 0)),
                                 np.empty((0, 0, 0)), *views)
+            if bad >= 0:
+                _raise_bad_row(start, bad)
         else:
-            bad = gaussian_pass(
-                kind, SOFT, block, shift, centre, prec, aux, const, no_resp, False, BLOCK_ROWS,
-                1024, loglik, np.empty(0), np.empty((0, 0)), s2, *views,
-            )
-        if bad >= 0:
-            _raise_bad_row(start, bad)
+            for a, b in whole_blocks(m):
+                bad = gaussian_pass(
+                    kind, SOFT, block[a:b], shift, centre, prec, aux, const, no_resp, False,
+                    BLOCK_ROWS, 1024, numba.get_num_threads(), loglik, np.empty(0),
+                    np.empty((0, 0)), s2,
+                    *(view[a:b] for view in views),
+                )
+                if bad >= 0:
+                    _raise_bad_row(start + a, bad)
         n += m
     return float(loglik[0]), n
 

@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 import fastem._kernels.gaussian
 import fastem._params
 from fastem import GaussianMixture, reference
-from fastem._em import GIVEN, accumulate
+from fastem._em import GIVEN, accumulate, kernel_rows, whole_blocks
 from fastem._kernels._config import BLOCK_ROWS
 from fastem._params import GaussianParams, precisions_cholesky_from_precisions
 from fastem.data import ArraySource
@@ -615,6 +615,28 @@ def test_integer_and_float16_data_are_fitted_as_float64(overlapping):
 
 
 # --------------------------------------------------------------------------- 9. statistics
+
+
+def test_per_component_kernel_takes_whole_blocks(overlapping):
+    """A chunk reaches ``gaussian_pass`` as whole blocks, its shorter last block in a call of
+    its own (every task's scratch is the size of one block); the kernel refuses anything
+    else rather than read past its scratch."""
+    for m in (1, BLOCK_ROWS - 1, BLOCK_ROWS, BLOCK_ROWS + 1, 3 * BLOCK_ROWS, 3 * BLOCK_ROWS + 7):
+        ranges = whole_blocks(m)
+        assert ranges[0][0] == 0 and ranges[-1][1] == m
+        assert all(b == a2 for (_, b), (a2, _) in zip(ranges, ranges[1:]))
+        assert all(b - a <= BLOCK_ROWS or (b - a) % BLOCK_ROWS == 0 for a, b in ranges)
+    X = overlapping[: BLOCK_ROWS + 10]
+    weights, means, _, precisions = random_start(X, "diag", 3, seed=3)
+    params = GaussianParams("diag", weights, means,
+                            precisions_cholesky_from_precisions(precisions, "diag"))
+    kind, shift, centre, prec, aux, const = params.kernel_layout()
+    K, d = shift.shape
+    with pytest.raises(ValueError, match="whole blocks"):
+        fastem._kernels.gaussian.gaussian_pass(
+            kind, 0, kernel_rows(X, d), shift, centre, prec, aux, const, np.empty((0, K)),
+            True, BLOCK_ROWS, 16, 2, np.zeros(1), np.zeros(K), np.zeros((K, d)),
+            np.zeros((K, 1, d)), np.empty(0), np.empty((0, K)), np.empty(0, dtype=np.int64))
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)

@@ -28,8 +28,11 @@ BLOCK_ROWS = 256
 # The options of every kernel. error_model="numpy": a float division by zero gives inf or NaN
 # instead of raising ZeroDivisionError, whose check in every division stopped LLVM from
 # vectorizing any loop that divides (the log-sum-exp's 1/s among them). Inputs are validated
-# in Python, so no kernel divides by zero on purpose.
-JIT = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy")
+# in Python, so no kernel divides by zero on purpose. no_cfunc_wrapper: Numba otherwise also
+# builds a C-callable wrapper of every compiled function, which nothing here calls; without
+# them the per-component kernel compiled 0.25-0.4 s faster.
+JIT = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy",
+           no_cfunc_wrapper=True)
 
 
 @intrinsic

@@ -16,7 +16,10 @@ Rows are processed in fixed-size blocks of ``block_rows`` (``_config.BLOCK_ROWS`
 writes its partial statistics to its own slot; slots are merged serially in block order.
 Which thread computed a block therefore never changes a bit of the result. No array of shape
 (n_samples, n_components) is allocated: responsibilities live in a (n_components, BLOCK_ROWS)
-scratch array per block.
+scratch array. Each parallel task makes its scratch once and takes the blocks of a wave one at
+a time from a shared counter (``_atomic``); a chunk reaches the kernel as whole blocks, its
+last, shorter block in a call of its own (``fastem._em.whole_blocks``), so that one set of
+scratch serves every block of a call.
 
 Statistics are kept around a shift (the current means, or for 'tied' one common centre), which
 keeps second moments accurate for data far from the origin.
@@ -42,6 +45,7 @@ SPHERICAL  (K, 1, 1) p_k       unused                   (K, 1, 1)         (K, d)
 import numpy as np
 from numba import njit, prange
 
+from ._atomic import take_next
 from ._config import CACHE, JIT, prefer_wide_vectors
 from ._math import exp_nonpositive, log_at_least_one
 from ._tiles import centred_moments, lane_sum, row_dot, tile_products
@@ -124,19 +128,20 @@ def _centre(XT, mu, DT):
 
 
 @njit(**_jit)
-def _logp(kind, XT, shift, centre, prec, aux, const, logp):
-    """logp[k, i] = log w_k + log N(x_i | mu_k, Sigma_k) for the rows of one block."""
+def _logp(kind, XT, shift, centre, prec, aux, const, logp, acc, DT, YT, ones, scale):
+    """logp[k, i] = log w_k + log N(x_i | mu_k, Sigma_k) for the rows of one block.
+
+    The rest is the task's scratch: `acc` (nb,); for 'full' and 'tied' `DT` (d, nb) and `YT`
+    (n_mats * d, nb); `ones` (d,) of ones and `scale` (d,).
+    """
     prefer_wide_vectors()
     d, nb = XT.shape
     K = shift.shape[0]
-    acc = np.empty(nb)
     if kind == FULL or kind == TIED:
         # (x - mu_k) P_k = (x - c) P_k - (mu_k - c) P_k: one product for every component, and
         # an error of only eps * |mu_k - c| / sigma since c is near the data.
-        DT = np.empty((d, nb))
         _centre(XT, centre, DT)
         n_mats = prec.shape[0]
-        YT = np.empty((n_mats * d, nb))
         if d >= SMALL_D:
             np.dot(prec.reshape((n_mats * d, d)), DT, YT)
         else:
@@ -148,8 +153,6 @@ def _logp(kind, XT, shift, centre, prec, aux, const, logp):
                         p = prec[q, j, m]
                         for i in range(nb):
                             YT[row, i] += p * DT[m, i]
-    ones = np.ones(d)
-    scale = np.empty(d)
     for k in range(K):
         if kind == DIAG or kind == SPHERICAL:
             for j in range(d):
@@ -269,21 +272,22 @@ def _write_rows(r0, ll, R, best, row_loglik, resp_out, labels):
 
 
 @njit(**_jit)
-def _stats(kind, XT, R, shift, p0, p1, p2):
+def _stats(kind, XT, R, shift, p0, p1, p2, ones, second, DT, WT):
     """One block's statistics into its own slot (p0, p1, p2).
 
     Every sum over the rows is a :func:`row_dot`, a :func:`centred_moments` or a tile of
     :func:`tile_products`, in vector lanes: as scalar running sums they took one 4-cycle add
     per row and were most of the 'diag' pass.
+
+    The rest is the task's scratch: `ones` (1, nb) of ones, `second` (K, d); for 'full' and
+    'tied' `DT` and `WT` (dp, nb), dp = 4 ceil(d / 4), whose rows past d are zero.
     """
     prefer_wide_vectors()
     d, nb = XT.shape
     K = shift.shape[0]
-    ones = np.ones((1, nb))
     for k in range(K):
         p0[k] = row_dot(R, k, ones, 0, nb)
     if kind == DIAG or kind == SPHERICAL:
-        second = np.empty((K, d))
         centred_moments(XT, R, shift, p1, second)
         for k in range(K):
             if kind == DIAG:
@@ -295,9 +299,6 @@ def _stats(kind, XT, R, shift, p0, p1, p2):
                     sq += second[k, j]
                 p2[k, 0, 0] = sq
         return
-    dp = (d + 3) // 4 * 4  # rows padded with zeros for the 4 x 4 tiles
-    DT = np.zeros((dp, nb))
-    WT = np.zeros((dp, nb))
     for k in range(K):
         if kind == FULL or k == 0:  # 'tied' shares its centred rows
             _centre(XT, shift[k], DT)
@@ -322,48 +323,64 @@ def _stats(kind, XT, R, shift, p0, p1, p2):
 # compile.
 @njit(inline="always", **_jit)
 def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, compute_stats,
-           p0, p1, p2, row_loglik, resp_out, labels):
+           p0, p1, p2, row_loglik, resp_out, labels, scratch):
     """Process rows r0:r1 into slot (p0, p1, p2) and the per-row outputs.
 
-    Returns (sum of the rows' log-likelihoods, first non-finite row or -1).
+    `scratch` is the calling task's buffers (:func:`_task_scratch`), of the block's size and
+    reused block after block. Returns (sum of the rows' log-likelihoods, first non-finite row
+    or -1).
     """
     prefer_wide_vectors()
     nb = r1 - r0
-    d = X.shape[1]
     K = shift.shape[0]
-    XT = np.empty((d, nb))
+    XT, R, logp, best_buf, ll, work, acc, DT, YT, DS, WT, ones, ones_d, scale, second = scratch
     _load_columns(X, r0, r1, XT)
-    R = np.empty((K, nb))
     total = 0.0
     if mode == GIVEN:
-        bad = _first_nonfinite(X, r0, r1, np.empty(0))
+        bad = _first_nonfinite(X, r0, r1, ll[:0])
         if bad >= 0:
             return 0.0, bad
         for i in range(nb):
             for k in range(K):
                 R[k, i] = resp_in[r0 + i, k]
     else:
-        logp = np.empty((K, nb))
-        _logp(kind, XT, shift, centre, prec, aux, const, logp)
-        best = np.empty(nb if mode == HARD or labels.shape[0] > 0 else 0, dtype=np.int64)
-        ll = np.empty(nb)
-        _normalize(logp, R, best, ll, np.empty((2, nb)), False)
+        _logp(kind, XT, shift, centre, prec, aux, const, logp, acc, DT, YT, ones_d, scale)
+        best = best_buf[: nb if mode == HARD or labels.shape[0] > 0 else 0]
+        _normalize(logp, R, best, ll, work, False)
         total, bad = _total_loglik(X, r0, r1, ll)
         if bad >= 0:
             return 0.0, bad
         if mode == HARD:
-            R[:] = 0.0
+            for k in range(K):
+                for i in range(nb):
+                    R[k, i] = 0.0
             for i in range(nb):
                 R[best[i], i] = 1.0
         _write_rows(r0, ll, R, best, row_loglik, resp_out, labels)
     if compute_stats:
-        _stats(kind, XT, R, shift, p0, p1, p2)
+        _stats(kind, XT, R, shift, p0, p1, p2, ones, second, DS, WT)
     return total, -1
+
+
+@njit(**_jit)
+def _task_scratch(kind, d, K, n_y, rows):
+    """One task's buffers for blocks of `rows` rows, made once per task rather than once per
+    block (a dozen allocations per block took 7-20% of a pass at d = 2 with 2-4 components,
+    5-14% for 'full' and 'tied' at d = 16): XT (d, rows), R and logp (K, rows), best, ll (rows,), work (2, rows), acc (rows,),
+    DT (d, rows), YT (n_y, rows) ('full' and 'tied': n_mats * d rows, else none), DS and WT
+    (dp, rows) (dp = 4 ceil(d / 4); WT for 'full' only) whose rows past d stay zero, ones
+    (1, rows), ones_d and scale (d,), second (K, d)."""
+    dp = (d + 3) // 4 * 4
+    return (np.empty((d, rows)), np.empty((K, rows)), np.empty((K, rows)),
+            np.empty(rows, dtype=np.int64), np.empty(rows), np.empty((2, rows)), np.empty(rows),
+            np.empty((d, rows)), np.empty((n_y, rows)), np.zeros((dp, rows)),
+            np.zeros((dp if kind == FULL else 0, rows)), np.ones((1, rows)), np.ones(d),
+            np.empty(d), np.empty((K, d)))
 
 
 # fastmath=False explicitly: Numba otherwise inherits the calling kernel's fast-math flags, and
 # the additions must happen exactly in this order.
-@njit(cache=CACHE, nogil=True, fastmath=False)
+@njit(cache=CACHE, nogil=True, fastmath=False, no_cfunc_wrapper=True)
 def _merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2):
     """Add the slots of one wave into the running totals, in block order.
 
@@ -381,7 +398,7 @@ def _merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2)
     return -1
 
 
-@njit(cache=CACHE, nogil=True, fastmath=False)
+@njit(cache=CACHE, nogil=True, fastmath=False, no_cfunc_wrapper=True)
 def _add_into(dst, src):
     """dst += src for C-contiguous arrays of one shape, as a flat loop (array expressions
     cost seconds of cold compile) over :func:`flat` views: with ``reshape``, two calls into
@@ -395,7 +412,7 @@ def _add_into(dst, src):
 
 @njit(parallel=True, **_jit)
 def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compute_stats,
-                  block_rows, wave_blocks, loglik, s0, s1, s2, row_loglik, resp_out, labels):
+                  block_rows, wave_blocks, n_tasks, loglik, s0, s1, s2, row_loglik, resp_out, labels):
     """One pass over a chunk of rows.
 
     Parameters
@@ -406,7 +423,8 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
         SOFT (posterior responsibilities), HARD (one-hot on the most likely component) or
         GIVEN (responsibilities read from `resp_in`).
     X : (n, d) float32 or float64, C-contiguous
-        In: the rows.
+        In: the rows: whole blocks of `block_rows` (n a multiple of it), or one block of n
+        <= block_rows rows (``fastem._em.whole_blocks`` cuts a chunk so).
     shift, centre, prec, aux, const : float64
         In: the parameters, laid out as in the module docstring.
     resp_in : (n, K) float64 if mode == GIVEN, else (0, K)
@@ -419,6 +437,9 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
     wave_blocks : int
         Blocks computed in parallel between two merges; bounds the scratch memory. Any value
         gives the same bits, since merging always follows block order.
+    n_tasks : int
+        Parallel tasks per wave, each with its own scratch buffers; results do not depend on
+        it.
     loglik : (1,) float64
         In/out: running sum of the rows' log-likelihoods (unchanged in GIVEN mode). Carried
         across chunks, so that the sum follows block order whatever the chunking.
@@ -447,20 +468,35 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
     p2 = np.empty((W, s2.shape[0], s2.shape[1], s2.shape[2]))
     part_ll = np.empty(W)
     part_bad = np.empty(W, dtype=np.int64)
+    # Every block has the same rows, so that each task's scratch fits all of its blocks: a
+    # second, smaller set for a chunk's last block cost 0.45 s of cold compile.
+    rows = min(block_rows, n)
+    if n > block_rows and n % block_rows:
+        raise ValueError("gaussian_pass: a chunk must hold whole blocks, or be one block")
+    n_y = prec.shape[0] * d if kind == FULL or kind == TIED else 0  # rows of _logp's YT
+    T = max(1, min(n_tasks, W))
     # The blocks see the shared arrays through borrowed views (``_views``), held here.
     X_, shift_, centre_, prec_ = borrowed(X), borrowed(shift), borrowed(centre), borrowed(prec)
     aux_, const_, resp_in_ = borrowed(aux), borrowed(const), borrowed(resp_in)
     p0_, p1_, p2_ = borrowed(p0), borrowed(p1), borrowed(p2)
     row_loglik_, resp_out_, labels_ = borrowed(row_loglik), borrowed(resp_out), borrowed(labels)
+    next_block = np.zeros(1, dtype=np.int64)
     for w0 in range(0, n_blocks, W):
         nw = min(W, n_blocks - w0)
-        for w in prange(nw):
-            r0 = (w0 + w) * block_rows
-            r1 = min(n, r0 + block_rows)
-            part_ll[w], part_bad[w] = _block(
-                kind, mode, X_, r0, r1, shift_, centre_, prec_, aux_, const_, resp_in_,
-                compute_stats, p0_[w], p1_[w], p2_[w], row_loglik_, resp_out_, labels_,
-            )
+        next_block[0] = 0
+        # T tasks, each with its own scratch, taking the wave's blocks one at a time from a
+        # shared counter (``_atomic``). Blocks own their slots: T and the order changes no bit.
+        for t in prange(T):
+            scratch = _task_scratch(kind, d, K, n_y, rows)
+            w = take_next(next_block)
+            while w < nw:
+                r0 = (w0 + w) * block_rows
+                part_ll[w], part_bad[w] = _block(
+                    kind, mode, X_, r0, r0 + rows, shift_, centre_, prec_, aux_, const_,
+                    resp_in_, compute_stats, p0_[w], p1_[w], p2_[w], row_loglik_, resp_out_,
+                    labels_, scratch,
+                )
+                w = take_next(next_block)
         bad = _merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2)
         if bad >= 0:
             return bad
