@@ -158,8 +158,8 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
         for a, b in whole_blocks(m):
             bad = gaussian_pass(
                 kind, mode, block[a:b], shift, centre, prec, aux, const,
-                no_resp if resp is None else resp[a:b], True, BLOCK_ROWS, waves,
-                numba.get_num_threads(), loglik, stats.s0, stats.s1, s2, _EMPTY_1D, no_resp,
+                no_resp if resp is None else resp[a:b], True, BLOCK_ROWS, waves, _tasks(),
+                loglik, stats.s0, stats.s1, s2, _EMPTY_1D, no_resp,
                 _EMPTY_LABELS,
             )
             if bad >= 0:
@@ -173,10 +173,10 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
 
 
 def _tasks():
-    """Parallel tasks per wave of the expanded kernel, each with its own scratch: a few per
-    thread, so that the one-at-a-time schedule can still balance them. (``gaussian_pass``'s
-    tasks take blocks from a counter: one per thread.)"""
-    return 4 * numba.get_num_threads()
+    """Parallel tasks per wave of either kernel: one per thread. Each makes its scratch once
+    and takes the wave's blocks one at a time from a shared counter, so that no thread waits
+    at a wave's end for more than one block."""
+    return numba.get_num_threads()
 
 
 def _accumulate_expanded(source, params, kind, centre, eta, row_factor, *,
@@ -250,8 +250,7 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
             for a, b in whole_blocks(m):
                 bad = gaussian_pass(
                     kind, SOFT, block[a:b], shift, centre, prec, aux, const, no_resp, False,
-                    BLOCK_ROWS, 1024, numba.get_num_threads(), loglik, np.empty(0),
-                    np.empty((0, 0)), s2,
+                    BLOCK_ROWS, 1024, _tasks(), loglik, np.empty(0), np.empty((0, 0)), s2,
                     *(view[a:b] for view in views),
                 )
                 if bad >= 0:

@@ -40,6 +40,7 @@ in ``gaussian.py``; within a block, sub-blocks are added in order.
 import numpy as np
 from numba import njit, prange
 
+from ._atomic import take_next
 from ._config import JIT, prefer_wide_vectors
 from ._logsumexp import normalize_columns
 from ._panels import PANEL_ROWS, log_density_product, panel_product
@@ -444,10 +445,12 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
     X_, centre_, eta_, slots_ = borrowed(X), borrowed(centre), borrowed(eta), borrowed(slots)
     row_factor_, scatter_slots_ = borrowed(row_factor), borrowed(scatter_slots)
     row_loglik_, resp_out_, labels_ = borrowed(row_loglik), borrowed(resp_out), borrowed(labels)
+    next_block = np.zeros(1, dtype=np.int64)
     for w0 in range(0, n_blocks, W):
         nw = min(W, n_blocks - w0)
-        # T tasks, each taking every T-th block of the wave: scratch is made once per task, not
-        # once per block. Blocks still own their slots, so T changes no bit.
+        # T tasks, each with its own scratch, taking the wave's blocks one at a time from a
+        # shared counter (``_atomic``). Blocks own their slots: T and the order change no bit.
+        next_block[0] = 0
         for t in prange(T):
             owned = (np.empty(d * S), np.empty(Fp * S), np.empty(Kv * S), np.empty(Kv * S),
                      np.zeros(S * Kv), np.empty(S, dtype=np.int64), np.empty(S), np.empty(2 * S),
@@ -456,7 +459,8 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
                        borrowed(owned[3]), borrowed(owned[4]), borrowed(owned[5]),
                        borrowed(owned[6]), borrowed(owned[7]), borrowed(owned[8]),
                        borrowed(owned[9]))
-            for w in range(t, nw, T):
+            w = take_next(next_block)
+            while w < nw:
                 r0 = (w0 + w) * block_rows
                 r1 = min(n, r0 + block_rows)
                 if not uses_sub_blocks(kind, Fp, Kv):
@@ -470,6 +474,7 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
                         kind, X_, r0, r1, centre_, eta_, K, compute_stats, slots_[w],
                         row_loglik_, resp_out_, labels_, scratch,
                     )
+                w = take_next(next_block)
             keep_alive(owned)
         bad = _merge(nw, part_ll, part_bad, no_slots_1d, slots, scatter_slots, compute_stats,
                      loglik, no_stats_1d, stats, scatter)
