@@ -6,8 +6,8 @@ with 16 blocks of a millisecond per wave (d = 128, K = 8, 'full') a pass took 7%
 with one block per parallel iteration. Taking the next block from a shared counter gives each
 task the next block as soon as it is free, and keeps its scratch; in the expanded kernel (which
 had four strided tasks per thread) passes took 2-12% less at 'tied' and at d = 64, K = 64
-'diag', the same elsewhere. Which task computes a block
-changes no bit: blocks own their slots, merged in block order.
+'diag', the same elsewhere. Which task computes a block changes no bit: blocks own their
+slots, merged in block order.
 """
 
 from numba import types
