@@ -480,7 +480,7 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
     aux_, const_, resp_in_ = borrowed(aux), borrowed(const), borrowed(resp_in)
     p0_, p1_, p2_ = borrowed(p0), borrowed(p1), borrowed(p2)
     row_loglik_, resp_out_, labels_ = borrowed(row_loglik), borrowed(resp_out), borrowed(labels)
-    next_block = np.zeros(1, dtype=np.int64)
+    next_block = np.empty(1, dtype=np.int64)  # np.zeros here would be a parallel loop of its own
     for w0 in range(0, n_blocks, W):
         nw = min(W, n_blocks - w0)
         next_block[0] = 0

@@ -369,6 +369,15 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
     return total, -1
 
 
+@njit(**_jit)
+def _task_buffers(d, Fp, Kv, z_rows, S):
+    """One task's scratch for sub-blocks of S rows (see :func:`_block`). Made here rather than
+    in the parallel loop, where Numba turns np.zeros into a loop of its own to compile."""
+    return (np.empty(d * S), np.empty(Fp * S), np.empty(Kv * S), np.empty(Kv * S),
+            np.zeros(S * Kv), np.empty(S, dtype=np.int64), np.empty(S), np.empty(2 * S),
+            np.full(1, -1, dtype=np.int64), np.empty(z_rows * S))
+
+
 @njit(parallel=True, **_jit)
 def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows, wave_blocks,
                   n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels):
@@ -445,16 +454,14 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
     X_, centre_, eta_, slots_ = borrowed(X), borrowed(centre), borrowed(eta), borrowed(slots)
     row_factor_, scatter_slots_ = borrowed(row_factor), borrowed(scatter_slots)
     row_loglik_, resp_out_, labels_ = borrowed(row_loglik), borrowed(resp_out), borrowed(labels)
-    next_block = np.zeros(1, dtype=np.int64)
+    next_block = np.empty(1, dtype=np.int64)  # np.zeros here would be a parallel loop of its own
     for w0 in range(0, n_blocks, W):
         nw = min(W, n_blocks - w0)
         # T tasks, each with its own scratch, taking the wave's blocks one at a time from a
         # shared counter (``_atomic``). Blocks own their slots: T and the order change no bit.
         next_block[0] = 0
         for t in prange(T):
-            owned = (np.empty(d * S), np.empty(Fp * S), np.empty(Kv * S), np.empty(Kv * S),
-                     np.zeros(S * Kv), np.empty(S, dtype=np.int64), np.empty(S), np.empty(2 * S),
-                     np.full(1, -1, dtype=np.int64), np.empty(row_factor.shape[0] * S))
+            owned = _task_buffers(d, Fp, Kv, row_factor.shape[0], S)
             scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]),
                        borrowed(owned[3]), borrowed(owned[4]), borrowed(owned[5]),
                        borrowed(owned[6]), borrowed(owned[7]), borrowed(owned[8]),
