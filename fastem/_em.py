@@ -159,8 +159,7 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
             bad = gaussian_pass(
                 kind, mode, block[a:b], shift, centre, prec, aux, const,
                 no_resp if resp is None else resp[a:b], True, BLOCK_ROWS, waves, _tasks(),
-                loglik, stats.s0, stats.s1, s2, _EMPTY_1D, no_resp,
-                _EMPTY_LABELS,
+                loglik, stats.s0, stats.s1, s2, _EMPTY_1D, no_resp, _EMPTY_LABELS,
             )
             if bad >= 0:
                 _raise_bad_row(start + a, bad)

@@ -366,7 +366,9 @@ def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, comp
 def _task_scratch(kind, d, K, n_y, rows):
     """One task's buffers for blocks of `rows` rows, made once per task rather than once per
     block (a dozen allocations per block took 7-20% of a pass at d = 2 with 2-4 components,
-    5-14% for 'full' and 'tied' at d = 16): XT (d, rows), R and logp (K, rows), best, ll (rows,), work (2, rows), acc (rows,),
+    5-14% for 'full' and 'tied' at d = 16, K = 4):
+
+    XT (d, rows), R and logp (K, rows), best and ll (rows,), work (2, rows), acc (rows,),
     DT (d, rows), YT (n_y, rows) ('full' and 'tied': n_mats * d rows, else none), DS and WT
     (dp, rows) (dp = 4 ceil(d / 4); WT for 'full' only) whose rows past d stay zero, ones
     (1, rows), ones_d and scale (d,), second (K, d)."""
@@ -412,7 +414,8 @@ def _add_into(dst, src):
 
 @njit(parallel=True, **_jit)
 def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compute_stats,
-                  block_rows, wave_blocks, n_tasks, loglik, s0, s1, s2, row_loglik, resp_out, labels):
+                  block_rows, wave_blocks, n_tasks, loglik, s0, s1, s2, row_loglik, resp_out,
+                  labels):
     """One pass over a chunk of rows.
 
     Parameters
