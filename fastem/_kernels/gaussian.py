@@ -45,6 +45,7 @@ SPHERICAL  (K, 1, 1) p_k       unused                   (K, 1, 1)         (K, d)
 import numpy as np
 from numba import njit, prange
 
+from ._aligned import aligned_empty, aligned_matrix, aligned_zeros
 from ._atomic import take_next
 from ._config import CACHE, JIT, prefer_wide_vectors
 from ._math import exp_nonpositive, log_at_least_one
@@ -373,11 +374,14 @@ def _task_scratch(kind, d, K, n_y, rows):
     (dp, rows) (dp = 4 ceil(d / 4); WT for 'full' only) whose rows past d stay zero, ones
     (1, rows), ones_d and scale (d,), second (K, d)."""
     dp = (d + 3) // 4 * 4
-    return (np.empty((d, rows)), np.empty((K, rows)), np.empty((K, rows)),
-            np.empty(rows, dtype=np.int64), np.empty(rows), np.empty((2, rows)), np.empty(rows),
-            np.empty((d, rows)), np.empty((n_y, rows)), np.zeros((dp, rows)),
-            np.zeros((dp if kind == FULL else 0, rows)), np.ones((1, rows)), np.ones(d),
-            np.empty(d), np.empty((K, d)))
+    ones = aligned_matrix(1, rows)
+    for i in range(rows):
+        ones[0, i] = 1.0
+    return (aligned_matrix(d, rows), aligned_matrix(K, rows), aligned_matrix(K, rows),
+            np.empty(rows, dtype=np.int64), aligned_empty(rows), aligned_matrix(2, rows),
+            aligned_empty(rows), aligned_matrix(d, rows), aligned_matrix(n_y, rows),
+            aligned_zeros(dp, rows), aligned_zeros(dp if kind == FULL else 0, rows), ones,
+            np.ones(d), np.empty(d), np.empty((K, d)))
 
 
 # fastmath=False explicitly: Numba otherwise inherits the calling kernel's fast-math flags, and

@@ -40,6 +40,7 @@ in ``gaussian.py``; within a block, sub-blocks are added in order.
 import numpy as np
 from numba import njit, prange
 
+from ._aligned import aligned_empty, aligned_zeros
 from ._atomic import take_next
 from ._config import JIT, prefer_wide_vectors
 from ._logsumexp import normalize_columns
@@ -373,9 +374,10 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
 def _task_buffers(d, Fp, Kv, z_rows, S):
     """One task's scratch for sub-blocks of S rows (see :func:`_block`). Made here rather than
     in the parallel loop, where Numba turns np.zeros into a loop of its own to compile."""
-    return (np.empty(d * S), np.empty(Fp * S), np.empty(Kv * S), np.empty(Kv * S),
-            np.zeros(S * Kv), np.empty(S, dtype=np.int64), np.empty(S), np.empty(2 * S),
-            np.full(1, -1, dtype=np.int64), np.empty(z_rows * S))
+    return (aligned_empty(d * S), aligned_empty(Fp * S), aligned_empty(Kv * S),
+            aligned_empty(Kv * S), aligned_zeros(1, S * Kv)[0], np.empty(S, dtype=np.int64),
+            aligned_empty(S), aligned_empty(2 * S), np.full(1, -1, dtype=np.int64),
+            aligned_empty(z_rows * S))
 
 
 @njit(parallel=True, **_jit)
@@ -428,7 +430,7 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
     Kv, Fp = eta.shape
     tied_stats = kind == TIED and compute_stats
     if compute_stats:
-        slots = np.empty((W, stats.shape[0], stats.shape[1]))
+        slots = aligned_empty(W * Fp * Kv).reshape((W, Fp, Kv))  # every slot aligned
     else:
         slots = np.empty((W, 0, 0))
     scatter_slots = np.empty((W, 1, d, d)) if tied_stats else np.empty((W, 1, 0, 0))

@@ -1,0 +1,69 @@
+"""The kernels' scratch buffers: the shapes asked for, zeros where asked, and every one
+starting on a cache line whatever Numba's own arrays do."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from fastem._kernels._aligned import (
+    VECTOR_BYTES,
+    aligned_empty,
+    aligned_matrix,
+    aligned_zeros,
+)
+from fastem._kernels.gaussian import DIAG, FULL, _task_scratch
+from fastem._kernels.gaussian_expanded import _task_buffers
+
+
+@njit
+def _made(n, rows, cols, count):
+    """`count` of each kind, interleaved with odd-sized Numba arrays that shift the heap."""
+    out = []
+    for i in range(count):
+        out.append(aligned_empty(n + i))
+        out.append(np.empty(3 + i))
+        out.append(aligned_matrix(rows, cols + i).ravel())
+        out.append(aligned_zeros(rows + i, cols).ravel())
+    return out
+
+
+def _starts_on_a_line(a):
+    return a.ctypes.data % VECTOR_BYTES == 0
+
+
+def test_aligned_buffers_start_on_a_cache_line_and_have_their_shape():
+    made = _made(5, 3, 7, 6)
+    for i in range(6):
+        empty, _, matrix, zeros = made[4 * i: 4 * i + 4]
+        assert empty.shape == (5 + i,) and _starts_on_a_line(empty)
+        assert matrix.shape == (3 * (7 + i),) and _starts_on_a_line(matrix)
+        assert zeros.shape == ((3 + i) * 7,) and _starts_on_a_line(zeros)
+        assert not zeros.any()
+
+
+@njit
+def _shapes_of_negative_sizes():
+    return aligned_empty(-3).shape[0], aligned_zeros(-2, 5).shape
+
+
+def test_negative_sizes_make_empty_buffers():
+    n, shape = _shapes_of_negative_sizes()
+    assert n == 0 and shape == (0, 5)
+
+
+@pytest.mark.parametrize("kind", [FULL, DIAG])
+def test_per_component_task_scratch_is_aligned_with_its_zeros_and_ones(kind):
+    scratch = _task_scratch(kind, 5, 3, 10, 256)
+    floats = [a for a in scratch if a.dtype == np.float64 and a.ndim == 2 and a.size]
+    assert all(_starts_on_a_line(a) for a in floats)
+    ds, wt, ones = scratch[9], scratch[10], scratch[11]
+    assert ds.shape == (8, 256) and not ds.any()
+    assert wt.shape == ((8, 256) if kind == FULL else (0, 256)) and not wt.any()
+    assert ones.shape == (1, 256) and (ones == 1.0).all()
+
+
+def test_expanded_task_buffers_are_aligned_and_rt_is_zero():
+    buffers = _task_buffers(16, 160, 16, 0, 128)
+    floats = [a for a in buffers if a.dtype == np.float64 and a.size > 1]
+    assert len(floats) == 7 and all(_starts_on_a_line(a) for a in floats)
+    assert buffers[4].shape == (128 * 16,) and not buffers[4].any()
