@@ -146,19 +146,21 @@ def test_each_iteration_matches_reference(blobs, covariance_type, n_features):
 
 @ignore_convergence
 @pytest.mark.parametrize(("covariance_type", "n_features", "n_components"), [
-    ("full", 2, 3), ("full", 9, 3), ("full", 48, 3), ("full", 12, 10),
+    ("full", 2, 3), ("full", 9, 3), ("full", 48, 3), ("full", 12, 10), ("full", 49, 10),
     ("diag", 3, 3), ("diag", 3, 10), ("diag", 40, 10), ("spherical", 3, 3),
     ("spherical", 70, 10), ("tied", 3, 3), ("tied", 7, 10), ("tied", 40, 10), ("tied", 70, 3),
-], ids=["full-d2", "full-tiles", "full-panels-8", "full-panels-16", "diag-tiles",
+], ids=["full-d2", "full-tiles", "full-unstored-8", "full-panels-16", "full-unstored-16",
+        "diag-tiles",
         "diag-whole-block-16", "diag-panels", "spherical-tiles", "spherical-panels",
         "tied-tiles", "tied-whole-block-16", "tied-panels-16", "tied-panels-8"])
 def test_both_kernels_match_reference(blobs, kernel, covariance_type, n_features,
                                       n_components):
     """Both kernels, and each product path of the expanded one (below 64 padded features,
     or 32 with more than 8 components, a whole block at once, its statistics in tiles; above,
-    sub-blocks in panels of 8 or 16 components), give the oracle's iterations; the rows end
-    on a partial block and sub-block. 'tied' at d = 7 fills its padded features to the last
-    but for the scatter's."""
+    sub-blocks in panels of 8 or 16 components; 'full' from d = 48 on without storing its
+    quadratic features, d = 49 ending its rows' segments on every remainder of 8), give the
+    oracle's iterations; the rows end on a partial block and sub-block. 'tied' at d = 7
+    fills its padded features to the last but for the scatter's."""
     X = blobs(200 * n_components, n_components, n_features, spread=1.5, scale=3.0, seed=2)[0]
     start = random_start(X, covariance_type, n_components, seed=3)
     layout = GaussianParams(covariance_type, *start[:3]).expanded_layout()

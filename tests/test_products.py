@@ -3,6 +3,7 @@ the 8-lane tiles, dot products and centred moments of the statistics."""
 
 import numpy as np
 import pytest
+from numba import njit
 
 from fastem._kernels._panels import (
     LANES,
@@ -10,6 +11,8 @@ from fastem._kernels._panels import (
     PANEL_ROWS,
     log_density_product,
     panel_product,
+    quadratic_log_density_product,
+    scale_rows,
 )
 from fastem._kernels._tiles import TILE, centred_moments, lane_sum, row_dot, tile_products
 
@@ -82,6 +85,43 @@ def test_panel_product_adds_the_first_rows(m, n_cols):
     panel_product(A, B, out, m, 29)
     np.testing.assert_allclose(out[:m], start[:m] + A[:m] @ B, rtol=1e-13, atol=1e-13)
     assert np.array_equal(out[m:], start[m:])
+
+
+@njit
+def _scale_rows(B, s, out, n):
+    scale_rows(B, s, out, n)
+
+
+@pytest.mark.parametrize("n_cols", [LANES, 3 * LANES], ids=["8", "24"])
+def test_scale_rows_scales_the_first_rows_only(n_cols):
+    """out[i] = s[i] * B[i] for i < n; out's rows from n on are left as they were."""
+    rng = np.random.default_rng(8)
+    B, s = rng.normal(size=(13, n_cols)), rng.normal(size=13)
+    out = np.full((13, n_cols), np.nan)
+    _scale_rows(B, s, out, 11)
+    assert np.array_equal(out[:11], s[:11, None] * B[:11])
+    assert np.all(np.isnan(out[11:]))
+
+
+@pytest.mark.parametrize("d", [1, 5, 12])
+@pytest.mark.parametrize("n_cols", [LANES, 3 * LANES], ids=["8", "16+8"])
+def test_quadratic_log_density_product_is_the_stored_features_product(d, n_cols):
+    """Forming each y_a y_b in registers gives the bits of storing the 'full' features
+    (1, y, y_a y_b for a <= b) and taking their product, maxima included."""
+    rng = np.random.default_rng(9)
+    M, F = 2 * PANEL_ROWS, 1 + d + d * (d + 1) // 2
+    Y = np.zeros((d + 1, n_cols))
+    Y[0] = 1.0
+    Y[1:] = rng.normal(size=(d, n_cols))
+    a, b = np.triu_indices(d)
+    Phi = np.vstack([Y, Y[1 + a] * Y[1 + b]])
+    A = rng.normal(size=(M, F + 3))
+    expected, expected_mx = np.empty((M, n_cols)), np.empty(n_cols)
+    log_density_product(A, Phi, expected, F, expected_mx, M - 3)
+    out, mx = np.full((M, n_cols), np.nan), np.full(n_cols, np.nan)
+    quadratic_log_density_product(A, Y, out, d, mx, M - 3)
+    assert np.array_equal(out, expected) and np.array_equal(mx, expected_mx)
+    np.testing.assert_allclose(out, A[:, :F] @ Phi, rtol=1e-12, atol=1e-12)
 
 
 def test_panel_product_sums_in_index_order():

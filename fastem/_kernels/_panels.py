@@ -37,10 +37,15 @@ from ._llvm import (
 PANEL_ROWS = 8  # rows of A (and of the output) per panel
 
 
-def _panel_codegen(n_vectors, add, n_rows, with_max):
-    """Code adding (`add`) or writing A[m0:m0+n_rows, :n] @ B[:n, j0:j0+8*n_vectors] into the
-    same panel of `out`; `with_max` also folds the panel's rows below K into a running
-    column-wise maximum (see :func:`log_density_product`)."""
+def _panel_codegen(n_vectors, add, n_rows, with_max, sweep="plain"):
+    """Code adding (`add`) or writing A[m0:m0+n_rows, :n] @ B'[:n, j0:j0+8*n_vectors] into
+    the same panel of `out`; `with_max` also folds the panel's rows below K into a running
+    column-wise maximum (see :func:`log_density_product`).
+
+    B' is B itself for the 'plain' sweep. For 'quadratic', n is d and B' is the 'full'
+    features (``gaussian_expanded``) of the y in B's rows 1..d: B'[f] = B[f] for f <= d,
+    then B[1 + a] * B[1 + b] for a <= b in row order, each product formed in registers as
+    its row is needed, so that B' is never stored."""
 
     def codegen(context, builder, signature, args):
         a_ty, b_ty, out_ty = signature.args[:3]
@@ -51,6 +56,7 @@ def _panel_codegen(n_vectors, add, n_rows, with_max):
         out_base, out_row_stride = array_bytes(context, builder, out_ty, args[2])
         m0, j0, n = args[3:6]
         intp = m0.type
+        one = ir.Constant(intp, 1)
         col_bytes = builder.mul(j0, ir.Constant(intp, 8))
         fma = vector_fma(builder)
         # Stack slots, promoted to registers by LLVM: n_rows * n_vectors accumulators.
@@ -60,12 +66,15 @@ def _panel_codegen(n_vectors, add, n_rows, with_max):
         a_rows = [builder.mul(builder.add(m0, ir.Constant(intp, u)), a_row_stride)
                   for u in range(n_rows)]
 
-        with cgutils.for_range(builder, n) as loop:
-            i = loop.index
-            b_row = builder.add(builder.mul(i, b_row_stride), col_bytes)
-            b_vec = [load_vector(builder, b_base,
-                                 builder.add(b_row, ir.Constant(intp, 8 * LANES * v)))
-                     for v in range(n_vectors)]
+        def b_row(i):
+            """The panel's vectors of row i of B."""
+            row = builder.add(builder.mul(i, b_row_stride), col_bytes)
+            return [load_vector(builder, b_base,
+                                builder.add(row, ir.Constant(intp, 8 * LANES * v)))
+                    for v in range(n_vectors)]
+
+        def step(i, b_vec):
+            """Every accumulator += A[m0 + u, i] * its vector of row i of B'."""
             a_col = builder.mul(i, a_col_stride)
             for u in range(n_rows):
                 a_ptr = builder.gep(a_base, [builder.add(a_rows[u], a_col)])
@@ -75,6 +84,22 @@ def _panel_codegen(n_vectors, add, n_rows, with_max):
                     slot = acc[u * n_vectors + v]
                     builder.store(builder.call(fma, [a_vec, b_vec[v], builder.load(slot)]),
                                   slot)
+
+        if sweep == "plain":
+            with cgutils.for_range(builder, n) as loop:
+                step(loop.index, b_row(loop.index))
+        else:  # quadratic: the constant and linear rows as they are, then the products
+            with cgutils.for_range(builder, builder.add(n, one)) as loop:
+                step(loop.index, b_row(loop.index))
+            f = cgutils.alloca_once_value(builder, builder.add(n, one))
+            with cgutils.for_range(builder, n) as outer:
+                y_a = b_row(builder.add(outer.index, one))
+                with cgutils.for_range_slice(builder, outer.index, n, one,
+                                             inc=True) as (b, _):
+                    y_b = b_row(builder.add(b, one))
+                    i = builder.load(f)
+                    step(i, [builder.fmul(y_a[v], y_b[v]) for v in range(n_vectors)])
+                    builder.store(builder.add(i, one), f)
         totals = []
         for u in range(n_rows):
             out_row = builder.add(
@@ -124,14 +149,15 @@ def _panel_intrinsic(n_vectors, add, n_rows=PANEL_ROWS):
     return panel
 
 
-def _panel_max_intrinsic(n_vectors):
+def _panel_max_intrinsic(n_vectors, sweep="plain"):
     """:func:`_panel_intrinsic`, writing 8 rows, that also folds those of them below `k` into
-    the column-wise maximum mx[j0:j0+8*n_vectors] (started from row 0 when m0 is 0)."""
+    the column-wise maximum mx[j0:j0+8*n_vectors] (started from row 0 when m0 is 0); with the
+    'quadratic' sweep of :func:`_panel_codegen`."""
 
     @intrinsic
     def panel(typingctx, A, B, out, m0, j0, n, mx, k):
         sig = types.void(A, B, out, types.intp, types.intp, types.intp, mx, types.intp)
-        return sig, _panel_codegen(n_vectors, False, PANEL_ROWS, True)
+        return sig, _panel_codegen(n_vectors, False, PANEL_ROWS, True, sweep)
 
     return panel
 
@@ -140,6 +166,8 @@ _add_8x16 = _panel_intrinsic(2, True)
 _add_8x8 = _panel_intrinsic(1, True)
 _set_max_8x16 = _panel_max_intrinsic(2)
 _set_max_8x8 = _panel_max_intrinsic(1)
+_quadratic_max_8x16 = _panel_max_intrinsic(2, "quadratic")
+_quadratic_max_8x8 = _panel_max_intrinsic(1, "quadratic")
 _add_1x16 = _panel_intrinsic(2, True, 1)
 _add_1x8 = _panel_intrinsic(1, True, 1)
 # Up to this many rows past the last whole panel are added as single rows (whose steps are
@@ -155,7 +183,7 @@ def panel_product(A, B, out, m, n):
     Rows run in panels of 8; up to MAX_SINGLE_ROWS rows past the last whole panel run one at
     a time (the statistics of 'diag' at d = 16, F = 33 features padded to 40, and of 'full'
     at d = 16 and 64 have one such row: 1-2% of a pass). Beyond that the last panel runs over
-    A's rows past m, which must then be zero padding.
+    A's rows past m, which must then be zero padding, and adds zeros to out's rows there.
 
     The caller guarantees the shapes, which are not checked here: A is (M, >= n) with M a
     multiple of PANEL_ROWS and any strides; B is (>= n, N) and out is (M, N), both with
@@ -203,3 +231,55 @@ def log_density_product(A, B, out, n, mx, k):
             j0 += 2 * LANES
         if j0 < N:
             _set_max_8x8(A, B, out, m0, j0, n, mx, k)
+
+
+@njit(**JIT)
+def quadratic_log_density_product(A, B, out, d, mx, k):
+    """:func:`log_density_product` of A and the 'full' features of the rows y of B: out =
+    A[:, :F] @ Phi with Phi[f] = B[f] for f <= d (the constant row and y) and then
+    Phi[f] = B[1 + a] * B[1 + b] for a <= b, in that order, F = 1 + d + d (d + 1) / 2.
+
+    The same bits as writing Phi out and calling :func:`log_density_product` (the products
+    rounded alike, the terms summed in the same order), without Phi's F rows going through
+    memory: B's d + 1 rows stay in the core's first cache. Shapes as there, B with at least
+    d + 1 rows."""
+    M, N = out.shape
+    for m0 in range(0, M, PANEL_ROWS):
+        j0 = 0
+        while j0 + 2 * LANES <= N:
+            _quadratic_max_8x16(A, B, out, m0, j0, d, mx, k)
+            j0 += 2 * LANES
+        if j0 < N:
+            _quadratic_max_8x8(A, B, out, m0, j0, d, mx, k)
+
+
+@intrinsic
+def scale_rows(typingctx, B, s, out, n):
+    """out[i] = s[i] * B[i] for i < n: B and out C-contiguous float64 of the same row length,
+    a multiple of LANES, s 1-D with at least n entries; nothing is checked. As Numba loops
+    (a check for overlap before every row of 16) a pass at 'full' d = 64, K = 16 spent 5% in
+    it."""
+    sig = types.void(B, s, out, types.intp)
+
+    def codegen(context, builder, signature, args):
+        b_base, b_stride = array_bytes(context, builder, signature.args[0], args[0])
+        scale = context.make_array(signature.args[1])(context, builder, args[1])
+        out_base, out_stride = array_bytes(context, builder, signature.args[2], args[2])
+        n = args[3]
+        intp = n.type
+        row_length = cgutils.unpack_tuple(builder, context.make_array(signature.args[0])(
+            context, builder, args[0]).shape, 2)[1]
+        n_vectors = builder.udiv(row_length, ir.Constant(intp, LANES))
+        with cgutils.for_range(builder, n) as row:
+            factor = splat(builder, builder.load(builder.gep(scale.data, [row.index])))
+            b_row = builder.mul(row.index, b_stride)
+            out_row = builder.mul(row.index, out_stride)
+            with cgutils.for_range(builder, n_vectors) as vector:
+                col = builder.mul(vector.index, ir.Constant(intp, 8 * LANES))
+                value = builder.fmul(factor, load_vector(builder, b_base, builder.add(b_row, col)))
+                ptr = builder.bitcast(builder.gep(out_base, [builder.add(out_row, col)]),
+                                      VEC.as_pointer())
+                builder.store(value, ptr, align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -44,7 +44,13 @@ from ._aligned import aligned_empty, aligned_zeros
 from ._atomic import take_next
 from ._config import JIT, prefer_wide_vectors
 from ._logsumexp import normalize_columns
-from ._panels import PANEL_ROWS, log_density_product, panel_product
+from ._panels import (
+    PANEL_ROWS,
+    log_density_product,
+    panel_product,
+    quadratic_log_density_product,
+    scale_rows,
+)
 from ._tiles import tile_products
 from ._transpose import diag_features_tile
 from ._views import borrowed, keep_alive, matrix
@@ -238,6 +244,45 @@ def _tied_terms(Phi, phi, d, nb, row_factor, Z, acc, ll, compute_stats, scatter)
         tile_products(Y, Y, nb, scatter, False, False)
 
 
+# With this many features or more and at most this many padded components, 'full' sub-blocks
+# never store their quadratic features: the log-densities form each y_a y_b in registers
+# (:func:`quadratic_log_density_product`, the same bits) and the statistics weight R by y_a
+# instead (:func:`_full_stats`). Writing Phi's d (d + 1) / 2 rows through the core's second
+# cache took 20% of a pass at d = 64, K = 16. The products then multiply a little more (the
+# y_a y_b for every 8 components, R y_a for every a, and panels that end on padding), which
+# outweighs it as K grows or d shrinks. Passes against storing them (2 threads, paired):
+# d = 64: K = 8 0.985, K = 16 0.875-0.90, K = 32 0.93, K = 64 0.98; d = 48: K = 16 0.95,
+# K = 64 1.06; d = 32: K = 8 1.02, K = 16 0.98-1.02, K = 64 1.10; d = 40, K = 32 1.06.
+UNSTORED_MIN_FEATURES = 48
+UNSTORED_MAX_COMPONENTS = 16
+
+
+@njit(inline="always", **_jit)
+def _stores_features(kind, d, Kv):
+    """Whether a sub-block of covariance `kind` with Kv padded components writes all its
+    features to Phi."""
+    return kind != FULL or d < UNSTORED_MIN_FEATURES or Kv > UNSTORED_MAX_COMPONENTS
+
+
+@njit(**_jit)
+def _full_stats(Phi, RT, W, slot, d, nb):
+    """slot += Phi' RT for the 'full' features Phi' of the rows y in Phi's rows 1..d (row 0
+    ones, rows past d zero), without Phi': its rows 0..d directly, then for each a the rows
+    (a, b >= a) as sum_i y_b (y_a r): one panel product of y's rows a..d-1 with W = RT scaled
+    by y_a row by row. Each segment's last panel may run over zero rows of Phi, adding zeros
+    to the next segment's rows of slot. W has RT's shape."""
+    Fp = slot.shape[0]
+    r0 = 0
+    for a in range(-1, d):  # a = -1: the constant row and y, weighted by R itself
+        if a >= 0:
+            scale_rows(RT, Phi[1 + a], W, nb)
+        n_rows = d - a
+        rows = min(Fp - r0, (n_rows + PANEL_ROWS - 1) // PANEL_ROWS * PANEL_ROWS)
+        # One call for all: each call site of the product costs compile time of its own.
+        panel_product(Phi[1 + a:], RT if a < 0 else W, slot[r0:r0 + rows], n_rows, nb)
+        r0 += n_rows
+
+
 @njit(**_jit)
 def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik, resp_out,
                labels, scratch):
@@ -262,14 +307,19 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
     best = best_buf[: nbp if labels.shape[0] > 0 else 0]  # the labels only if wanted
     ll = ll_buf[:nbp]
     work = matrix(work_buf, 2, nbp)
+    stored = _stores_features(kind, d, Kv)
     if _diag_tiles_fit(kind, d, nb):
         _diag_features_from_rows(X, s0, s1, centre, Phi)
     else:
         _load_columns(X, s0, s1, XT)
-        _features(kind, XT, centre, Phi)
-    _zero_padding(Phi, F, nb, zeroed)
+        _features(kind if stored else TIED, XT, centre, Phi)  # 'tied': 1 and y only
+    # Rows past those written stay zero, as the panels need.
+    _zero_padding(Phi, F if stored else 1 + d, nb, zeroed)
     # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
-    log_density_product(eta, Phi, logp, F, work[0], K)
+    if stored:
+        log_density_product(eta, Phi, logp, F, work[0], K)
+    else:
+        quadratic_log_density_product(eta, Phi, logp, d, work[0], K)
     if best.shape[0] > 0:  # the labels are wanted
         _normalize(logp_K, R, best, ll, work, True)
     else:
@@ -282,7 +332,10 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
         for i in range(nb):
             for k in range(K):
                 RT[i, k] = R[k, i]
-        panel_product(Phi, RT, slot, F, nb)
+        if stored:
+            panel_product(Phi, RT, slot, F, nb)
+        else:
+            _full_stats(Phi, RT, matrix(logp_buf, nb, Kv), slot, d, nb)  # logp is spent
     return total, -1
 
 
