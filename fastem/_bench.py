@@ -60,7 +60,7 @@ import numpy as np
 
 from ._kernels.gaussian import DIAG, FULL, SPHERICAL, TIED
 from ._kernels.gaussian_expanded import n_features_expanded, scatter_rows
-from ._params import EXPANDED_FEATURES, EXPANDED_MIN_COMPONENTS
+from ._params import EXPANDED_FEATURES, EXPANDED_MIN_COMPONENTS, expanded_min_components
 
 __all__ = [
     "PEERS", "COVARIANCE_TYPES", "Unavailable", "EarlyStop", "Start", "Ceilings", "PeerTiming",
@@ -169,8 +169,8 @@ def warm_up_fastem(covariance_types=("full", "diag"), dtypes=(np.float64,), thre
                 Xd = X.astype(dtype)
                 Xd.setflags(write=writeable)
                 for cov in covariance_types:
-                    # both kernels: the per-component one, and from EXPANDED_MIN_COMPONENTS
-                    # components on the expanded one
+                    # both kernels: the per-component one (which every fit's start runs),
+                    # and from EXPANDED_MIN_COMPONENTS components on the expanded one
                     for k in (2, EXPANDED_MIN_COMPONENTS):
                         GaussianMixture(k, covariance_type=cov, max_iter=2,
                                         n_jobs=threads).fit(Xd)
@@ -537,7 +537,7 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
 
     Plus ``ROW_FLOPS`` (4) per row, and for 'full' d per row to centre x on c. Where the
     expanded kernel runs (``fastem._params.EXPANDED_FEATURES`` for the covariance type, at
-    least ``EXPANDED_MIN_COMPONENTS`` components; the benchmark's well-separated data always
+    least ``expanded_min_components`` components; the benchmark's well-separated data always
     passes its accuracy test), the kernel count is the expanded form's instead: 2 F' for the
     log-densities eta Phi and 2 F' for the statistics Phi R^T per component, F' = 8 ceil(F / 8)
     with F = 1 + d + d(d+1)/2 ('full'), 1 + 2d ('diag'), 2 + d ('spherical') or
@@ -564,7 +564,7 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
     dp = 4 * math.ceil(d / 4)
     maha = 2 * d * d if dense or d >= _KERNEL_SMALL_D else d * (d + 1)
     scatter = 2 * d * d if dense else dp * (dp + 4)
-    expanded = (not dense and K >= EXPANDED_MIN_COMPONENTS
+    expanded = (not dense and K >= expanded_min_components(covariance_type, d)
                 and d in EXPANDED_FEATURES.get(covariance_type, ()))
     if expanded:
         kind = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}[covariance_type]

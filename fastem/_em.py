@@ -138,7 +138,7 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     ``mode`` HARD assigns each row wholly to its most likely component; GIVEN takes the
     responsibilities of each chunk from ``resp_for_chunk(start, m)``.
     """
-    expanded = params.expanded_layout() if mode == SOFT else None
+    expanded = params.expanded_layout(source.n_samples) if mode == SOFT else None
     if expanded is not None:
         return _accumulate_expanded(source, params, *expanded, chunk_size=chunk_size)
     kind, shift, centre, prec, aux, const = params.kernel_layout()
@@ -223,7 +223,8 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
     Outputs are arrays of n_samples rows (float64 log-likelihoods and responsibilities, int64
     labels), possibly memory-mapped; each chunk's rows are written as soon as computed.
     """
-    expanded = params.expanded_layout()  # (kind, centre, eta, row_factor) or None
+    # (kind, centre, eta, row_factor), or None for the per-component kernel
+    expanded = params.expanded_layout(source.n_samples)
     kind, shift, centre, prec, aux, const = params.kernel_layout()
     K = shift.shape[0]
     no_resp = np.empty((0, K))

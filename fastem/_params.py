@@ -37,11 +37,30 @@ _KIND = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
 #   d = 64, K = 16; 0.328 vs 0.571 at d = 64, K = 64; at d = 1 they tie (1.03 and 1.05 times
 #   at K = 5 and 64). At d = 128 (200k rows) its two (d, d) sums per row, whatever K,
 #   outweigh what it saves per component: 0.143 vs 0.129 s at K = 8;
-# - with K <= 4 they tie ('full' at d = 64, 300k rows: 0.171 vs 0.169 s; 'diag' at d = 8:
-#   0.0175 vs 0.0176): the panels' and tiles' 8 columns are then half empty.
+# - with K <= 4 the panels' and tiles' 8 columns are half empty, and the per-component kernel
+#   is as fast or faster (in one process, passes alternating, 1M rows: 'diag' 1.19 times at
+#   d = 2, K = 2, 1.24-1.27 at K = 4 and d = 8 to 64; 'full' 1.08 at d = 12 and 16, 1.13 at
+#   d = 64, K = 4; 'spherical' and 'tied' within 6% but for 'tied' d = 2, K = 2, 1.21) except
+#   for 'full' up to EXPANDED_SMALL_FULL features, whose (d, d) per-component work costs more
+#   than the padding: 0.88 at d = 2, K = 2, 0.73 at K = 3, 0.63-0.79 at d = 2 to 4, K = 4,
+#   0.91 at d = 8, K = 4. That is per row: below EXPANDED_SMALL_FULL_ROWS rows (a pass of a
+#   millisecond or two) it would not repay loading the expanded kernel, which a fit's start
+#   does not need (0.1 s from Numba's cache: a warm first fit of 1000 rows took 1.39 s
+#   instead of 1.28; compiled, 9 s).
 EXPANDED_FEATURES = {"full": range(1, 65), "tied": range(1, 65), "diag": range(1, 513),
                      "spherical": range(1, 513)}
 EXPANDED_MIN_COMPONENTS = 5
+EXPANDED_SMALL_FULL = 8
+EXPANDED_SMALL_FULL_ROWS = 100_000
+
+
+def expanded_min_components(covariance_type, n_features, n_rows=None):
+    """The fewest components with which a mixture of `n_features` runs the expanded kernel
+    over `n_rows` rows (None: unknown, as many as may be), as set out above."""
+    if (covariance_type == "full" and n_features <= EXPANDED_SMALL_FULL
+            and (n_rows is None or n_rows >= EXPANDED_SMALL_FULL_ROWS)):
+        return min(2, EXPANDED_MIN_COMPONENTS)
+    return EXPANDED_MIN_COMPONENTS
 # ... and only while the expanded quadratic form's rounding error, in log-density units,
 # stays below ~2e-11 for rows within 3 sigma of their component: a bound on it is eps times
 # max_k (|m_k| + 3 sigma_k)' |Lambda_k| (|m_k| + 3 sigma_k), with m_k = mu_k - c, and this
@@ -190,15 +209,15 @@ class GaussianParams:
     def _centre(self):
         return self.weights @ self.means / self.weights.sum()
 
-    def expanded_layout(self):
+    def expanded_layout(self, n_rows=None):
         """(kind, centre, eta, row_factor) as
         `fastem._kernels.gaussian_expanded.expanded_pass` reads them, or None where that
-        kernel would be slower or lose accuracy (see EXPANDED_FEATURES,
-        EXPANDED_MIN_COMPONENTS and EXPANDED_MAX_SCALE)."""
+        kernel would be slower over `n_rows` rows (None: unknown) or lose accuracy (see
+        EXPANDED_FEATURES, expanded_min_components and EXPANDED_MAX_SCALE)."""
         ct = self.covariance_type
         K, d = self.means.shape
         if (ct not in EXPANDED_FEATURES or d not in EXPANDED_FEATURES[ct]
-                or K < EXPANDED_MIN_COMPONENTS):
+                or K < expanded_min_components(ct, d, n_rows)):
             return None
         U = self.precisions_cholesky
         centre = self._centre()

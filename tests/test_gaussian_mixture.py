@@ -26,6 +26,7 @@ import fastem._params
 from fastem import GaussianMixture, reference
 from fastem._em import GIVEN, accumulate, kernel_rows, whole_blocks
 from fastem._kernels._config import BLOCK_ROWS
+from fastem._init import _unit_precisions
 from fastem._params import GaussianParams, precisions_cholesky_from_precisions
 from fastem.data import ArraySource
 from helpers import dense_covariances
@@ -166,6 +167,28 @@ def test_both_kernels_match_reference(blobs, kernel, covariance_type, n_features
     layout = GaussianParams(covariance_type, *start[:3]).expanded_layout()
     assert (layout is not None) == (kernel == "expanded")
     assert_iterations_match_reference(X, covariance_type, start)
+
+
+def test_small_full_mixtures_run_the_expanded_kernel_over_many_rows():
+    """'full' up to EXPANDED_SMALL_FULL features runs the expanded kernel from 2 components,
+    but only over EXPANDED_SMALL_FULL_ROWS rows or more (or an unknown number): fewer would
+    not repay loading it. Other covariance types and more features keep the general rule."""
+    rng = np.random.default_rng(0)
+
+    def layout(covariance_type, d, K, n_rows):
+        means = rng.normal(size=(K, d)) * 3.0
+        params = GaussianParams(covariance_type, np.full(K, 1.0 / K), means,
+                                _unit_precisions(covariance_type, K, d))
+        return params.expanded_layout(n_rows)
+
+    many = fastem._params.EXPANDED_SMALL_FULL_ROWS
+    d_small = fastem._params.EXPANDED_SMALL_FULL
+    assert layout("full", 2, 2, many) is not None
+    assert layout("full", d_small, 4, None) is not None
+    assert layout("full", 2, 3, many - 1) is None
+    assert layout("full", d_small + 1, 4, many) is None
+    assert layout("diag", 2, 4, many) is None
+    assert layout("full", 2, fastem._params.EXPANDED_MIN_COMPONENTS, 10) is not None
 
 
 @ignore_convergence
