@@ -4,9 +4,10 @@ The kernels move their data in 8-lane float64 vectors, 64 bytes, one cache line 
 Numba aligns the arrays it makes to 32 bytes only, so whether a task's scratch began on a line
 was luck, the same in every run of a process but not from one process or shape to the next:
 when it did not, every vector load and store from it touched two lines. Made with the
-intrinsics here, a pass took 3-12% less than with Numba's arrays (paired in one process, 2
-threads; 'full' d = 64, K = 16: 11%). The data's own rows are read once, into these buffers:
-their alignment changed nothing measurable (d = 2 to 64).
+intrinsics here, a pass took 1.5-12% less than with Numba's arrays at 20 shapes (paired in
+one process, 2 threads; 'full' d = 64, K = 16: 11%), or as much as before where Numba's
+happened to fall on lines. The data's own rows are read once, into these buffers: their
+alignment changed nothing measurable (d = 2 to 64).
 """
 
 from llvmlite import ir
