@@ -22,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 import fastem._kernels.gaussian
+import fastem._kernels.gaussian_expanded
 import fastem._params
 from fastem import GaussianMixture, reference
 from fastem._em import GIVEN, accumulate, kernel_rows, whole_blocks
@@ -473,6 +474,21 @@ def test_bits_do_not_depend_on_threads_or_block_multiple_chunks(blobs, kernel, c
     for name in PARAMS:
         assert_rel(getattr(other, name), getattr(serial, name), 1e-12, err_msg=name)
     assert_rel(other.lower_bounds_, serial.lower_bounds_, 1e-12)
+
+
+@ignore_convergence
+def test_bits_do_not_depend_on_threads_or_chunks_without_stored_features(blobs):
+    """The same for 'full' at d >= UNSTORED_MIN_FEATURES, whose quadratic features are formed
+    in registers and whose statistics are summed segment by segment (and predictions too)."""
+    d = fastem._kernels.gaussian_expanded.UNSTORED_MIN_FEATURES + 1
+    X = blobs(N_ODD, 10, d, spread=1.5, scale=3.0, seed=12)[0]
+    base = dict(n_components=10, covariance_type="full", random_state=0, tol=0, max_iter=3)
+    serial = GaussianMixture(n_jobs=1, **base).fit(X)
+    assert GaussianParams("full", serial.weights_, serial.means_,
+                          serial.precisions_cholesky_).expanded_layout() is not None
+    for kwargs in [dict(n_jobs=2), dict(chunk_size=BLOCK_ROWS, n_jobs=2),
+                   dict(chunk_size=3 * BLOCK_ROWS)]:
+        assert_identical_fits(GaussianMixture(**kwargs, **base).fit(X), serial, X)
 
 
 @ignore_convergence
