@@ -45,13 +45,20 @@ _KIND = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
 #   than the padding: 0.88 at d = 2, K = 2, 0.73 at K = 3, 0.63-0.79 at d = 2 to 4, K = 4,
 #   0.91 at d = 8, K = 4. That is per row: below EXPANDED_SMALL_FULL_ROWS rows (a pass of a
 #   millisecond or two) it would not repay loading the expanded kernel, which a fit's start
-#   does not need (0.1 s from Numba's cache: a warm first fit of 1000 rows took 1.39 s
-#   instead of 1.28; compiled, 9 s).
+#   does not need (about 0.1 s from Numba's cache, 9 s to compile).
 EXPANDED_FEATURES = {"full": range(1, 65), "tied": range(1, 65), "diag": range(1, 513),
                      "spherical": range(1, 513)}
 EXPANDED_MIN_COMPONENTS = 5
 EXPANDED_SMALL_FULL = 8
 EXPANDED_SMALL_FULL_ROWS = 100_000
+# ... and only while the expanded quadratic form's rounding error, in log-density units,
+# stays below ~2e-11 for rows within 3 sigma of their component: a bound on it is eps times
+# max_k (|m_k| + 3 sigma_k)' |Lambda_k| (|m_k| + 3 sigma_k), with m_k = mu_k - c, and this
+# is the largest scale allowed: 2e-11 is far below float32 input precision and any
+# statistical error, and |Lambda| overstates the error of correlated covariances. Beyond it
+# (components hundreds of sigmas from the data's centre, or nearly singular) the
+# per-component kernel runs, whose error is only linear in |m_k|.
+EXPANDED_MAX_SCALE = 1e5
 
 
 def expanded_min_components(covariance_type, n_features, n_rows=None):
@@ -61,14 +68,7 @@ def expanded_min_components(covariance_type, n_features, n_rows=None):
             and (n_rows is None or n_rows >= EXPANDED_SMALL_FULL_ROWS)):
         return min(2, EXPANDED_MIN_COMPONENTS)
     return EXPANDED_MIN_COMPONENTS
-# ... and only while the expanded quadratic form's rounding error, in log-density units,
-# stays below ~2e-11 for rows within 3 sigma of their component: a bound on it is eps times
-# max_k (|m_k| + 3 sigma_k)' |Lambda_k| (|m_k| + 3 sigma_k), with m_k = mu_k - c, and this
-# is the largest scale allowed: 2e-11 is far below float32 input precision and any
-# statistical error, and |Lambda| overstates the error of correlated covariances. Beyond it
-# (components hundreds of sigmas from the data's centre, or nearly singular) the
-# per-component kernel runs, whose error is only linear in |m_k|.
-EXPANDED_MAX_SCALE = 1e5
+
 
 _ILL_DEFINED = (
     "Fitting the mixture model failed because some components have ill-defined empirical "

@@ -20,7 +20,8 @@ features on (d >= 10 for 'full'), or 32 with more than 8 components, both produc
 the register panels of ``_panels.py``, on sub-blocks of :func:`sub_rows` rows so that Phi
 stays in the core's cache; below, where the exp and log of the log-sum-exp dominate, on
 whole blocks: the log-densities in panels (3.5% faster than a BLAS call at 'diag' d = 16,
-K = 16), the statistics in the row-wise sums of ``_tiles.py``.
+K = 16), the statistics in the row-wise sums of ``_tiles.py``. 'full' from d = 48 with at
+most 16 components never stores Phi's quadratic rows at all (:data:`UNSTORED_MIN_FEATURES`).
 
 'tied''s quadratic term q(y) = -|U^T y|^2 / 2 (U U^T the shared precision) is the same for
 every component: it leaves the responsibilities alone, so it stays out of eta and is taken
