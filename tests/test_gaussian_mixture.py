@@ -680,6 +680,27 @@ def test_per_component_kernel_takes_whole_blocks(overlapping):
             np.zeros((K, 1, d)), np.empty(0), np.empty((0, K)), np.empty(0, dtype=np.int64))
 
 
+@pytest.mark.parametrize("n_components", [10, 20, 30], ids=["Kv16", "Kv24", "Kv32"])
+def test_unstored_full_statistics_match_the_per_component_kernel(blobs, monkeypatch,
+                                                                  n_components):
+    """At d = 64, where 'full' never stores its quadratic features with up to 32 padded
+    components, one pass gives the per-component kernel's log-likelihood and, through the
+    M-step, its parameters: the quadratic statistics summed segment by segment as
+    sum y_b (y_a r), for one and several panels of components."""
+    X = blobs(3000, n_components, 64, spread=1.5, scale=3.0, seed=4)[0]
+    weights, means, prec_chol, _ = random_start(X, "full", n_components, seed=5)
+    params = GaussianParams("full", weights, means, prec_chol)
+    assert params.expanded_layout(X.shape[0]) is not None
+    expanded = accumulate(ArraySource(X), params)
+    monkeypatch.setattr(fastem._params, "EXPANDED_FEATURES", {})
+    per_component = accumulate(ArraySource(X), params)
+    assert expanded.loglik == pytest.approx(per_component.loglik, rel=1e-12)
+    found = GaussianParams.from_stats(expanded, 1e-6)
+    expected = GaussianParams.from_stats(per_component, 1e-6)
+    for name in ("weights", "means", "covariances"):
+        assert_rel(getattr(found, name), getattr(expected, name), 1e-10, err_msg=name)
+
+
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_statistics_add_up(overlapping, kernel, covariance_type):
     X = overlapping

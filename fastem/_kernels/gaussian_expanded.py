@@ -21,7 +21,8 @@ the register panels of ``_panels.py``, on sub-blocks of :func:`sub_rows` rows so
 stays in the core's cache; below, where the exp and log of the log-sum-exp dominate, on
 whole blocks: the log-densities in panels (3.5% faster than a BLAS call at 'diag' d = 16,
 K = 16), the statistics in the row-wise sums of ``_tiles.py``. 'full' from d = 48 with at
-most 16 components never stores Phi's quadratic rows at all (:data:`UNSTORED_MIN_FEATURES`).
+most 16 components, and at d = 64 with at most 32, never stores Phi's quadratic rows at all
+(:data:`UNSTORED_MIN_FEATURES`).
 
 'tied''s quadratic term q(y) = -|U^T y|^2 / 2 (U U^T the shared precision) is the same for
 every component: it leaves the responsibilities alone, so it stays out of eta and is taken
@@ -252,17 +253,24 @@ def _tied_terms(Phi, phi, d, nb, row_factor, Z, acc, ll, compute_stats, scatter)
 # cache took 20% of a pass at d = 64, K = 16. The products then multiply a little more (the
 # y_a y_b for every 8 components, R y_a for every a, and panels that end on padding), which
 # outweighs it as K grows or d shrinks. Passes against storing them (2 threads, paired):
-# d = 64: K = 8 0.985, K = 16 0.875-0.90, K = 32 0.93, K = 64 0.98; d = 48: K = 16 0.95,
-# K = 64 1.06; d = 32: K = 8 1.02, K = 16 0.98-1.02, K = 64 1.10; d = 40, K = 32 1.06.
+# d = 64: K = 8 0.83-0.985, K = 16 0.875-0.90, K = 32 0.915, K = 64 0.98; d = 56, K = 24
+# 1.003; d = 48: K = 16 0.95-0.965, K = 32 1.018, K = 64 1.06; d = 40, K = 32 1.06;
+# d = 32: K = 8 1.02, K = 16 0.98-1.02, K = 64 1.10-1.24. Hence up to 16 padded components
+# from UNSTORED_MIN_FEATURES on, and up to 32 at the expanded kernel's largest d, 64.
 UNSTORED_MIN_FEATURES = 48
 UNSTORED_MAX_COMPONENTS = 16
+UNSTORED_MAX_COMPONENTS_AT_64 = 32
 
 
 @njit(inline="always", **_jit)
 def _stores_features(kind, d, Kv):
     """Whether a sub-block of covariance `kind` with Kv padded components writes all its
     features to Phi."""
-    return kind != FULL or d < UNSTORED_MIN_FEATURES or Kv > UNSTORED_MAX_COMPONENTS
+    if kind != FULL:
+        return True
+    if Kv <= UNSTORED_MAX_COMPONENTS:
+        return d < UNSTORED_MIN_FEATURES
+    return Kv > UNSTORED_MAX_COMPONENTS_AT_64 or d < 64
 
 
 @njit(**_jit)
