@@ -515,4 +515,7 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
         bad = _merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2)
         if bad >= 0:
             return bad
+    # Numba frees a local array after its last use: this one keeps the slots, which the tasks
+    # reached through borrowed views only, for as long as the loop may run.
+    keep_alive((p0, p1, p2))
     return -1

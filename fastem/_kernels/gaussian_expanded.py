@@ -560,4 +560,5 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
                      loglik, no_stats_1d, stats, scatter)
         if bad >= 0:
             return bad
+    keep_alive((slots, scatter_slots))  # as in ``gaussian.gaussian_pass``
     return -1
