@@ -758,6 +758,51 @@ def test_tied_scatter_of_the_expanded_kernel(n_features):
     assert_rel(stats.s2, Y.T @ Y, 1e-13)
 
 
+@pytest.mark.parametrize(("covariance_type", "n_features", "n_components"), [
+    ("full", 2, 3), ("spherical", 2, 9), ("tied", 2, 9), ("diag", 4, 6), ("diag", 3, 10),
+])
+def test_expanded_statistics_stay_zero_past_the_features_and_components(
+        covariance_type, n_features, n_components):
+    """Whole blocks sum their statistics in 4 x 4 tiles only up to the last tile that holds a
+    feature and a component, and zero the rest of their slot: the totals' entries past the F
+    features and past the K components stay exactly zero, as ``expanded_pass`` promises,
+    while the entries inside them are numpy's sums of phi(x - c) r_k."""
+    rng = np.random.default_rng(18)
+    X = rng.normal(size=(3 * BLOCK_ROWS + 17, n_features)) * 2.0
+    weights, means, _, precisions = random_start(X, covariance_type, n_components, seed=19)
+    params = GaussianParams(covariance_type, weights, means,
+                            precisions_cholesky_from_precisions(precisions, covariance_type))
+    kind, centre, eta, row_factor = params.expanded_layout()
+    gx = fastem._kernels.gaussian_expanded
+    assert not gx.uses_sub_blocks(kind, *eta.shape[::-1])
+    F, (Kv, Fp) = gx.n_features_expanded(kind, n_features), eta.shape
+    totals = np.zeros((Fp, Kv))
+    scatter = np.zeros((1, n_features, n_features) if covariance_type == "tied" else (0, 0, 0))
+    resp = np.empty((X.shape[0], n_components))
+    bad = gx.expanded_pass(kind, kernel_rows(X, n_features), centre, eta, row_factor,
+                           n_components, True, BLOCK_ROWS, 16, 2, np.zeros(1), totals, scatter,
+                           np.empty(0), np.empty((0, n_components)), np.empty(0, np.int64))
+    assert bad == -1
+    assert not totals[F:].any() and not totals[:, n_components:].any()
+    # The responsibilities from a pass without statistics, and the features as written out.
+    gx.expanded_pass(kind, kernel_rows(X, n_features), centre, eta, row_factor, n_components,
+                     False, BLOCK_ROWS, 16, 2, np.zeros(1), np.empty((0, 0)),
+                     np.empty((0, 0, 0)), np.empty(0), resp, np.empty(0, np.int64))
+    Y = X - centre
+    if covariance_type == "full":
+        a, b = np.triu_indices(n_features)
+        quadratic = Y[:, a] * Y[:, b]
+    elif covariance_type == "diag":
+        quadratic = Y**2
+    elif covariance_type == "spherical":
+        quadratic = (Y**2).sum(axis=1, keepdims=True)
+    else:
+        quadratic = np.empty((X.shape[0], 0))
+    Phi = np.hstack([np.ones((X.shape[0], 1)), Y, quadratic])
+    assert Phi.shape[1] == F
+    assert_rel(totals[:F, :n_components], Phi.T @ resp, 1e-12)
+
+
 def assert_stats_close(a, b, rtol):
     assert a.covariance_type == b.covariance_type
     assert_array_equal(a.shift, b.shift)

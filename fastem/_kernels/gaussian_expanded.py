@@ -53,7 +53,7 @@ from ._panels import (
     quadratic_log_density_product,
     scale_rows,
 )
-from ._tiles import tile_products
+from ._tiles import TILE, tile_products
 from ._transpose import diag_features_tile, transpose_tile
 from ._views import borrowed, keep_alive, matrix
 from .gaussian import (
@@ -414,9 +414,13 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
     ll = ll_buf[:nbp]
     work = matrix(work_buf, 2, nbp)
     # R's rows past K are never written: zeroed once per layout, like Phi's padding (whose
-    # _zero_padding below then records this layout in `zeroed`).
+    # _zero_padding below then records this layout in `zeroed`). In loops: a slice assignment
+    # here is a parallel loop of Numba's, which it drops as dead when R itself is not read
+    # again (the statistics read these rows through a view of their own).
     if zeroed[0] != nbp:
-        R[K:] = 0.0
+        for k in range(K, Kv):
+            for i in range(nbp):
+                R[k, i] = 0.0
     if _diag_tiles_fit(kind, d, nb):
         _diag_features_from_rows(X, r0, r1, centre, Phi)
     else:
@@ -436,8 +440,17 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
     if bad >= 0:
         return 0.0, bad
     _write_rows(r0, ll_buf[:nb], R_K, best, row_loglik, resp_out, labels)
-    if compute_stats:  # written whole: no zeroing first
-        tile_products(Phi, R, nb, slot, False, False)
+    if compute_stats:
+        # Written whole (no zeroing first), but only to the last tile holding a feature and
+        # a component: the slot's entries past those are zeroed, not computed from padding.
+        # Passes took 0.83-0.96 of the time where F or K is not a multiple of 4 ('spherical'
+        # and 'tied' at d = 2, 'full' at d = 2 to 4 with 2 or 3 components, K = 9).
+        F4 = (F + TILE - 1) // TILE * TILE
+        K4 = (K + TILE - 1) // TILE * TILE
+        tile_products(matrix(phi, F4, nbp), matrix(r_buf, K4, nbp), nb, slot, False, False)
+        for f in range(Fp):
+            for k in range(0 if f >= F4 else K4, Kv):
+                slot[f, k] = 0.0
     return total, -1
 
 
