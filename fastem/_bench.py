@@ -513,7 +513,7 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
     """Floating-point operations per row of one fused pass (E-step and statistics).
 
     A multiply-add counts two; an exp or a log counts one (fastem's vectorized exp is really
-    a range reduction and a degree-11 polynomial, about 20 operations, so at few features,
+    a range reduction and a degree-11 polynomial, about 17 operations, so at few features,
     where the exps dominate, both the achieved GF/s and the floor understate the arithmetic
     done). Per row and component (d features):
 
