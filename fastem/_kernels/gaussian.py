@@ -273,8 +273,9 @@ def _write_rows(r0, ll, R, best, row_loglik, resp_out, labels):
 
 
 @njit(**_jit)
-def _stats(kind, XT, R, shift, p0, p1, p2, ones, second, DT, WT):
-    """One block's statistics into its own slot (p0, p1, p2).
+def _stats(kind, XT, R, shift, p0, p1, p2, ones, second, DT, WT, centred):
+    """One block's statistics into its own slot (p0, p1, p2); with `centred` ('tied' only),
+    DT already holds the rows less c.
 
     Every sum over the rows is a :func:`row_dot`, a :func:`centred_moments` or a tile of
     :func:`tile_products`, in vector lanes: as scalar running sums they took one 4-cycle add
@@ -301,7 +302,7 @@ def _stats(kind, XT, R, shift, p0, p1, p2, ones, second, DT, WT):
                 p2[k, 0, 0] = sq
         return
     for k in range(K):
-        if kind == FULL or k == 0:  # 'tied' shares its centred rows
+        if kind == FULL or (k == 0 and not centred):  # 'tied' shares its centred rows
             _centre(XT, shift[k], DT)
         for j in range(d):
             p1[k, j] = row_dot(R, k, DT, j, nb)
@@ -345,7 +346,10 @@ def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, comp
             for k in range(K):
                 R[k, i] = resp_in[r0 + i, k]
     else:
-        _logp(kind, XT, shift, centre, prec, aux, const, logp, acc, DT, YT, ones_d, scale)
+        # 'tied''s statistics are about c too (shift[k] = c): its centred rows go straight
+        # to their place in DS, which the statistics then read as they are.
+        _logp(kind, XT, shift, centre, prec, aux, const, logp, acc,
+              DS[:XT.shape[0]] if kind == TIED else DT, YT, ones_d, scale)
         best = best_buf[: nb if mode == HARD or labels.shape[0] > 0 else 0]
         _normalize(logp, R, best, ll, work, False)
         total, bad = _total_loglik(X, r0, r1, ll)
@@ -359,7 +363,8 @@ def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, comp
                 R[best[i], i] = 1.0
         _write_rows(r0, ll, R, best, row_loglik, resp_out, labels)
     if compute_stats:
-        _stats(kind, XT, R, shift, p0, p1, p2, ones, second, DS, WT)
+        _stats(kind, XT, R, shift, p0, p1, p2, ones, second, DS, WT,
+               kind == TIED and mode != GIVEN)
     return total, -1
 
 
