@@ -132,15 +132,21 @@ def _check_loglik(loglik):
 
 
 def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
-               resp_for_chunk=None) -> GaussianStats:
+               resp_for_chunk=None, rows_scatter=None) -> GaussianStats:
     """One pass over ``source``: the statistics for the M-step, and the log-likelihood sum.
 
     ``mode`` HARD assigns each row wholly to its most likely component; GIVEN takes the
     responsibilities of each chunk from ``resp_for_chunk(start, m)``.
+
+    ``rows_scatter``, for 'tied': statistics of an earlier pass over the same rows. The
+    unweighted scatter sum_n (x_n - c)(x_n - c)^T depends on the rows alone, so it is moved to
+    this pass's c from there (:meth:`GaussianStats.recentred`) instead of summed again, where
+    the kernel would sum it as a (d, d) product per row: the expanded kernel skips it.
     """
     expanded = params.expanded_layout(source.n_samples) if mode == SOFT else None
     if expanded is not None:
-        return _accumulate_expanded(source, params, *expanded, chunk_size=chunk_size)
+        return _accumulate_expanded(source, params, *expanded, chunk_size=chunk_size,
+                                    rows_scatter=rows_scatter)
     kind, shift, centre, prec, aux, const = params.kernel_layout()
     stats = GaussianStats.zeros(params.covariance_type, shift)
     K, d = shift.shape
@@ -179,13 +185,16 @@ def _tasks():
 
 
 def _accumulate_expanded(source, params, kind, centre, eta, row_factor, *,
-                         chunk_size=None) -> GaussianStats:
+                         chunk_size=None, rows_scatter=None) -> GaussianStats:
     """:func:`accumulate` by the expanded kernel: statistics around the one centre c."""
     K, d = params.means.shape
     n_feat = n_features_expanded(kind, d)
     totals = np.zeros(eta.shape[::-1])  # phi(x - c) r_k summed over rows, a column per component
     tied = params.covariance_type == "tied"
-    scatter = np.zeros((1, d, d) if tied else (0, 0, 0))  # 'tied': sum of (x - c)(x - c)^T
+    shift = np.repeat(centre[None], K, axis=0)
+    # 'tied': sum of (x - c)(x - c)^T, summed by the kernel unless known from an earlier pass
+    summed = tied and rows_scatter is None
+    scatter = np.zeros((1, d, d) if summed else (0, 0, 0))
     waves = _wave_blocks(totals.size + scatter.size)
     loglik = np.zeros(1)
     no_resp = np.empty((0, K))
@@ -205,13 +214,14 @@ def _accumulate_expanded(source, params, kind, centre, eta, row_factor, *,
         a, b = upper_pairs(d)
         s2[:, a, b] = second
         s2[:, b, a] = second
-    elif tied:  # the kernel's whole product, symmetric to the bit
+    elif summed:  # the kernel's whole product, symmetric to the bit
         s2 = scatter[0]
+    elif tied:
+        s2 = rows_scatter.recentred(shift).s2
     elif params.covariance_type == "diag":
         s2 = np.ascontiguousarray(second)
     else:
         s2 = second[:, 0].copy()
-    shift = np.repeat(centre[None], K, axis=0)
     return GaussianStats(params.covariance_type, shift, n, float(loglik[0]),
                          totals[0, :K].copy(), np.ascontiguousarray(totals[1 : 1 + d, :K].T), s2)
 
@@ -311,9 +321,12 @@ def em_loop(source, params: GaussianParams, *, tol, reg_covar, max_iter, chunk_s
     """
     lower_bounds = []
     converged = False
+    rows_scatter = None  # 'tied': the first pass's statistics, for its unweighted scatter
     for n_iter in range(1, max_iter + 1):
         previous = lower_bound
-        stats = accumulate(source, params, chunk_size=chunk_size)
+        stats = accumulate(source, params, chunk_size=chunk_size, rows_scatter=rows_scatter)
+        if params.covariance_type == "tied" and rows_scatter is None:
+            rows_scatter = stats
         params = GaussianParams.from_stats(stats, reg_covar)
         lower_bound = stats.loglik / stats.n_samples
         lower_bounds.append(lower_bound)

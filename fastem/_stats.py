@@ -77,7 +77,9 @@ class GaussianStats:
         if self.covariance_type == "tied":
             total = s1.sum(axis=0)  # sum_n (x_n - c): responsibilities sum to 1 over k
             dc = delta[0]
-            new_s2 = s2 + np.outer(total, dc) + np.outer(dc, total) + self.n_samples * np.outer(dc, dc)
+            cross = np.outer(total, dc)
+            # Each term symmetric to the bit, as the scatter is: so is the sum.
+            new_s2 = s2 + (cross + cross.T) + self.n_samples * np.outer(dc, dc)
         elif self.covariance_type == "full":
             cross = s1[:, :, None] * delta[:, None, :]
             new_s2 = s2 + cross + cross.transpose(0, 2, 1) + s0[:, None, None] * (

@@ -758,6 +758,30 @@ def test_tied_scatter_of_the_expanded_kernel(n_features):
     assert_rel(stats.s2, Y.T @ Y, 1e-13)
 
 
+@pytest.mark.parametrize("n_features", [2, 16])
+def test_tied_scatter_moved_from_an_earlier_pass(kernel, n_features):
+    """After its first pass an EM fit takes 'tied''s unweighted scatter, which depends on the
+    rows alone, from that pass's statistics moved to the new centre, and the expanded kernel
+    skips its (d, d) product per row. Moved, it is the summed one to rounding, symmetric to the
+    bit, also for rows 1e4 from the origin; everything else is the same bits."""
+    rng = np.random.default_rng(20)
+    X = 1e4 + rng.normal(size=(3 * BLOCK_ROWS + 17, n_features)) * rng.uniform(0.5, 3.0,
+                                                                              n_features)
+    X[::2] += 4.0
+    first, moved = (GaussianParams("tied", *random_start(X, "tied", 6, seed=seed)[:3])
+                    for seed in (21, 22))
+    assert (moved.expanded_layout() is not None) == (kernel == "expanded")
+    earlier = accumulate(ArraySource(X), first)
+    summed = accumulate(ArraySource(X), moved)
+    reused = accumulate(ArraySource(X), moved, rows_scatter=earlier)
+    assert not np.array_equal(earlier.shift, summed.shift)
+    assert_array_equal(reused.s2, reused.s2.T)
+    assert_rel(reused.s2, summed.s2, 1e-11)
+    assert reused.loglik == summed.loglik and reused.n_samples == summed.n_samples
+    for name in ("shift", "s0", "s1"):
+        assert_array_equal(getattr(reused, name), getattr(summed, name), err_msg=name)
+
+
 @pytest.mark.parametrize(("covariance_type", "n_features", "n_components"), [
     ("full", 2, 3), ("spherical", 2, 9), ("tied", 2, 9), ("diag", 4, 6), ("diag", 3, 10),
 ])

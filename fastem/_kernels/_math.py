@@ -79,9 +79,10 @@ def exp_nonpositive(x):
     for -inf).
 
     exp(x) = 2^n exp(r) with n = round(x / ln 2) and |r| <= ln(2)/2, r exact thanks to ln 2
-    in two parts; 2^n from n's bits in the rounded float (``_ROUNDING``). That needs the kernels' fast-math to exclude reassociation, which would fold
-    the two parts back together (about |n| / 5 ulp). Below -708.4 the true value is
-    subnormal; as a responsibility it is 0 to double precision anyway.
+    in two parts, and 2^n made from n's bits in the rounded float (``_ROUNDING``). That needs
+    the kernels' fast-math to exclude reassociation, which would fold the two parts of ln 2
+    back together (about |n| / 5 ulp) and the rounding constant out of n. Below -708.4 the
+    true value is subnormal; as a responsibility it is 0 to double precision anyway.
     """
     xc = max(x, _EXP_FLOOR)
     shifted = xc * _LOG2E + _ROUNDING  # n + 1023 in its low bits (see _ROUNDING)

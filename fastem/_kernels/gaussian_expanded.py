@@ -435,7 +435,7 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
         normalize_columns(logp_K, R_K, ll, work[0], K)
     if kind == TIED:
         _tied_terms(Phi, phi, d, nb, row_factor, matrix(z_buf, row_factor.shape[0], nbp),
-                    work[1], ll, compute_stats, scatter)
+                    work[1], ll, compute_stats and scatter.shape[0] > 0, scatter)
     total, bad = _total_loglik(X, r0, r1, ll_buf[:nb])
     if bad >= 0:
         return 0.0, bad
@@ -498,7 +498,8 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
         In/out: sum over rows of phi(x - c) r_k, one column per component; entries past F
         and past K stay zero.
     scatter : (1, d, d) float64 for 'tied' with statistics, else (0, 0, 0)
-        In/out: sum over rows of (x - c)(x - c)^T.
+        In/out: sum over rows of (x - c)(x - c)^T. (0, 0, 0) for 'tied' too where the caller
+        has it already (it depends on the rows alone: ``fastem._em.accumulate``).
     row_loglik, resp_out, labels
         Out: as for ``gaussian.gaussian_pass`` (empty when not wanted).
 
@@ -512,7 +513,7 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
     W = min(wave_blocks, n_blocks)
     d = X.shape[1]
     Kv, Fp = eta.shape
-    tied_stats = kind == TIED and compute_stats
+    tied_stats = kind == TIED and compute_stats and scatter.shape[0] > 0
     if compute_stats:
         slots = aligned_empty(W * Fp * Kv).reshape((W, Fp, Kv))  # every slot aligned
     else:
@@ -529,8 +530,8 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
         raise ValueError("expanded_pass: eta or stats do not have the padded layout")
     if kind == TIED and (row_factor.shape[0] != padded(d) or row_factor.shape[1] != padded(d)
                          or Fp < 1 + scatter_rows(d)
-                         or (compute_stats and (scatter.shape[0] != 1 or scatter.shape[1] != d
-                                                or scatter.shape[2] != d))):
+                         or (tied_stats and (scatter.shape[0] != 1 or scatter.shape[1] != d
+                                             or scatter.shape[2] != d))):
         raise ValueError("expanded_pass: row_factor, eta or scatter do not have the padded "
                          "layout of 'tied'")
     S = sub_rows(kind, Fp, Kv, block_rows)
