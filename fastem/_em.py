@@ -140,8 +140,8 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
 
     ``rows_scatter``, for 'tied': statistics of an earlier pass over the same rows. The
     unweighted scatter sum_n (x_n - c)(x_n - c)^T depends on the rows alone, so it is moved to
-    this pass's c from there (:meth:`GaussianStats.recentred`) instead of summed again, where
-    the kernel would sum it as a (d, d) product per row: the expanded kernel skips it.
+    this pass's c from there (:meth:`GaussianStats.recentred`) instead of summed again as a
+    (d, d) product per row. For ``mode`` SOFT or HARD (responsibilities summing to 1).
     """
     expanded = params.expanded_layout(source.n_samples) if mode == SOFT else None
     if expanded is not None:
@@ -150,7 +150,11 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     kind, shift, centre, prec, aux, const = params.kernel_layout()
     stats = GaussianStats.zeros(params.covariance_type, shift)
     K, d = shift.shape
-    s2 = stats.s2.reshape(prec.shape[0], prec.shape[1], prec.shape[2])
+    if params.covariance_type == "tied" and rows_scatter is not None:
+        stats.s2 = rows_scatter.recentred(shift).s2
+        s2 = np.zeros((0, d, d))  # the kernel then skips it
+    else:
+        s2 = stats.s2.reshape(prec.shape[0], prec.shape[1], prec.shape[2])
     waves = _wave_blocks(K + K * d + s2.size)
     no_resp = np.empty((0, K))
     loglik = np.zeros(1)

@@ -310,7 +310,7 @@ def _stats(kind, XT, R, shift, p0, p1, p2, ones, second, DT, WT, centred):
             for j in range(d):
                 for i in range(nb):
                     WT[j, i] = R[k, i] * DT[j, i]
-        if kind == FULL or k == K - 1:
+        if kind == FULL or (k == K - 1 and p2.shape[0] > 0):  # 'tied': unless not wanted
             tile_products(WT if kind == FULL else DT, DT, nb, p2[k if kind == FULL else 0],
                           True, False)
     if kind == FULL or kind == TIED:  # exactly symmetric
@@ -456,7 +456,8 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
         In/out: running sum of the rows' log-likelihoods (unchanged in GIVEN mode). Carried
         across chunks, so that the sum follows block order whatever the chunking.
     s0 (K,), s1 (K, d), s2 (see module docstring) : float64
-        In/out: statistics, added to in block order.
+        In/out: statistics, added to in block order. 'tied' may pass s2 of shape (0, d, d):
+        its scatter is then not summed (the caller has it: ``fastem._em.accumulate``).
     row_loglik : (n,) float64 or (0,)
         Out: each row's log-likelihood, if not empty.
     resp_out : (n, K) float64 or (0, K)
