@@ -527,9 +527,9 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
                   2d^2; 8 for the normalization                   4x4 tiles dp(dp + 4),
                                                                   dp = 4 ceil(d / 4); 8
     tied          5d + 8 per component, plus per row 4d^2 + d     6d + 8 per component; per
-                  (one product with the shared factor and one     row 2d + Mahalanobis +
-                  unweighted scatter of x - c: responsibilities   dp(dp + 4) (K < 5 or
-                  sum to one)                                     d > 64)
+                  (one product with the shared factor and one     row 2d + Mahalanobis
+                  unweighted scatter of x - c: responsibilities   (K < 5 or d > 64); the
+                  sum to one)                                     scatter: see below
     diag          9d + 8: (x - mu) p, square, add 4d; x - mu,     the same
                   r t, sum, r t^2 and sum 5d
     spherical     8d + 9: x - mu, square, add 3d, one scale; 5d   9d + 8 (scales per feature)
@@ -542,8 +542,12 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
     log-densities eta Phi and 2 F' for the statistics Phi R^T per component, F' = 8 ceil(F / 8)
     with F = 1 + d + d(d+1)/2 ('full'), 1 + 2d ('diag'), 2 + d ('spherical') or
     1 + 4 ceil(d / 4) ('tied', its padded layout); per row the features, d + d(d+1)/2, 2d, 2d
-    or, for 'tied', d, and its product U^T y (2 d d8, d8 = 8 ceil(d / 8)), the squares of that
-    (2d) and its unweighted scatter (2 dp^2, dp = 4 ceil(d / 4)).
+    or, for 'tied', d, and its product U^T y (2 d d8, d8 = 8 ceil(d / 8)) and the squares of
+    that (2d).
+
+    The kernel count is that of an EM iteration after the first. 'tied''s unweighted scatter
+    depends on the rows alone: a fit sums it on its first pass only (dp(dp + 4) per row, the
+    expanded kernel 2 dp^2, dp = 4 ceil(d / 4)) and moves it to each later pass's centre.
 
     Parameters
     ----------
@@ -570,7 +574,7 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
         kind = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}[covariance_type]
         if kind == TIED:
             n_feat = 8 * math.ceil((1 + scatter_rows(d)) / 8)
-            per_row = d + 2 * d * 8 * math.ceil(d / 8) + 2 * d + 2 * dp * dp
+            per_row = d + 2 * d * 8 * math.ceil(d / 8) + 2 * d
         else:
             n_feat = 8 * math.ceil(n_features_expanded(kind, d) / 8)
             per_row = d + d * (d + 1) // 2 if covariance_type == "full" else 2 * d
@@ -580,9 +584,9 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
         sumsq = 3 * d if dense else 4 * d
         per_component = maha + sumsq + 3 * d + scatter + NORMALIZE_FLOPS
         per_row = d + ROW_FLOPS
-    elif covariance_type == "tied":
+    elif covariance_type == "tied":  # the kernel: no scatter after a fit's first pass
         per_component = (5 * d if dense else 6 * d) + NORMALIZE_FLOPS
-        per_row = (d if dense else 2 * d) + maha + scatter + ROW_FLOPS
+        per_row = (d if dense else 2 * d) + maha + (scatter if dense else 0) + ROW_FLOPS
     elif covariance_type == "diag":
         per_component = 9 * d + NORMALIZE_FLOPS
         per_row = ROW_FLOPS
