@@ -346,10 +346,7 @@ def _block(kind, mode, X, r0, r1, shift, centre, prec, aux, const, resp_in, comp
             for k in range(K):
                 R[k, i] = resp_in[r0 + i, k]
     else:
-        # 'tied''s statistics are about c too (shift[k] = c): its centred rows go straight
-        # to their place in DS, which the statistics then read as they are.
-        _logp(kind, XT, shift, centre, prec, aux, const, logp, acc,
-              DS[:XT.shape[0]] if kind == TIED else DT, YT, ones_d, scale)
+        _logp(kind, XT, shift, centre, prec, aux, const, logp, acc, DT, YT, ones_d, scale)
         best = best_buf[: nb if mode == HARD or labels.shape[0] > 0 else 0]
         _normalize(logp, R, best, ll, work, False)
         total, bad = _total_loglik(X, r0, r1, ll)
@@ -375,18 +372,22 @@ def _task_scratch(kind, d, K, n_y, rows):
     5-14% for 'full' and 'tied' at d = 16, K = 4):
 
     XT (d, rows), R and logp (K, rows), best and ll (rows,), work (2, rows), acc (rows,),
-    DT (d, rows), YT (n_y, rows) ('full' and 'tied': n_mats * d rows, else none), DS and WT
-    (dp, rows) (dp = 4 ceil(d / 4); WT for 'full' only) whose rows past d stay zero, ones
-    (1, rows), ones_d and scale (d,), second (K, d)."""
+    DT (d, rows; for 'tied' DS's first rows), YT (n_y, rows) ('full' and 'tied': n_mats * d
+    rows, else none), DS and WT (dp, rows) (dp = 4 ceil(d / 4); WT for 'full' only) whose
+    rows past d stay zero, ones (1, rows), ones_d and scale (d,), second (K, d)."""
     dp = (d + 3) // 4 * 4
     ones = aligned_matrix(1, rows)
     for i in range(rows):
         ones[0, i] = 1.0
+    DS = aligned_zeros(dp, rows)
+    # 'tied''s statistics are about c too (shift[k] = c): the log-densities' centred rows
+    # are made in their place in DS, which the statistics then read as they are.
+    DT = DS[:d] if kind == TIED else aligned_matrix(d, rows)
     return (aligned_matrix(d, rows), aligned_matrix(K, rows), aligned_matrix(K, rows),
             np.empty(rows, dtype=np.int64), aligned_empty(rows), aligned_matrix(2, rows),
-            aligned_empty(rows), aligned_matrix(d, rows), aligned_matrix(n_y, rows),
-            aligned_zeros(dp, rows), aligned_zeros(dp if kind == FULL else 0, rows), ones,
-            np.ones(d), np.empty(d), np.empty((K, d)))
+            aligned_empty(rows), DT, aligned_matrix(n_y, rows), DS,
+            aligned_zeros(dp if kind == FULL else 0, rows), ones, np.ones(d), np.empty(d),
+            np.empty((K, d)))
 
 
 # fastmath=False explicitly: Numba otherwise inherits the calling kernel's fast-math flags, and

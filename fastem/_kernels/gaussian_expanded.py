@@ -418,9 +418,8 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
     # here is a parallel loop of Numba's, which it drops as dead when R itself is not read
     # again (the statistics read these rows through a view of their own).
     if zeroed[0] != nbp:
-        for k in range(K, Kv):
-            for i in range(nbp):
-                R[k, i] = 0.0
+        for i in range(K * nbp, Kv * nbp):
+            r_buf[i] = 0.0
     if _diag_tiles_fit(kind, d, nb):
         _diag_features_from_rows(X, r0, r1, centre, Phi)
     else:
@@ -442,15 +441,13 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
     _write_rows(r0, ll_buf[:nb], R_K, best, row_loglik, resp_out, labels)
     if compute_stats:
         # Written whole (no zeroing first), but only to the last tile holding a feature and
-        # a component: the slot's entries past those are zeroed, not computed from padding.
-        # Passes took 0.83-0.96 of the time where F or K is not a multiple of 4 ('spherical'
-        # and 'tied' at d = 2, 'full' at d = 2 to 4 with 2 or 3 components, K = 9).
+        # a component: the slot's entries past those stay as the pass made them, zero,
+        # rather than computed from padding. Passes took 0.83-0.96 of the time where F or K is
+        # not a multiple of 4 ('spherical' and 'tied' at d = 2, 'full' at d = 2 to 4 with 2 or
+        # 3 components, K = 9).
         F4 = (F + TILE - 1) // TILE * TILE
         K4 = (K + TILE - 1) // TILE * TILE
         tile_products(matrix(phi, F4, nbp), matrix(r_buf, K4, nbp), nb, slot, False, False)
-        for f in range(Fp):
-            for k in range(0 if f >= F4 else K4, Kv):
-                slot[f, k] = 0.0
     return total, -1
 
 
@@ -514,8 +511,11 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
     d = X.shape[1]
     Kv, Fp = eta.shape
     tied_stats = kind == TIED and compute_stats and scatter.shape[0] > 0
-    if compute_stats:
-        slots = aligned_empty(W * Fp * Kv).reshape((W, Fp, Kv))  # every slot aligned
+    if compute_stats:  # every slot aligned
+        if uses_sub_blocks(kind, Fp, Kv):  # zeroed by each block
+            slots = aligned_empty(W * Fp * Kv).reshape((W, Fp, Kv))
+        else:  # whole blocks leave the entries past their last tiles as they are
+            slots = aligned_zeros(W, Fp * Kv).reshape((W, Fp, Kv))
     else:
         slots = np.empty((W, 0, 0))
     scatter_slots = np.empty((W, 1, d, d)) if tied_stats else np.empty((W, 1, 0, 0))
