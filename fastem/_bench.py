@@ -528,7 +528,7 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
                                                                   dp = 4 ceil(d / 4); 8
     tied          5d + 8 per component, plus per row 4d^2 + d     6d + 8 per component; per
                   (one product with the shared factor and one     row 2d + Mahalanobis
-                  unweighted scatter of x - c: responsibilities   (K < 5 or d > 64); the
+                  unweighted scatter of x - c: responsibilities   (K < 5 or d > 256); the
                   sum to one)                                     scatter: see below
     diag          9d + 8: (x - mu) p, square, add 4d; x - mu,     the same
                   r t, sum, r t^2 and sum 5d

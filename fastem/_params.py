@@ -35,8 +35,10 @@ _KIND = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
 # - 'tied' (in one process, passes alternating): 0.0076 vs 0.0099 s at d = 2, K = 8; 0.0406
 #   vs 0.0567 at d = 16, K = 16; 0.0995 vs 0.158 at d = 16, K = 64; 0.235 vs 0.286 at
 #   d = 64, K = 16; 0.328 vs 0.571 at d = 64, K = 64; at d = 1 they tie (1.03 and 1.05 times
-#   at K = 5 and 64). At d = 128 (200k rows) its two (d, d) sums per row, whatever K,
-#   outweigh what it saves per component: 0.143 vs 0.129 s at K = 8;
+#   at K = 5 and 64). Beyond d = 64 the two tie on a fit's first pass (0.96-1.06 times at
+#   d = 128 to 256, K = 8 to 32, 50k-200k rows), but later passes, which no longer sum the
+#   unweighted scatter (``fastem._em.accumulate``), take 0.74-0.82 of the time: so up to
+#   d = 256, as far as measured;
 # - with K <= 4 the panels' and tiles' 8 columns are half empty, and the per-component kernel
 #   is as fast or faster (in one process, passes alternating, 1M rows: 'diag' 1.19 times at
 #   d = 2, K = 2, 1.24-1.27 at K = 4 and d = 8 to 64; 'full' 1.08 at d = 12 and 16, 1.13 at
@@ -46,7 +48,7 @@ _KIND = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
 #   0.91 at d = 8, K = 4. That is per row: below EXPANDED_SMALL_FULL_ROWS rows (a pass of a
 #   millisecond or two) it would not repay loading the expanded kernel, which a fit's start
 #   does not need (about 0.1 s from Numba's cache, 9 s to compile).
-EXPANDED_FEATURES = {"full": range(1, 65), "tied": range(1, 65), "diag": range(1, 513),
+EXPANDED_FEATURES = {"full": range(1, 65), "tied": range(1, 257), "diag": range(1, 513),
                      "spherical": range(1, 513)}
 EXPANDED_MIN_COMPONENTS = 5
 EXPANDED_SMALL_FULL = 8
