@@ -141,7 +141,8 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     ``rows_scatter``, for 'tied': statistics of an earlier pass over the same rows. The
     unweighted scatter sum_n (x_n - c)(x_n - c)^T depends on the rows alone, so it is moved to
     this pass's c from there (:meth:`GaussianStats.recentred`) instead of summed again as a
-    (d, d) product per row. For ``mode`` SOFT or HARD (responsibilities summing to 1).
+    (d, d) product per row. That pass must have been SOFT or HARD: the move takes
+    sum_n (x_n - c) from its responsibility-weighted sums, as they add up to 1 in each row.
     """
     expanded = params.expanded_layout(source.n_samples) if mode == SOFT else None
     if expanded is not None:
