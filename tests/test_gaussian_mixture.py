@@ -25,7 +25,7 @@ import fastem._kernels.gaussian
 import fastem._kernels.gaussian_expanded
 import fastem._params
 from fastem import GaussianMixture, reference
-from fastem._em import GIVEN, accumulate, kernel_rows, whole_blocks
+from fastem._em import GIVEN, accumulate, kernel_rows, predict_pass, whole_blocks
 from fastem._kernels._config import BLOCK_ROWS
 from fastem._init import _unit_precisions
 from fastem._params import GaussianParams, precisions_cholesky_from_precisions
@@ -685,6 +685,58 @@ def test_per_component_kernel_takes_whole_blocks(overlapping):
             kind, 0, kernel_rows(X, d), shift, centre, prec, aux, const, np.empty((0, K)),
             True, BLOCK_ROWS, 16, 2, np.zeros(1), np.zeros(K), np.zeros((K, d)),
             np.zeros((K, 1, d)), np.empty(0), np.empty((0, K)), np.empty(0, dtype=np.int64))
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+@pytest.mark.parametrize("n_features", [8, 12])
+def test_dense_log_densities_the_same_bits_in_whole_and_short_blocks(covariance_type,
+                                                                     n_features):
+    """From SMALL_D features the per-component kernel multiplies the rows by the precision
+    factors in register panels in whole blocks (a multiple of 8 rows), and by loops over the
+    triangle in a shorter block; both add the same terms in the same order, so a row's
+    log-likelihood does not depend on the block it came in."""
+    assert n_features >= fastem._kernels.gaussian.SMALL_D
+    rng = np.random.default_rng(21)
+    X = rng.normal(size=(BLOCK_ROWS, n_features)) * 3.0 + 10.0
+    weights, means, prec_chol, _ = random_start(X, covariance_type, 3, seed=22)
+    params = GaussianParams(covariance_type, weights, means, prec_chol)
+    assert params.expanded_layout(X.shape[0]) is None  # the per-component kernel
+    whole, short = np.empty(BLOCK_ROWS), np.empty(BLOCK_ROWS - 1)
+    predict_pass(ArraySource(X), params, row_loglik=whole)
+    predict_pass(ArraySource(X[:-1]), params, row_loglik=short)
+    assert_array_equal(short, whole[:-1])
+    log_resp, _ = reference.e_step(X, weights, means, prec_chol, covariance_type)
+    weighted = (reference.log_gaussian_prob(X, means, prec_chol, covariance_type)
+                + np.log(weights))
+    assert_allclose(whole, (weighted - log_resp)[:, 0], rtol=1e-12)
+
+
+def test_each_kernel_refuses_the_layouts_of_the_other(overlapping):
+    """The per-component and the expanded kernels are each two compiled kernels, chosen in
+    Python by covariance type and by block layout; called directly with the other's, a kernel
+    raises rather than run code it was compiled without."""
+    X = overlapping[:BLOCK_ROWS]
+    K, d = 3, X.shape[1]
+    weights, means, _, precisions = random_start(X, "diag", K, seed=23)
+    params = GaussianParams("diag", weights, means,
+                            precisions_cholesky_from_precisions(precisions, "diag"))
+    kind, shift, centre, prec, aux, const = params.kernel_layout()
+    with pytest.raises(ValueError, match="covariance type"):
+        fastem._kernels.gaussian._dense_pass(
+            kind, 0, kernel_rows(X, d), shift, centre, prec, aux, const, np.empty((0, K)),
+            True, BLOCK_ROWS, 16, 2, np.zeros(1), np.zeros(K), np.zeros((K, d)),
+            np.zeros((K, 1, d)), np.empty(0), np.empty((0, K)), np.empty(0, dtype=np.int64))
+    weights, means, _, precisions = random_start(X, "full", 8, seed=24)
+    params = GaussianParams("full", weights, means,
+                            precisions_cholesky_from_precisions(precisions, "full"))
+    kind, centre, eta, row_factor = params.expanded_layout()
+    gx = fastem._kernels.gaussian_expanded
+    whole = not gx.uses_sub_blocks(kind, *eta.shape[::-1])
+    wrong = gx._sub_block_pass if whole else gx._whole_block_pass
+    with pytest.raises(ValueError, match="layout's blocks"):
+        wrong(kind, kernel_rows(X, d), centre, eta, row_factor, 8, True, BLOCK_ROWS, 16, 2,
+              np.zeros(1), np.zeros(eta.shape[::-1]), np.zeros((0, 0, 0)), np.empty(0),
+              np.empty((0, 8)), np.empty(0, np.int64))
 
 
 @pytest.mark.parametrize("n_components", [10, 20, 30], ids=["Kv16", "Kv24", "Kv32"])
