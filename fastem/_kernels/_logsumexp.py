@@ -1,20 +1,21 @@
 """A block's responsibilities and log-likelihoods from its log-densities, 8 rows at a time in
 registers.
 
-``gaussian._normalize`` runs the log-sum-exp as loops over the whole block, one component at a
-time, which LLVM vectorizes along the rows: every component's step then reloads each row's
-largest log-density and reloads and stores its running sum, and the final scaling reloads the
-reciprocal. :func:`normalize_columns` takes 8 rows (one vector) through all the components
-instead, their largest log-density, sum and reciprocal held in registers: 4 memory operations
-per component and vector (read the log-density, store the exp, then read, scale and store it)
-instead of 8. GROUPS such vectors go side by side, so that the exps and logs of one overlap
-those of the others. The exp and log are ``_math``'s, written as LLVM vector code operation for
-operation, and the sums run in the same order, so the results are the same bits.
+Written as loops over the whole block, one component at a time, the log-sum-exp vectorizes
+along the rows, but every component's step then reloads each row's largest log-density and
+reloads and stores its running sum, and the final scaling reloads the reciprocal.
+:func:`normalize_columns` takes 8 rows (one vector) through all the components instead, their
+largest log-density, sum and reciprocal held in registers: 4 memory operations per component
+and vector (read the log-density, store the exp, then read, scale and store it) instead of 8.
+GROUPS such vectors go side by side, so that the exps and logs of one overlap those of the
+others. The exp and log are ``_math``'s scalar functions written as LLVM vector code operation
+for operation, and the sums run in the same order as those loops, so the results are the
+same bits (``tests/test_logsumexp.py`` keeps the loops as its reference).
 
-Measured against the whole-block loops, a pass at d = 2, K = 8 took 5.8% less ('diag' 4.1%),
-at d = 16, K = 16 'diag' 1.1% less. With one group at a time it took 11% more: the exp's
-chain of 13 dependent multiply-adds, then the log's, then a division, every 8 rows. With 4
-groups, 4.6% less.
+Measured against the whole-block loops, a pass of the expanded kernel at d = 2, K = 8 took
+5.8% less ('diag' 4.1%), at d = 16, K = 16 'diag' 1.1% less. With one group at a time it took
+11% more: the exp's chain of 13 dependent multiply-adds, then the log's, then a division,
+every 8 rows. With 4 groups, 4.6% less. Both kernels run it.
 """
 
 from llvmlite import ir
@@ -23,7 +24,15 @@ from numba.extending import intrinsic
 
 from ._llvm import VEC, array_bytes, load_vector
 from ._math import exp_nonpositive_ir, log_at_least_one_ir
-from .gaussian import LOG_RESPONSIBILITY_FLOOR  # responsibilities below it are 0
+
+# A responsibility below e^-575 (1e-250) of its row's largest term is set to 0. The row's
+# log-likelihood cannot notice (its sum of terms is at least 1), and a statistic changes by less
+# than 1e-250 of a row's weight, far below the 10 eps the M-step adds to every component's mass.
+# Left in, such a value times a feature can underflow to a subnormal number, on which every
+# floating-point instruction takes a microcode assist of a hundred cycles or more: with exp's
+# own underflow (-708) as the only limit, a pass at (1M, 64, 16) 'full' on the benchmarks'
+# well-separated mixture took 1.51 s instead of 1.20-1.26.
+LOG_RESPONSIBILITY_FLOOR = -575.0
 
 # Groups of 8 rows taken through the components together.
 GROUPS = 8
@@ -42,8 +51,9 @@ def _is_row(a):
 @intrinsic
 def normalize_columns(typingctx, logp, R, ll, mx, K):
     """For every row i < logp.shape[1] (a multiple of 8): R[k, i] = exp(logp[k, i] - mx[i]) / s
-    for k < K (0 below the floor), s the sum of those exps, and ll[i] = mx[i] + log(s): as
-    ``gaussian._normalize`` with the rows' largest log-densities known (``mx``) and no labels.
+    for k < K (0 below LOG_RESPONSIBILITY_FLOOR), s the sum of those exps, and ll[i] = mx[i]
+    + log(s), given the rows' largest log-densities ``mx`` (``gaussian._largest``, or the
+    product that made them).
 
     Nothing is checked: logp has at least K rows, R at least K rows and as many columns, ll and
     mx at least logp.shape[1] entries.

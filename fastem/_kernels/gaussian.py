@@ -52,7 +52,7 @@ from ._aligned import aligned_empty, aligned_matrix, aligned_zeros
 from ._atomic import take_next
 from ._config import CACHE, JIT, prefer_wide_vectors
 from ._llvm import LANES
-from ._math import exp_nonpositive, log_at_least_one
+from ._logsumexp import normalize_columns
 from ._panels import PANEL_ROWS, log_density_product
 from ._tiles import centred_moments, lane_sum, row_dot, tile_products
 from ._transpose import NARROW_MAX, transpose_narrow, transpose_tile
@@ -162,7 +162,8 @@ def _logp_dense(kind, XT, centre, prec, prec_rows, aux, const, logp, acc, DT, YT
         for q in range(n_mats):
             for j in range(d):
                 row = q * d + j
-                YT[row, :] = 0.0
+                for i in range(nb):  # not YT[row, :]: slices cost compile time
+                    YT[row, i] = 0.0
                 for m in range(j + 1):  # P^T is lower triangular
                     p = prec[q, j, m]
                     for i in range(nb):
@@ -196,7 +197,8 @@ def _sum_squares(Z, row0, d, off, scale, acc):
     that acc is loaded and stored once per four features."""
     prefer_wide_vectors()
     nb = Z.shape[1]
-    acc[:] = 0.0
+    for i in range(nb):
+        acc[i] = 0.0
     j = 0
     while j + 4 <= d:
         o0, o1, o2, o3 = off[j], off[j + 1], off[j + 2], off[j + 3]
@@ -217,56 +219,29 @@ def _sum_squares(Z, row0, d, off, scale, acc):
         j += 1
 
 
-# A responsibility below e^-575 (1e-250) of its row's largest term is set to 0. The row's
-# log-likelihood cannot notice (its sum of terms is at least 1), and a statistic changes by less
-# than 1e-250 of a row's weight, far below the 10 eps the M-step adds to every component's mass.
-# Left in, such a value times a feature can underflow to a subnormal number, on which every
-# floating-point instruction takes a microcode assist of a hundred cycles or more: with exp's
-# own underflow (-708) as the only limit, a pass at (1M, 64, 16) 'full' on the benchmarks'
-# well-separated mixture took 1.51 s instead of 1.20-1.26.
-LOG_RESPONSIBILITY_FLOOR = -575.0
-
-
 @njit(**_jit)
-def _normalize(logp, R, best, ll, work, max_known):
-    """Responsibilities R (K, nb) from logp by a stable log-sum-exp (0 below
-    LOG_RESPONSIBILITY_FLOOR); the rows' log-likelihoods into `ll` and, unless `best` is
-    empty (a fit wants no labels: 2-4% of a pass at d = 2 and 4, K = 8), their most likely
-    component into `best`. `work` is (2, nb) scratch; with `max_known`, work[0] already
-    holds each row's largest log-density (from the product that made them)."""
+def _largest(logp, m, best):
+    """m[i] = the largest log-density of row i (column i of logp), as `if x > m: m = x` over
+    the components in order from the first, and, unless `best` is empty (a fit wants no
+    labels), best[i] = that component, the first of any ties. A NaN in the first component
+    stays; one elsewhere is passed over, as in the log-sum-exp (``_logsumexp``)."""
     prefer_wide_vectors()
     K, nb = logp.shape
-    m = work[0]
-    s = work[1]
+    for i in range(nb):
+        m[i] = logp[0, i]
     if best.shape[0] > 0:
-        best[:] = 0
         for i in range(nb):
-            m[i] = logp[0, i]
+            best[i] = 0
         for k in range(1, K):
             for i in range(nb):
                 if logp[k, i] > m[i]:
                     m[i] = logp[k, i]
                     best[i] = k
-    elif not max_known:  # fitting: no labels to keep
+        return
+    for k in range(1, K):
         for i in range(nb):
-            m[i] = logp[0, i]
-        for k in range(1, K):
-            for i in range(nb):
-                if logp[k, i] > m[i]:
-                    m[i] = logp[k, i]
-    s[:] = 0.0
-    for k in range(K):
-        for i in range(nb):
-            t = logp[k, i] - m[i]
-            e = exp_nonpositive(t) if t >= LOG_RESPONSIBILITY_FLOOR else 0.0
-            R[k, i] = e
-            s[i] += e
-    for i in range(nb):
-        ll[i] = m[i] + log_at_least_one(s[i])
-        s[i] = 1.0 / s[i]
-    for k in range(K):
-        for i in range(nb):
-            R[k, i] *= s[i]
+            if logp[k, i] > m[i]:
+                m[i] = logp[k, i]
 
 
 @njit(**_jit)
@@ -361,6 +336,7 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, prec, prec_rows, aux, co
     nb = r1 - r0
     K = shift.shape[0]
     XT, R, logp, best_buf, ll, work, acc, DT, YT, DS, WT, ones, ones_d, scale, second = scratch
+    nbp = logp.shape[1]  # nb padded to whole vectors of rows
     _load_columns(X, r0, r1, XT)
     total = 0.0
     if mode == GIVEN:
@@ -376,9 +352,11 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, prec, prec_rows, aux, co
                         ones_d)
         else:
             _logp_diagonal(kind, XT, shift, prec, const, logp, acc, scale)
-        best = best_buf[: nb if mode == HARD or labels.shape[0] > 0 else 0]
-        _normalize(logp, R, best, ll, work, False)
-        total, bad = _total_loglik(X, r0, r1, ll)
+        # Over the columns padded to whole vectors: the padding's log-densities stay 0.
+        best = best_buf[: nbp if mode == HARD or labels.shape[0] > 0 else 0]
+        _largest(logp, work[0], best)
+        normalize_columns(logp, R, ll, work[0], K)
+        total, bad = _total_loglik(X, r0, r1, ll[:nb])
         if bad >= 0:
             return 0.0, bad
         if mode == HARD:
@@ -387,7 +365,7 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, prec, prec_rows, aux, co
                     R[k, i] = 0.0
             for i in range(nb):
                 R[best[i], i] = 1.0
-        _write_rows(r0, ll, R, best, row_loglik, resp_out, labels)
+        _write_rows(r0, ll[:nb], R, best, row_loglik, resp_out, labels)
     if compute_stats:
         for k in range(K):
             p0[k] = row_dot(R, k, ones, 0, nb)
@@ -417,7 +395,9 @@ def _task_scratch(kind, d, K, n_y, rows):
     block (a dozen allocations per block took 7-20% of a pass at d = 2 with 2-4 components,
     5-14% for 'full' and 'tied' at d = 16, K = 4):
 
-    XT (d, rows), R and logp (K, rows), best and ll (rows,), work (2, rows), acc (rows,),
+    XT (d, rows), R and logp (K, rows_p), best and ll (rows_p,), work (2, rows_p) with
+    rows_p = rows rounded up to whole vectors (LANES), logp's columns past rows zero and
+    never written, acc (rows,),
     DT (d, rows; for 'tied' DS's first rows), YT (n_y, rows) ('full' and 'tied': the rows of
     :func:`_precision_rows`, else none), DS and WT (dp, rows) (dp = 4 ceil(d / 4); WT for
     'full' only) whose rows past d stay zero, ones (1, rows), ones_d and scale (d,), second
@@ -430,8 +410,9 @@ def _task_scratch(kind, d, K, n_y, rows):
     # 'tied''s statistics are about c too (shift[k] = c): the log-densities' centred rows
     # are made in their place in DS, which the statistics then read as they are.
     DT = DS[:d] if kind == TIED else aligned_matrix(d, rows)
-    return (aligned_matrix(d, rows), aligned_matrix(K, rows), aligned_matrix(K, rows),
-            np.empty(rows, dtype=np.int64), aligned_empty(rows), aligned_matrix(2, rows),
+    rows_p = (rows + LANES - 1) // LANES * LANES  # the log-sum-exp's whole vectors of rows
+    return (aligned_matrix(d, rows), aligned_matrix(K, rows_p), aligned_zeros(K, rows_p),
+            np.empty(rows_p, dtype=np.int64), aligned_empty(rows_p), aligned_matrix(2, rows_p),
             aligned_empty(rows), DT, aligned_matrix(n_y, rows), DS,
             aligned_zeros(dp if kind == FULL else 0, rows), ones, np.ones(d), np.empty(d),
             np.empty((K, d)))

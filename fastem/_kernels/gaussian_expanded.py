@@ -63,8 +63,8 @@ from .gaussian import (
     SPHERICAL,
     TIED,
     _load_columns,
+    _largest,
     _merge,
-    _normalize,
     _total_loglik,
     _write_rows,
 )
@@ -335,10 +335,9 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
         log_density_product(eta, Phi, logp, F, work[0], K)
     else:
         quadratic_log_density_product(eta, Phi, logp, d, work[0], K)
+    normalize_columns(logp_K, R, ll, work[0], K)
     if best.shape[0] > 0:  # the labels are wanted
-        _normalize(logp_K, R, best, ll, work, True)
-    else:
-        normalize_columns(logp_K, R, ll, work[0], K)
+        _largest(logp_K, work[1], best)
     total, bad = _total_loglik(X, s0, s1, ll_buf[:nb])
     if bad >= 0:
         return 0.0, bad
@@ -378,8 +377,10 @@ def _block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, res
     prefer_wide_vectors()
     d = X.shape[1]
     F = n_features_expanded(kind, d)
-    if compute_stats:
-        slot[:] = 0.0
+    if compute_stats:  # in loops: a slice assignment here is a parallel loop to compile
+        for f in range(slot.shape[0]):
+            for k in range(slot.shape[1]):
+                slot[f, k] = 0.0
     total = 0.0
     S = scratch[0].shape[0] // d  # the sub-block's rows, as the caller sized the scratch
     for s0 in range(r0, r1, S):
@@ -429,10 +430,9 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
     _zero_padding(Phi, F, nb, zeroed)
     # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
     log_density_product(eta, Phi, logp, F, work[0], K)
+    normalize_columns(logp_K, R_K, ll, work[0], K)
     if best.shape[0] > 0:  # the labels are wanted
-        _normalize(logp_K, R_K, best, ll, work, True)
-    else:
-        normalize_columns(logp_K, R_K, ll, work[0], K)
+        _largest(logp_K, work[1], best)
     if kind == TIED:
         _tied_terms(Phi, phi, d, nb, row_factor, matrix(z_buf, row_factor.shape[0], nbp),
                     work[1], ll, compute_stats and scatter.shape[0] > 0, scatter)
