@@ -155,6 +155,14 @@ def precisions_from_cholesky(precisions_cholesky, covariance_type):
     return np.matmul(precisions_cholesky, precisions_cholesky.transpose(0, 2, 1))
 
 
+def _kernel_operand(a):
+    """`a` as the kernels take it: C-contiguous, float64 and writeable. Numba compiles a kernel
+    again for a read-only array (8-10 s), which a model's arrays are when it was unpickled from
+    a memory map, say; a copy of these small arrays costs nothing by comparison."""
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    return a if a.flags.writeable else a.copy()
+
+
 @dataclass
 class GaussianParams:
     """Weights, means and precision Cholesky factors of a Gaussian mixture (float64)."""
@@ -280,7 +288,7 @@ class GaussianParams:
         ct = self.covariance_type
         K, d = self.means.shape
         U = self.precisions_cholesky
-        means = np.ascontiguousarray(self.means, dtype=np.float64)
+        means = _kernel_operand(self.means)
         centre = self._centre()
         aux = np.zeros((K, 0))
         shift = means
@@ -303,8 +311,8 @@ class GaussianParams:
         return (
             _KIND[ct],
             shift,
-            np.ascontiguousarray(centre, dtype=np.float64),
-            np.ascontiguousarray(prec, dtype=np.float64),
-            np.ascontiguousarray(aux, dtype=np.float64),
-            np.ascontiguousarray(const, dtype=np.float64),
+            _kernel_operand(centre),
+            _kernel_operand(prec),
+            _kernel_operand(aux),
+            _kernel_operand(const),
         )

@@ -459,6 +459,28 @@ def test_float32_agrees_with_float64(blobs, covariance_type, init):
     assert fits[0].score_samples(X32).dtype == np.float64
 
 
+@pytest.mark.parametrize(("covariance_type", "n_features", "n_components", "sub_blocks"), [
+    ("diag", 3, 6, False), ("tied", 5, 6, False), ("spherical", 2, 9, False),
+    ("full", 12, 6, True), ("diag", 16, 16, True),  # 'diag' at d = 16 reads rows in tiles
+])
+def test_expanded_kernels_widen_float32_exactly(covariance_type, n_features, n_components,
+                                                sub_blocks):
+    """float32 rows reach the expanded kernels as they are and are widened on the way in (in
+    the transposing tiles, or straight into the 'diag' features): the statistics and the
+    log-likelihood are those of the same values given as float64, to the bit."""
+    rng = np.random.default_rng(25)
+    X32 = (rng.normal(size=(3 * BLOCK_ROWS + 17, n_features)) * 2.0 + 1.0).astype(np.float32)
+    X64 = X32.astype(np.float64)
+    weights, means, prec_chol, _ = random_start(X64, covariance_type, n_components, seed=26)
+    params = GaussianParams(covariance_type, weights, means, prec_chol)
+    kind, _, eta, _ = params.expanded_layout(X32.shape[0])
+    assert fastem._kernels.gaussian_expanded.uses_sub_blocks(kind, *eta.shape[::-1]) == sub_blocks
+    found, expected = (accumulate(ArraySource(X), params) for X in (X32, X64))
+    assert found.loglik == expected.loglik
+    for name in ("s0", "s1", "s2"):
+        assert_array_equal(getattr(found, name), getattr(expected, name), err_msg=name)
+
+
 # --------------------------------------------------------------------------- 6. threads, chunks
 
 N_ODD = 7 * BLOCK_ROWS + 37  # not a multiple of the block size
@@ -738,6 +760,18 @@ def test_each_kernel_refuses_the_layouts_of_the_other(overlapping):
         wrong(kind, kernel_rows(X, d), centre, eta, row_factor, 8, True, BLOCK_ROWS, 16, 2,
               np.zeros(1), np.zeros(eta.shape[::-1]), np.zeros((0, 0, 0)), np.empty(0),
               np.empty((0, 8)), np.empty(0, np.int64))
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_read_only_models_reach_the_kernels_writeable(overlapping, covariance_type):
+    """A model's arrays may be read-only (unpickled from a memory map, as scikit-learn's
+    estimator checks do); the kernels still get writeable arrays, the Numba type they were
+    compiled for, rather than compile a copy of 8-10 s for read-only ones."""
+    weights, means, prec_chol, _ = random_start(overlapping, covariance_type, 3, seed=27)
+    for a in (weights, means, prec_chol):
+        a.flags.writeable = False
+    layout = GaussianParams(covariance_type, weights, means, prec_chol).kernel_layout()
+    assert all(a.flags.writeable and a.flags.c_contiguous for a in layout[1:])
 
 
 @pytest.mark.parametrize("n_components", [10, 20, 30], ids=["Kv16", "Kv24", "Kv32"])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
+from fastem._em import kernel_rows
 from fastem._kernels._config import BLOCK_ROWS
 from fastem._kernels.kmeans import kpp_min_distances, lloyd_chunk
 from fastem._kmeans import _Lloyd, _kmeans_plusplus, kmeans_centers, nearest_centers
@@ -77,7 +78,8 @@ def run_kernel(X, centers, wave, chunk=None):
     chunk = chunk or len(X)
     bad = []
     for s in range(0, len(X), chunk):
-        bad.append(lloyd_chunk(X[s : s + chunk], centers, BLOCK_ROWS, counts, sums, inertia,
+        bad.append(lloyd_chunk(kernel_rows(X[s : s + chunk], d), centers, BLOCK_ROWS, counts,
+                               sums, inertia,
                                labels[s : s + chunk], min_dist[s : s + chunk], *bufs))
     return bad, labels, min_dist, counts, sums, inertia[0]
 
@@ -121,7 +123,7 @@ def test_kpp_kernel_matches_naive_oracle():
     closest = np.random.default_rng(0).uniform(0, 50, size=len(X))
     candidates = np.array([0, 7, 499], dtype=np.int64)
     out = np.empty((3, len(X)))
-    kpp_min_distances(X, candidates, closest, out)
+    kpp_min_distances(kernel_rows(X, X.shape[1]), candidates, closest, out)
     expected = np.minimum(((X[None, :, :] - X[candidates][:, None, :]) ** 2).sum(-1), closest)
     assert_allclose(out, expected, rtol=1e-12)
 
