@@ -47,7 +47,7 @@ _KIND = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
 #   than the padding: 0.88 at d = 2, K = 2, 0.73 at K = 3, 0.63-0.79 at d = 2 to 4, K = 4,
 #   0.91 at d = 8, K = 4. That is per row: below EXPANDED_SMALL_FULL_ROWS rows (a pass of a
 #   millisecond or two) it would not repay loading the expanded kernel, which a fit's start
-#   does not need (about 0.1 s from Numba's cache, 9 s to compile).
+#   does not need (about 0.1 s from Numba's cache, 8-10 s to compile).
 EXPANDED_FEATURES = {"full": range(1, 65), "tied": range(1, 257), "diag": range(1, 513),
                      "spherical": range(1, 513)}
 EXPANDED_MIN_COMPONENTS = 5
