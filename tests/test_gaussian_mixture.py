@@ -774,6 +774,33 @@ def test_read_only_models_reach_the_kernels_writeable(overlapping, covariance_ty
     assert all(a.flags.writeable and a.flags.c_contiguous for a in layout[1:])
 
 
+@pytest.mark.parametrize(("covariance_type", "n_features", "n_components", "sub_blocks"), [
+    ("full", 2, 12, False), ("diag", 4, 20, False), ("spherical", 30, 64, True),
+    ("diag", 16, 66, True),
+])
+def test_expanded_statistics_from_scaled_features(blobs, monkeypatch, covariance_type,
+                                                  n_features, n_components, sub_blocks):
+    """With at least twice as many components as features, the expanded kernels leave the
+    responsibilities unscaled and divide each row's features by its sum of exps instead: the
+    statistics, and through the M-step the parameters, are the per-component kernel's."""
+    X = blobs(2 * BLOCK_ROWS + 40, n_components, n_features, spread=1.5, scale=3.0, seed=28)[0]
+    weights, means, prec_chol, _ = random_start(X, covariance_type, n_components, seed=29)
+    params = GaussianParams(covariance_type, weights, means, prec_chol)
+    kind, _, eta, _ = params.expanded_layout(X.shape[0])
+    gx = fastem._kernels.gaussian_expanded
+    assert 2 * gx.n_features_expanded(kind, n_features) <= n_components
+    assert gx.uses_sub_blocks(kind, *eta.shape[::-1]) == sub_blocks
+    expanded = accumulate(ArraySource(X), params)
+    monkeypatch.setattr(fastem._params, "EXPANDED_FEATURES", {})
+    per_component = accumulate(ArraySource(X), params)
+    assert expanded.loglik == pytest.approx(per_component.loglik, rel=1e-12)
+    assert_rel(expanded.s0, per_component.s0, 1e-12, err_msg="s0")
+    found = GaussianParams.from_stats(expanded, 1e-6)
+    expected = GaussianParams.from_stats(per_component, 1e-6)
+    for name in ("weights", "means", "covariances"):
+        assert_rel(getattr(found, name), getattr(expected, name), 1e-10, err_msg=name)
+
+
 @pytest.mark.parametrize("n_components", [10, 20, 30], ids=["Kv16", "Kv24", "Kv32"])
 def test_unstored_full_statistics_match_the_per_component_kernel(blobs, monkeypatch,
                                                                   n_components):

@@ -13,8 +13,8 @@ from fastem._kernels.gaussian import _largest
 
 
 @njit
-def _fused(logp, R, ll, mx, K):
-    normalize_columns(logp, R, ll, mx, K)
+def _fused(logp, R, ll, mx, K, inverses):
+    normalize_columns(logp, R, ll, mx, K, inverses)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy")  # as the kernels compile
@@ -58,9 +58,15 @@ def test_fused_log_sum_exp_gives_the_same_bits(K, groups):
     _loops(logp, R_ref, ll_ref, largest)
 
     R, ll = np.full((K, n_rows), -7.0), np.full(n_rows, -7.0)
-    _fused(logp, R, ll, largest, K)
+    _fused(logp, R, ll, largest, K, np.empty(0))
     np.testing.assert_array_equal(R, R_ref)
     np.testing.assert_array_equal(ll, ll_ref)
+    # Handing back 1 / s instead of scaling: the exps, whose products with it are R, to the bit.
+    exps, ll_too, inverses = np.full((K, n_rows), -7.0), np.full(n_rows, -7.0), np.empty(n_rows)
+    _fused(logp, exps, ll_too, largest, K, inverses)
+    with np.errstate(invalid="ignore"):  # the row no component explains: 0 * inf
+        np.testing.assert_array_equal(exps * inverses, R_ref)
+    np.testing.assert_array_equal(ll_too, ll_ref)
     # What the comparison covered: a NaN log-likelihood and, with two components or more,
     # responsibilities below the floor.
     assert np.isnan(ll[5]) and (K == 1 or (R == 0.0).any())

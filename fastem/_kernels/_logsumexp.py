@@ -49,22 +49,26 @@ def _is_row(a):
 
 
 @intrinsic
-def normalize_columns(typingctx, logp, R, ll, mx, K):
+def normalize_columns(typingctx, logp, R, ll, mx, K, inverses):
     """For every row i < logp.shape[1] (a multiple of 8): R[k, i] = exp(logp[k, i] - mx[i]) / s
     for k < K (0 below LOG_RESPONSIBILITY_FLOOR), s the sum of those exps, and ll[i] = mx[i]
     + log(s), given the rows' largest log-densities ``mx`` (``gaussian._largest``, or the
     product that made them).
 
+    With a non-empty `inverses`, R keeps the exps unscaled and inverses[i] = 1 / s instead:
+    R[k, i] * inverses[i] is then the responsibility above, to the bit, and a caller whose
+    statistics are sums of R times features may scale its F features instead of R's K rows.
+
     Nothing is checked: logp has at least K rows, R at least K rows and as many columns, ll and
-    mx at least logp.shape[1] entries.
+    mx (and a non-empty `inverses`) at least logp.shape[1] entries.
     """
     if not (_is_matrix(logp) and _is_matrix(R) and _is_row(ll) and _is_row(mx)
-            and isinstance(K, types.Integer)):
+            and isinstance(K, types.Integer) and _is_row(inverses)):
         return None
-    sig = types.void(logp, R, ll, mx, types.intp)
+    sig = types.void(logp, R, ll, mx, types.intp, inverses)
 
     def codegen(context, builder, signature, args):
-        logp_ty, r_ty, ll_ty, mx_ty, _ = signature.args
+        logp_ty, r_ty, ll_ty, mx_ty = signature.args[:4]
         logp_base, logp_stride = array_bytes(context, builder, logp_ty, args[0])
         r_base, r_stride = array_bytes(context, builder, r_ty, args[1])
         ll_base = builder.bitcast(context.make_array(ll_ty)(context, builder, args[2]).data,
@@ -73,6 +77,10 @@ def normalize_columns(typingctx, logp, R, ll, mx, K):
                                   logp_base.type)
         n_components = args[4]
         intp = n_components.type
+        inverses_array = context.make_array(signature.args[5])(context, builder, args[5])
+        inverses_base = builder.bitcast(inverses_array.data, logp_base.type)
+        hand_back = builder.icmp_signed(
+            ">", cgutils.unpack_tuple(builder, inverses_array.shape, 1)[0], ir.Constant(intp, 0))
         n_rows = cgutils.unpack_tuple(
             builder, context.make_array(logp_ty)(context, builder, args[0]).shape, 2)[1]
         zero = ir.Constant(VEC, [0.0] * 8)
@@ -108,12 +116,17 @@ def normalize_columns(typingctx, logp, R, ll, mx, K):
                 builder.store(builder.fadd(largest[u], log_at_least_one_ir(builder, s)),
                               vector_ptr(ll_base, col), align=8)
                 inverses.append(builder.fdiv(ir.Constant(VEC, [1.0] * 8), s))
-            with cgutils.for_range(builder, n_components) as component:
-                row = builder.mul(component.index, r_stride)
-                for u, col in enumerate(cols):
-                    ptr = vector_ptr(r_base, builder.add(row, col))
-                    builder.store(builder.fmul(builder.load(ptr, align=8), inverses[u]), ptr,
-                                  align=8)
+            with builder.if_else(hand_back) as (then, otherwise):
+                with then:
+                    for u, col in enumerate(cols):
+                        builder.store(inverses[u], vector_ptr(inverses_base, col), align=8)
+                with otherwise:
+                    with cgutils.for_range(builder, n_components) as component:
+                        row = builder.mul(component.index, r_stride)
+                        for u, col in enumerate(cols):
+                            ptr = vector_ptr(r_base, builder.add(row, col))
+                            builder.store(builder.fmul(builder.load(ptr, align=8), inverses[u]),
+                                          ptr, align=8)
 
         n_groups = builder.udiv(n_rows, ir.Constant(intp, 8))
         n_sets = builder.udiv(n_groups, ir.Constant(intp, GROUPS))

@@ -355,7 +355,7 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, prec, prec_rows, aux, co
         # Over the columns padded to whole vectors: the padding's log-densities stay 0.
         best = best_buf[: nbp if mode == HARD or labels.shape[0] > 0 else 0]
         _largest(logp, work[0], best)
-        normalize_columns(logp, R, ll, work[0], K)
+        normalize_columns(logp, R, ll, work[0], K, ll[:0])  # R scaled: read per component
         total, bad = _total_loglik(X, r0, r1, ll[:nb])
         if bad >= 0:
             return 0.0, bad
