@@ -277,24 +277,31 @@ def _stats_dense(kind, XT, R, shift, p1, p2, DT, WT, centred):
     `centred` ('tied' only), DT already holds the rows less c.
 
     Every sum over the rows is a :func:`row_dot` or a tile of :func:`tile_products`, in vector
-    lanes: as scalar running sums they took one 4-cycle add per row. `DT` and `WT` (dp, nb),
-    dp = 4 ceil(d / 4), whose rows past d are zero, are the task's scratch (WT 'full''s only).
+    lanes: as scalar running sums they took one 4-cycle add per row. 'tied''s first moments
+    are 4 x 4 tiles of R (its rows padded to a multiple of 4 with zeros, :func:`_task_scratch`)
+    and DT: against K d dot products, each loading both operands, passes took 0.94-0.95 of the
+    time at K = 4, d = 16 and 64 (0.98-1.01 with 2 or 3 components, whose padding it
+    multiplies). `DT` and `WT` (dp, nb), dp = 4 ceil(d / 4), whose rows past d are zero, are
+    the task's scratch (WT 'full''s only).
     """
     prefer_wide_vectors()
     d, nb = XT.shape
     K = shift.shape[0]
-    for k in range(K):
-        if kind == FULL or (k == 0 and not centred):  # 'tied' shares its centred rows
+    if kind == TIED:  # one centre: the first moments are one product, R's rows by DT's
+        if not centred:
+            _centre(XT, shift[0], DT)
+        tile_products(R, DT, nb, p1, False, False)
+        if p2.shape[0] > 0:  # its one scatter, unweighted, unless not wanted
+            tile_products(DT, DT, nb, p2[0], True, False)
+    else:
+        for k in range(K):
             _centre(XT, shift[k], DT)
-        for j in range(d):
-            p1[k, j] = row_dot(R, k, DT, j, nb)
-        if kind == FULL:  # each component's weighted scatter; 'tied' has one, unweighted
             for j in range(d):
+                p1[k, j] = row_dot(R, k, DT, j, nb)
+            for j in range(d):  # each component's weighted scatter
                 for i in range(nb):
                     WT[j, i] = R[k, i] * DT[j, i]
-        if kind == FULL or (k == K - 1 and p2.shape[0] > 0):  # 'tied': unless not wanted
-            tile_products(WT if kind == FULL else DT, DT, nb, p2[k if kind == FULL else 0],
-                          True, False)
+            tile_products(WT, DT, nb, p2[k], True, False)
     for k in range(p2.shape[0]):  # exactly symmetric
         for a in range(d):
             for b in range(a):
@@ -395,9 +402,9 @@ def _task_scratch(kind, d, K, n_y, rows):
     block (a dozen allocations per block took 7-20% of a pass at d = 2 with 2-4 components,
     5-14% for 'full' and 'tied' at d = 16, K = 4):
 
-    XT (d, rows), R and logp (K, rows_p), best and ll (rows_p,), work (2, rows_p) with
-    rows_p = rows rounded up to whole vectors (LANES), logp's columns past rows zero and
-    never written, acc (rows,),
+    XT (d, rows), R and logp (K, rows_p) ('tied''s R with 4 ceil(K / 4) rows, zero past K),
+    best and ll (rows_p,), work (2, rows_p) with rows_p = rows rounded up to whole vectors
+    (LANES), logp's columns past rows zero and never written, acc (rows,),
     DT (d, rows; for 'tied' DS's first rows), YT (n_y, rows) ('full' and 'tied': the rows of
     :func:`_precision_rows`, else none), DS and WT (dp, rows) (dp = 4 ceil(d / 4); WT for
     'full' only) whose rows past d stay zero, ones (1, rows), ones_d and scale (d,), second
@@ -411,7 +418,9 @@ def _task_scratch(kind, d, K, n_y, rows):
     # are made in their place in DS, which the statistics then read as they are.
     DT = DS[:d] if kind == TIED else aligned_matrix(d, rows)
     rows_p = (rows + LANES - 1) // LANES * LANES  # the log-sum-exp's whole vectors of rows
-    return (aligned_matrix(d, rows), aligned_matrix(K, rows_p), aligned_zeros(K, rows_p),
+    # 'tied''s R in whole tiles of 4 components (_stats_dense), its rows past K zero
+    K_R = (K + 3) // 4 * 4 if kind == TIED else K
+    return (aligned_matrix(d, rows), aligned_zeros(K_R, rows_p), aligned_zeros(K, rows_p),
             np.empty(rows_p, dtype=np.int64), aligned_empty(rows_p), aligned_matrix(2, rows_p),
             aligned_empty(rows), DT, aligned_matrix(n_y, rows), DS,
             aligned_zeros(dp if kind == FULL else 0, rows), ones, np.ones(d), np.empty(d),
