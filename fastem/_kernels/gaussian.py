@@ -466,8 +466,9 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
 
     Runs one of two compiled kernels: :func:`_dense_pass` for 'full' and 'tied', whose
     log-densities go through (d, d) products, :func:`_diagonal_pass` for 'diag' and
-    'spherical'. A model needs only one of them, which compiles in 0.7-0.85 of the time of one
-    kernel for all four (7.5 and 9.2 s against 10.7, one core, cold cache).
+    'spherical'. A model needs only one of them. Each alone, in a fresh process with an empty
+    cache, took 8.8-8.9 s ('full'/'tied') and 7.3-7.4 s ('diag'/'spherical') against 10.4-10.6
+    for one kernel serving all four, in runs alternating with it.
 
     Parameters
     ----------

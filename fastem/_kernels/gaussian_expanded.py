@@ -498,9 +498,10 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
     """One pass over a chunk of rows, soft responsibilities.
 
     Runs one of two compiled kernels: :func:`_whole_block_pass` where blocks run whole, else
-    :func:`_sub_block_pass` (:func:`uses_sub_blocks`). A fit needs only one of them, and
-    each compiles in 0.7-0.8 of the time of one kernel holding both paths (7.3 and 8.2 s
-    against 9.9, one core, cold cache).
+    :func:`_sub_block_pass` (:func:`uses_sub_blocks`). A fit needs only one of them. Each
+    alone, in a fresh process with an empty cache, took 8.2-8.5 s (whole blocks) and 9.5-10.1
+    s (sub-blocks) against 11.3-11.6 for one kernel holding both paths, in runs alternating
+    with it.
 
     Parameters
     ----------
