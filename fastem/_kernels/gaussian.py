@@ -135,7 +135,7 @@ def _centre(XT, mu, DT):
 
 
 @njit(**_jit)
-def _logp_dense(kind, XT, centre, prec, prec_rows, aux, const, logp, acc, DT, YT, ones):
+def _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT, ones):
     """logp[k, i] = log w_k + log N(x_i | mu_k, Sigma_k) for the rows of one block, 'full' or
     'tied'; `prec_rows` is prec's (d, d) matrices stacked (:func:`_precision_rows`).
 
@@ -148,7 +148,7 @@ def _logp_dense(kind, XT, centre, prec, prec_rows, aux, const, logp, acc, DT, YT
     # (x - mu_k) P_k = (x - c) P_k - (mu_k - c) P_k: one product for every component, and an
     # error of only eps * |mu_k - c| / sigma since c is near the data.
     _centre(XT, centre, DT)
-    n_mats = prec.shape[0]
+    n_mats = K if kind == FULL else 1
     if d >= SMALL_D and nb % LANES == 0:
         # In register panels, the terms in the order of the loops below: the same bits (the
         # zeros above the diagonal add exactly nothing). Against a BLAS call (np.dot, whose
@@ -165,7 +165,7 @@ def _logp_dense(kind, XT, centre, prec, prec_rows, aux, const, logp, acc, DT, YT
                 for i in range(nb):  # not YT[row, :]: slices cost compile time
                     YT[row, i] = 0.0
                 for m in range(j + 1):  # P^T is lower triangular
-                    p = prec[q, j, m]
+                    p = prec_rows[row, m]
                     for i in range(nb):
                         YT[row, i] += p * DT[m, i]
     for k in range(K):
@@ -355,8 +355,7 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, prec, prec_rows, aux, co
                 R[k, i] = resp_in[r0 + i, k]
     else:
         if dense:
-            _logp_dense(kind, XT, centre, prec, prec_rows, aux, const, logp, acc, DT, YT,
-                        ones_d)
+            _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT, ones_d)
         else:
             _logp_diagonal(kind, XT, shift, prec, const, logp, acc, scale)
         # Over the columns padded to whole vectors: the padding's log-densities stay 0.
