@@ -44,11 +44,31 @@ def test_log_density_product_writes_the_product_and_each_columns_max(n_cols, k):
     B = rng.normal(size=(30, n_cols))
     out = np.full((M, n_cols), np.nan)
     mx = np.full(n_cols + 3, np.nan)
-    log_density_product(A, B, out, n, mx, k)
+    log_density_product(A, B, out, n, mx, k, 0)
     expected = A[:, :n] @ B[:n]
     np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
     assert np.array_equal(mx[:n_cols], out[:k].max(axis=0))
     assert np.all(np.isnan(mx[n_cols:]))  # nothing past N written
+
+
+@pytest.mark.parametrize("d", [5, 8, 12, 16, 21])
+def test_log_density_product_over_stacked_triangles_skips_only_zeros(d):
+    """With `triangles` = d, A is lower-triangular (d, d) matrices stacked and zero-padded to
+    whole panels (as the per-component kernel's precision factors): each panel stops after
+    its last row's diagonal, which gives the bits of the whole sweep. Panels that straddle two
+    matrices (d not a multiple of 8) sweep all d steps."""
+    rng = np.random.default_rng(10)
+    n_mats = 3
+    M = (n_mats * d + PANEL_ROWS - 1) // PANEL_ROWS * PANEL_ROWS
+    A = np.zeros((M, d))
+    A[: n_mats * d] = np.vstack([np.tril(rng.normal(size=(d, d))) for _ in range(n_mats)])
+    B = rng.normal(size=(d, 3 * LANES))
+    whole, whole_mx = np.empty((M, 3 * LANES)), np.empty(3 * LANES)
+    log_density_product(A, B, whole, d, whole_mx, n_mats * d, 0)
+    out, mx = np.full((M, 3 * LANES), np.nan), np.full(3 * LANES, np.nan)
+    log_density_product(A, B, out, d, mx, n_mats * d, d)
+    assert np.array_equal(out, whole) and np.array_equal(mx, whole_mx)
+    np.testing.assert_allclose(out, A @ B, rtol=1e-13, atol=1e-13)
 
 
 def test_log_density_product_max_treats_nan_like_the_sweep():
@@ -60,10 +80,10 @@ def test_log_density_product_max_treats_nan_like_the_sweep():
     out, mx = np.empty((M, LANES)), np.empty(LANES)
     A = rng.normal(size=(M, n))
     A[[3, 11], 0] = np.nan
-    log_density_product(A, B, out, n, mx, M)
+    log_density_product(A, B, out, n, mx, M, 0)
     assert np.array_equal(mx, np.nanmax(A @ B, axis=0))
     A[0, 0] = np.nan
-    log_density_product(A, B, out, n, mx, M)
+    log_density_product(A, B, out, n, mx, M, 0)
     assert np.all(np.isnan(mx))
 
 
@@ -117,7 +137,7 @@ def test_quadratic_log_density_product_is_the_stored_features_product(d, n_cols)
     Phi = np.vstack([Y, Y[1 + a] * Y[1 + b]])
     A = rng.normal(size=(M, F + 3))
     expected, expected_mx = np.empty((M, n_cols)), np.empty(n_cols)
-    log_density_product(A, Phi, expected, F, expected_mx, M - 3)
+    log_density_product(A, Phi, expected, F, expected_mx, M - 3, 0)
     out, mx = np.full((M, n_cols), np.nan), np.full(n_cols, np.nan)
     quadratic_log_density_product(A, Y, out, d, mx, M - 3)
     assert np.array_equal(out, expected) and np.array_equal(mx, expected_mx)

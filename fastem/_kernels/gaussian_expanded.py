@@ -254,8 +254,10 @@ def _tied_terms(Phi, phi, d, nb, row_factor, Z, acc, ll, compute_stats, scatter)
     is symmetric to the bit (the same products summed in the same order)."""
     prefer_wide_vectors()
     nbp = Z.shape[1]
-    # Z = U^T Y by the log-densities' own product, whose maxima go unused (k from a shape).
-    log_density_product(row_factor, Phi[1:], Z, d, acc, row_factor.shape[0])
+    # Z = U^T Y by the log-densities' own product, whose maxima go unused (k from a shape);
+    # U^T is one lower triangle, whose panels stop at their diagonal.
+    log_density_product(row_factor, Phi[1:], Z, d, acc, row_factor.shape[0],
+                        row_factor.shape[0])
     for i in range(nbp):
         acc[i] = 0.0
     for j in range(d):
@@ -356,8 +358,10 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
     # Rows past those written stay zero, as the panels need.
     _zero_padding(Phi, F if stored else 1 + d, nb, zeroed)
     # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
+    # eta is no stack of triangles; np.intp(0), not a literal 0, which Numba would compile
+    # the product again for ('tied''s own call passes a variable).
     if stored:
-        log_density_product(eta, Phi, logp, F, work[0], K)
+        log_density_product(eta, Phi, logp, F, work[0], K, np.intp(0))
     else:
         quadratic_log_density_product(eta, Phi, logp, d, work[0], K)
     normalize_columns(logp_K, R, ll, work[0], K, inverses)
@@ -458,7 +462,7 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
         _features(kind, XT, centre, Phi)
     _zero_padding(Phi, F, nb, zeroed)
     # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
-    log_density_product(eta, Phi, logp, F, work[0], K)
+    log_density_product(eta, Phi, logp, F, work[0], K, np.intp(0))
     normalize_columns(logp_K, R_K, ll, work[0], K, inverses)
     if best.shape[0] > 0:  # the labels are wanted
         _largest(logp_K, work[1], best)
