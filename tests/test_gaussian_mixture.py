@@ -735,8 +735,8 @@ def test_dense_log_densities_the_same_bits_in_whole_and_short_blocks(covariance_
 
 
 def test_each_kernel_refuses_the_layouts_of_the_other(overlapping):
-    """The per-component and the expanded kernels are each two compiled kernels, chosen in
-    Python by covariance type and by block layout; called directly with the other's, a kernel
+    """The per-component kernel is two compiled kernels, chosen in Python by covariance type,
+    and the expanded kernel three, by block layout; called directly with another's, a kernel
     raises rather than run code it was compiled without."""
     X = overlapping[:BLOCK_ROWS]
     K, d = 3, X.shape[1]
@@ -754,12 +754,25 @@ def test_each_kernel_refuses_the_layouts_of_the_other(overlapping):
                             precisions_cholesky_from_precisions(precisions, "full"))
     kind, centre, eta, row_factor = params.expanded_layout()
     gx = fastem._kernels.gaussian_expanded
-    whole = not gx.uses_sub_blocks(kind, *eta.shape[::-1])
-    wrong = gx._sub_block_pass if whole else gx._whole_block_pass
+    assert not gx.uses_sub_blocks(kind, *eta.shape[::-1])  # the whole-block kernel's
+    for wrong in (gx._sub_block_pass, gx._unstored_sub_block_pass):
+        with pytest.raises(ValueError, match="layout's blocks"):
+            wrong(kind, kernel_rows(X, d), centre, eta, row_factor, 8, True, BLOCK_ROWS, 16,
+                  2, np.zeros(1), np.zeros(eta.shape[::-1]), np.zeros((0, 0, 0)), np.empty(0),
+                  np.empty((0, 8)), np.empty(0, np.int64))
+    # 'full' at d = 64, K = 16: sub-blocks that never store their quadratic features
+    X = np.random.default_rng(25).normal(size=(BLOCK_ROWS, 64))
+    weights, means, _, precisions = random_start(X, "full", 16, seed=26)
+    params = GaussianParams("full", weights, means,
+                            precisions_cholesky_from_precisions(precisions, "full"))
+    kind, centre, eta, row_factor = params.expanded_layout()
+    assert gx.uses_sub_blocks(kind, *eta.shape[::-1])
+    assert not gx._stores_features(kind, 64, eta.shape[0])
     with pytest.raises(ValueError, match="layout's blocks"):
-        wrong(kind, kernel_rows(X, d), centre, eta, row_factor, 8, True, BLOCK_ROWS, 16, 2,
-              np.zeros(1), np.zeros(eta.shape[::-1]), np.zeros((0, 0, 0)), np.empty(0),
-              np.empty((0, 8)), np.empty(0, np.int64))
+        gx._sub_block_pass(kind, kernel_rows(X, 64), centre, eta, row_factor, 16, True,
+                           BLOCK_ROWS, 16, 2, np.zeros(1), np.zeros(eta.shape[::-1]),
+                           np.zeros((0, 0, 0)), np.empty(0), np.empty((0, 16)),
+                           np.empty(0, np.int64))
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)

@@ -36,8 +36,9 @@ The price is cancellation: the expanded quadratic form loses about eps * |mu_k -
 metric of the component's precision) where the per-component form loses eps * |mu_k - c|.
 ``expanded_layout`` offers this form only where that error is negligible; elsewhere
 ``gaussian.gaussian_pass`` runs. Blocks, their fixed-order merge and the per-row outputs are as
-in ``gaussian.py``; within a block, sub-blocks are added in order. As there, the pass is two
-compiled kernels from one body: one for layouts whose blocks run whole, one for sub-blocks.
+in ``gaussian.py``; within a block, sub-blocks are added in order. As there, the pass is
+compiled kernels from one body: here three, for layouts whose blocks run whole, for sub-blocks
+that store their features, and for 'full''s sub-blocks that do not.
 """
 
 import numpy as np
@@ -317,10 +318,29 @@ def _full_stats(Phi, RT, W, slot, d, nb):
 
 
 @njit(**_jit)
-def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik, resp_out,
-               labels, scratch):
+def _stored_sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik,
+                      resp_out, labels, scratch):
+    """:func:`_sub_block` for layouts that store all their features."""
+    return _sub_block(True, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot,
+                      row_loglik, resp_out, labels, scratch)
+
+
+@njit(**_jit)
+def _unstored_sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik,
+                        resp_out, labels, scratch):
+    """:func:`_sub_block` for 'full' layouts that never store their quadratic features."""
+    return _sub_block(False, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot,
+                      row_loglik, resp_out, labels, scratch)
+
+
+# Inlined into the two functions above with `stored` a constant, by which Numba prunes the
+# other path: each sub-block kernel compiles one of them.
+@njit(inline="always", **_jit)
+def _sub_block(stored, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik,
+               resp_out, labels, scratch):
     """Rows s0:s1 of a block, both products in panels: their statistics added into `slot`,
-    their per-row outputs written. Returns (sum of the rows' log-likelihoods, first
+    their per-row outputs written; `stored`: whether the layout writes all its features to
+    Phi (:func:`_stores_features`). Returns (sum of the rows' log-likelihoods, first
     non-finite row or -1)."""
     prefer_wide_vectors()
     xt, phi, logp_buf, r_buf, rt_buf, best_buf, ll_buf, work_buf, zeroed, _ = scratch
@@ -340,7 +360,6 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
     best = best_buf[: nbp if labels.shape[0] > 0 else 0]  # the labels only if wanted
     ll = ll_buf[:nbp]
     work = matrix(work_buf, 3, nbp)
-    stored = _stores_features(kind, d, Kv)
     # The statistics from R's exps and the features scaled by 1 / s (:func:`_scale_features`)
     # unless the responsibilities themselves are wanted; the unstored features' are products.
     scaled = compute_stats and stored and _scales_features(F, K) and resp_out.shape[0] == 0
@@ -392,10 +411,10 @@ def _sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_logl
 # Numba optimizes a called function's code again inside every function above it, and this
 # level cost 1.3 s of the cold compile.
 @njit(inline="always", **_jit)
-def _block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, resp_out,
+def _block(kind, X, r0, r1, centre, eta, K, stored, compute_stats, slot, row_loglik, resp_out,
            labels, scratch):
     """Process rows r0:r1 into `slot` (zeroed here) and the per-row outputs, one sub-block
-    at a time.
+    at a time (`stored` as for :func:`_sub_block`).
 
     `scratch` is the calling thread's (xt, phi, logp, r, rt, best, ll, work, zeroed, z)
     buffers, sized for a sub-block and reused: allocating them per block took a fifth of the
@@ -415,8 +434,13 @@ def _block(kind, X, r0, r1, centre, eta, K, compute_stats, slot, row_loglik, res
     total = 0.0
     S = scratch[0].shape[0] // d  # the sub-block's rows, as the caller sized the scratch
     for s0 in range(r0, r1, S):
-        part, bad = _sub_block(kind, X, s0, min(r1, s0 + S), centre, eta, K, F, compute_stats,
-                               slot, row_loglik, resp_out, labels, scratch)
+        s1 = min(r1, s0 + S)
+        if stored:
+            part, bad = _stored_sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats,
+                                          slot, row_loglik, resp_out, labels, scratch)
+        else:
+            part, bad = _unstored_sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats,
+                                            slot, row_loglik, resp_out, labels, scratch)
         if bad >= 0:
             return 0.0, bad
         total += part
@@ -501,11 +525,14 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
                   n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels):
     """One pass over a chunk of rows, soft responsibilities.
 
-    Runs one of two compiled kernels: :func:`_whole_block_pass` where blocks run whole, else
-    :func:`_sub_block_pass` (:func:`uses_sub_blocks`). A fit needs only one of them. Each
-    alone, in a fresh process with an empty cache, took 8.2-8.5 s (whole blocks) and 9.5-10.1
-    s (sub-blocks) against 11.3-11.6 for one kernel holding both paths, in runs alternating
-    with it.
+    Runs one of three compiled kernels: :func:`_whole_block_pass` where blocks run whole,
+    else :func:`_sub_block_pass`, or :func:`_unstored_sub_block_pass` for 'full''s
+    sub-blocks that never store their quadratic features (:func:`uses_sub_blocks`,
+    :func:`_stores_features`). A fit needs only one of them. Each alone, in a fresh process
+    with an empty cache, took 8.2-8.5 s (whole blocks) and 9.5-10.1 s (sub-blocks) against
+    11.3-11.6 for one kernel holding both paths, in runs alternating with it. Splitting the
+    sub-blocks' kernel in two then took 0.1-0.7 s off the one that stores its features and
+    0.8-1.5 s off the other (10.1-10.2 s and 9.3-10.0 s, in a slower hour).
 
     Parameters
     ----------
@@ -546,10 +573,15 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
     first_bad_row : int
         Index in X of the first row holding NaN or infinity, or -1.
     """
-    whole = not uses_sub_blocks(kind, eta.shape[1], eta.shape[0])
-    return (_whole_block_pass if whole else _sub_block_pass)(
-        kind, X, centre, eta, row_factor, K, compute_stats, block_rows, wave_blocks, n_tasks,
-        loglik, stats, scatter, row_loglik, resp_out, labels)
+    Kv, Fp = eta.shape
+    if not uses_sub_blocks(kind, Fp, Kv):
+        kernel = _whole_block_pass
+    elif _stores_features(kind, X.shape[1], Kv):
+        kernel = _sub_block_pass
+    else:
+        kernel = _unstored_sub_block_pass
+    return kernel(kind, X, centre, eta, row_factor, K, compute_stats, block_rows, wave_blocks,
+                  n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels)
 
 
 @njit(parallel=True, **_jit)
@@ -557,30 +589,43 @@ def _whole_block_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_
                       wave_blocks, n_tasks, loglik, stats, scatter, row_loglik, resp_out,
                       labels):
     """:func:`expanded_pass` for layouts whose blocks run whole (:func:`_small_block`)."""
-    return _pass(True, kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
+    return _pass(True, True, kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
                  wave_blocks, n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels)
 
 
 @njit(parallel=True, **_jit)
 def _sub_block_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
                     wave_blocks, n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels):
-    """:func:`expanded_pass` for layouts whose blocks run in sub-blocks (:func:`_block`)."""
-    return _pass(False, kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
+    """:func:`expanded_pass` for layouts whose blocks run in sub-blocks (:func:`_block`)
+    that store their features."""
+    return _pass(False, True, kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
                  wave_blocks, n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels)
 
 
-# Inlined into the two kernels above with `whole_blocks` a constant, which Numba then prunes
-# the other path by before compiling: each kernel holds one block function.
+@njit(parallel=True, **_jit)
+def _unstored_sub_block_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
+                             wave_blocks, n_tasks, loglik, stats, scatter, row_loglik,
+                             resp_out, labels):
+    """:func:`expanded_pass` for 'full' layouts whose sub-blocks never store their quadratic
+    features (:func:`_stores_features`)."""
+    return _pass(False, False, kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
+                 wave_blocks, n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels)
+
+
+# Inlined into the three kernels above with `whole_blocks` and `stored` constants, by which
+# Numba then prunes the other paths before compiling: each kernel holds one block function.
 @njit(inline="always", **_jit)
-def _pass(whole_blocks, kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
-          wave_blocks, n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels):
-    """The body of both kernels: the waves of blocks and their merge."""
+def _pass(whole_blocks, stored, kind, X, centre, eta, row_factor, K, compute_stats,
+          block_rows, wave_blocks, n_tasks, loglik, stats, scatter, row_loglik, resp_out,
+          labels):
+    """The body of the three kernels: the waves of blocks and their merge."""
     n = X.shape[0]
     n_blocks = (n + block_rows - 1) // block_rows
     W = min(wave_blocks, n_blocks)
     d = X.shape[1]
     Kv, Fp = eta.shape
-    if whole_blocks == uses_sub_blocks(kind, Fp, Kv):
+    if (whole_blocks == uses_sub_blocks(kind, Fp, Kv)
+            or (not whole_blocks and stored != _stores_features(kind, d, Kv))):
         raise ValueError("expanded_pass: this kernel does not run this layout's blocks")
     tied_stats = kind == TIED and compute_stats and scatter.shape[0] > 0
     if compute_stats:  # every slot aligned
@@ -637,7 +682,7 @@ def _pass(whole_blocks, kind, X, centre, eta, row_factor, K, compute_stats, bloc
                     )
                 else:
                     part_ll[w], part_bad[w] = _block(
-                        kind, X_, r0, r1, centre_, eta_, K, compute_stats, slots_[w],
+                        kind, X_, r0, r1, centre_, eta_, K, stored, compute_stats, slots_[w],
                         row_loglik_, resp_out_, labels_, scratch,
                     )
                 w = take_next(next_block)
