@@ -198,33 +198,21 @@ def _distances_squared(Z, row0, d, off, acc):
     bits of a scale of ones. Its multiply by 1 was a third of the sums' operations: passes
     of 'tied' took 0.96-0.98 of the time without it at d = 16, K = 4 ('full', whose other
     work is larger, 0.99-1.0)."""
-    prefer_wide_vectors()
-    nb = Z.shape[1]
-    for i in range(nb):
-        acc[i] = 0.0
-    j = 0
-    while j + 4 <= d:
-        o0, o1, o2, o3 = off[j], off[j + 1], off[j + 2], off[j + 3]
-        r = row0 + j
-        for i in range(nb):
-            y0 = Z[r, i] - o0
-            y1 = Z[r + 1, i] - o1
-            y2 = Z[r + 2, i] - o2
-            y3 = Z[r + 3, i] - o3
-            acc[i] += (y0 * y0 + y1 * y1) + (y2 * y2 + y3 * y3)
-        j += 4
-    while j < d:
-        o, r = off[j], row0 + j
-        for i in range(nb):
-            y = Z[r, i] - o
-            acc[i] += y * y
-        j += 1
+    _squares(False, Z, row0, d, off, off[:0], acc)
 
 
 @njit(**_jit)
 def _sum_squares(Z, row0, d, off, scale, acc):
-    """acc[i] = sum_j ((Z[row0 + j, i] - off[j]) * scale[j])^2, four rows of Z per sweep so
-    that acc is loaded and stored once per four features."""
+    """acc[i] = sum_j ((Z[row0 + j, i] - off[j]) * scale[j])^2."""
+    _squares(True, Z, row0, d, off, scale, acc)
+
+
+# Inlined into the two functions above with `scaled` a constant: without a scale, each factor
+# is the constant 1, whose multiplies LLVM drops.
+@njit(inline="always", **_jit)
+def _squares(scaled, Z, row0, d, off, scale, acc):
+    """acc[i] = sum_j ((Z[row0 + j, i] - off[j]) * c_j)^2, c_j = scale[j] if `scaled`, else
+    1; four rows of Z per sweep, so that acc is loaded and stored once per four features."""
     prefer_wide_vectors()
     nb = Z.shape[1]
     for i in range(nb):
@@ -232,7 +220,10 @@ def _sum_squares(Z, row0, d, off, scale, acc):
     j = 0
     while j + 4 <= d:
         o0, o1, o2, o3 = off[j], off[j + 1], off[j + 2], off[j + 3]
-        c0, c1, c2, c3 = scale[j], scale[j + 1], scale[j + 2], scale[j + 3]
+        c0 = scale[j] if scaled else 1.0
+        c1 = scale[j + 1] if scaled else 1.0
+        c2 = scale[j + 2] if scaled else 1.0
+        c3 = scale[j + 3] if scaled else 1.0
         r = row0 + j
         for i in range(nb):
             y0 = (Z[r, i] - o0) * c0
@@ -242,7 +233,7 @@ def _sum_squares(Z, row0, d, off, scale, acc):
             acc[i] += (y0 * y0 + y1 * y1) + (y2 * y2 + y3 * y3)
         j += 4
     while j < d:
-        o, c, r = off[j], scale[j], row0 + j
+        o, c, r = off[j], scale[j] if scaled else 1.0, row0 + j
         for i in range(nb):
             y = (Z[r, i] - o) * c
             acc[i] += y * y
