@@ -36,8 +36,8 @@ The price is cancellation: the expanded quadratic form loses about eps * |mu_k -
 metric of the component's precision) where the per-component form loses eps * |mu_k - c|.
 ``expanded_layout`` offers this form only where that error is negligible; elsewhere
 ``gaussian.gaussian_pass`` runs. Blocks, their fixed-order merge and the per-row outputs are as
-in ``gaussian.py``; within a block, sub-blocks are added in order. As there, the pass is
-compiled kernels from one body: here three, for layouts whose blocks run whole, for sub-blocks
+in ``gaussian.py``; within a block, sub-blocks are added in order. As there, one body is
+compiled as several kernels, here three: for layouts whose blocks run whole, for sub-blocks
 that store their features, and for 'full''s sub-blocks that do not.
 """
 
