@@ -52,16 +52,15 @@ def test_negative_sizes_make_empty_buffers():
 
 
 @pytest.mark.parametrize("kind", [FULL, DIAG])
-def test_per_component_task_scratch_is_aligned_with_its_zeros_and_ones(kind):
+def test_per_component_task_scratch_is_aligned_with_its_zeros(kind):
     scratch = _task_scratch(kind, 5, 3, 10, 256)
     # The buffers of a block's rows (the small (d,) and (K, d) ones are not swept by rows).
     rows = [a for a in scratch if a.dtype == np.float64 and a.shape[-1] == 256 and a.size]
-    assert len(rows) == (11 if kind == FULL else 10)
+    assert len(rows) == (10 if kind == FULL else 9)
     assert all(_starts_on_a_line(a) for a in rows)
-    ds, wt, ones = scratch[9], scratch[10], scratch[11]
+    ds, wt = scratch[9], scratch[10]
     assert ds.shape == (8, 256) and not ds.any()
     assert wt.shape == ((8, 256) if kind == FULL else (0, 256)) and not wt.any()
-    assert ones.shape == (1, 256) and (ones == 1.0).all()
 
 
 def test_expanded_task_buffers_are_aligned_and_rt_is_zero():

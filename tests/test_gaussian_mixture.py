@@ -8,6 +8,7 @@ Every fit here is small (hundreds to a few thousand rows). Fits run with ``tol=0
 import itertools
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 
 import numba
 import numpy as np
@@ -732,6 +733,39 @@ def test_dense_log_densities_the_same_bits_in_whole_and_short_blocks(covariance_
     weighted = (reference.log_gaussian_prob(X, means, prec_chol, covariance_type)
                 + np.log(weights))
     assert_allclose(whole, (weighted - log_resp)[:, 0], rtol=1e-12)
+
+
+def _fma(a, b, c):
+    """a * b + c rounded once, in exact arithmetic."""
+    return float(Fraction(a) * Fraction(b) + Fraction(c))
+
+
+@pytest.mark.parametrize("n_features", [2, 3])
+@pytest.mark.parametrize("scaled", [True, False], ids=["diag", "dense"])
+def test_log_densities_of_two_or_three_features_in_one_sweep(n_features, scaled):
+    """With 2 or 3 features the per-component kernel makes each component's log-densities in
+    one sweep (a third feature, at d = 2, the first again times 0), with the multiply-adds of
+    one sweep per feature: round(y0^2), then y1^2 (and y2^2) added each with one rounding,
+    then c - a / 2; rows of a stacked Z are read from the component's own."""
+    rng = np.random.default_rng(25)
+    d, nb, K = n_features, 37, 3
+    Z = rng.normal(size=(K * d, nb)) * 4.0 + 1.0
+    off, scale = rng.normal(size=d), rng.random(size=d) + 0.5
+    k, c = 1, -1.75
+    logp, acc = np.full((K, nb), np.nan), np.empty(nb)
+    kernels = fastem._kernels.gaussian
+    if scaled:
+        kernels._log_densities(Z, k * d, d, off, scale, c, logp, k, acc)
+    else:
+        kernels._distances_squared(Z, k * d, d, off, c, logp, k, acc)
+    factors = scale if scaled else np.ones(d)
+    for i in range(nb):
+        y = [(Z[k * d + j, i] - off[j]) * factors[j] for j in range(d)]
+        a = y[0] * y[0]
+        for j in range(1, d):
+            a = _fma(y[j], y[j], a)
+        assert logp[k, i] == _fma(-0.5, a, c)
+    assert np.isnan(logp[[0, 2]]).all()  # no other component's row written
 
 
 def test_each_kernel_refuses_the_layouts_of_the_other(overlapping):

@@ -14,7 +14,8 @@ from fastem._kernels._panels import (
     quadratic_log_density_product,
     scale_rows,
 )
-from fastem._kernels._tiles import TILE, centred_moments, lane_sum, row_dot, tile_products
+from fastem._kernels._tiles import (TILE, centred_moments, lane_sum, row_dot, row_sums,
+                                   tile_products)
 
 
 @pytest.mark.parametrize("n_cols", [LANES, 2 * LANES, 3 * LANES], ids=["8", "16", "16+8"])
@@ -210,11 +211,28 @@ def test_lane_sum(n):
     assert lane_sum(real, n) == pytest.approx(real[:n].sum(), rel=1e-13, abs=1e-13)
 
 
-@pytest.mark.parametrize("d", [1, 4, 7], ids=["one-feature", "four", "four+three"])
+@pytest.mark.parametrize("n_rows", [1, 3, 4, 6, 9])
+def test_row_sums_are_each_rows_lane_sum(n_rows):
+    """Four rows per sweep, a last partial sweep reading no row past A's last (its stand-in
+    rows' sums are discarded) and no column past nb (NaN there): each sum the bits of that
+    row's own lane sum."""
+    rng = np.random.default_rng(6)
+    nb = 61
+    A = np.c_[rng.normal(size=(n_rows, nb)), np.full((n_rows, 3), np.nan)]
+    out = np.full(n_rows, np.nan)
+    row_sums(A, nb, out)
+    for a in range(n_rows):
+        assert out[a] == lane_sum(np.ascontiguousarray(A[a]), nb)
+    assert out == pytest.approx(A[:, :nb].sum(axis=1), rel=1e-13)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4, 7],
+                         ids=["one-feature", "two", "three", "four", "four+three"])
 @pytest.mark.parametrize("nb", [256, 61], ids=["whole-vectors", "tail"])
 def test_centred_moments_match_numpy(d, nb):
-    """Each component's sum r (x - mu) and sum r (x - mu)^2, four features per sweep and one
-    at a time past them; and the single dot product."""
+    """Each component's sum r (x - mu) and sum r (x - mu)^2, four features per sweep, then two,
+    then one; a feature's sums are the same bits whichever sweep it is in; and the single
+    dot product."""
     rng = np.random.default_rng(4)
     K = 3
     XT = rng.normal(size=(d, nb)) + 5.0
@@ -225,4 +243,10 @@ def test_centred_moments_match_numpy(d, nb):
     t = XT[None, :, :] - mu[:, :, None]  # (K, d, nb)
     np.testing.assert_allclose(first, np.einsum("ki,kji->kj", R, t), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(second, np.einsum("ki,kji->kj", R, t**2), rtol=1e-12, atol=1e-12)
+    alone_first, alone_second = np.empty((K, 1)), np.empty((K, 1))
+    for j in range(d):
+        centred_moments(np.ascontiguousarray(XT[j:j + 1]), R, np.ascontiguousarray(mu[:, j:j + 1]),
+                        alone_first, alone_second)
+        assert np.array_equal(alone_first[:, 0], first[:, j])
+        assert np.array_equal(alone_second[:, 0], second[:, j])
     assert row_dot(R, 1, XT, d - 1, nb) == pytest.approx(R[1] @ XT[d - 1], rel=1e-13)

@@ -40,6 +40,25 @@ def _float64_bits(typingctx, value):
     return types.int64(types.float64), codegen
 
 
+@intrinsic
+def fused_multiply_add(typingctx, a, b, c):
+    """a * b + c with one rounding, for float64 (LLVM's fma, which its vectorizer widens).
+
+    For a sum whose bits must not depend on the compiler: contraction alone may fuse either
+    product of (a * b) + (c * d).
+    """
+    if not (a == types.float64 and b == types.float64 and c == types.float64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.DoubleType(), [ir.DoubleType()] * 3),
+            "llvm.fma.f64")
+        return builder.call(fma, args)
+
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
 # exp(r) ~ sum_j c_j r^j on |r| <= ln(2)/2, coefficients from r^11 down to r^0: the polynomial
 # interpolating exp at the 12 Chebyshev nodes of that interval, solved in 50-digit arithmetic
 # (mpmath) and rounded to float64. Its error, 4e-18, is far below the float64 arithmetic's

@@ -53,8 +53,9 @@ from ._atomic import take_next
 from ._config import CACHE, JIT, prefer_wide_vectors
 from ._llvm import LANES
 from ._logsumexp import normalize_columns
+from ._math import fused_multiply_add
 from ._panels import PANEL_ROWS, log_density_product
-from ._tiles import centred_moments, lane_sum, row_dot, tile_products
+from ._tiles import centred_moments, lane_sum, row_dot, row_sums, tile_products
 from ._transpose import NARROW_MAX, transpose_narrow, transpose_tile
 from ._views import borrowed, flat, keep_alive
 
@@ -170,10 +171,7 @@ def _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT):
                     for i in range(nb):
                         YT[row, i] += p * DT[m, i]
     for k in range(K):
-        _distances_squared(YT, (k if kind == FULL else 0) * d, d, aux[k], acc)
-        c = const[k]
-        for i in range(nb):
-            logp[k, i] = c - 0.5 * acc[i]
+        _distances_squared(YT, (k if kind == FULL else 0) * d, d, aux[k], const[k], logp, k, acc)
 
 
 @njit(**_jit)
@@ -186,35 +184,55 @@ def _logp_diagonal(kind, XT, shift, prec, const, logp, acc, scale):
     for k in range(K):
         for j in range(d):
             scale[j] = prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
-        _sum_squares(XT, 0, d, shift[k], scale, acc)
-        c = const[k]
-        for i in range(nb):
-            logp[k, i] = c - 0.5 * acc[i]
+        _log_densities(XT, 0, d, shift[k], scale, const[k], logp, k, acc)
 
 
 @njit(**_jit)
-def _distances_squared(Z, row0, d, off, acc):
-    """acc[i] = sum_j (Z[row0 + j, i] - off[j])^2: :func:`_sum_squares` with no scale, the
-    bits of a scale of ones. Its multiply by 1 was a third of the sums' operations: passes
-    of 'tied' took 0.96-0.98 of the time without it at d = 16, K = 4 ('full', whose other
-    work is larger, 0.99-1.0)."""
-    _squares(False, Z, row0, d, off, off[:0], acc)
+def _distances_squared(Z, row0, d, off, c, logp, k, acc):
+    """logp[k, i] = c - 1/2 sum_j (Z[row0 + j, i] - off[j])^2: :func:`_log_densities` with no
+    scale, the bits of a scale of ones. Its multiply by 1 was a third of the sums' operations:
+    passes of 'tied' took 0.96-0.98 of the time without it at d = 16, K = 4 ('full', whose
+    other work is larger, 0.99-1.0)."""
+    _squares(False, Z, row0, d, off, off[:0], c, logp, k, acc)
 
 
 @njit(**_jit)
-def _sum_squares(Z, row0, d, off, scale, acc):
-    """acc[i] = sum_j ((Z[row0 + j, i] - off[j]) * scale[j])^2."""
-    _squares(True, Z, row0, d, off, scale, acc)
+def _log_densities(Z, row0, d, off, scale, c, logp, k, acc):
+    """logp[k, i] = c - 1/2 sum_j ((Z[row0 + j, i] - off[j]) * scale[j])^2."""
+    _squares(True, Z, row0, d, off, scale, c, logp, k, acc)
 
 
 # Inlined into the two functions above with `scaled` a constant: without a scale, each factor
 # is the constant 1, whose multiplies LLVM drops.
 @njit(inline="always", **_jit)
-def _squares(scaled, Z, row0, d, off, scale, acc):
-    """acc[i] = sum_j ((Z[row0 + j, i] - off[j]) * c_j)^2, c_j = scale[j] if `scaled`, else
-    1; four rows of Z per sweep, so that acc is loaded and stored once per four features."""
+def _squares(scaled, Z, row0, d, off, scale, c, logp, k, acc):
+    """logp[k, i] = c - 1/2 sum_j ((Z[row0 + j, i] - off[j]) * c_j)^2, c_j = scale[j] if
+    `scaled`, else 1.
+
+    The sum runs in `acc` (nb,), four features per sweep so that it is loaded and stored once
+    per four, then one per sweep, then logp. With 2 or 3 features, one sweep makes logp
+    instead: at d = 2 a third feature is the first again, times 0, adding an exact 0, and the
+    multiply-adds are explicit so that the bits are those of the sweeps (contraction could
+    fuse either square of y0^2 + y1^2). Passes took 0.98 of the time at d = 2, K = 4, 0.94
+    at d = 3; at d = 1, three features' work for one, 1.03 of it, so one feature keeps the
+    sweeps.
+    """
     prefer_wide_vectors()
     nb = Z.shape[1]
+    if d == 2 or d == 3:
+        r2 = row0 + 2 if d == 3 else row0
+        o0, o1 = off[0], off[1]
+        o2 = off[2] if d == 3 else 0.0
+        c0 = scale[0] if scaled else 1.0
+        c1 = scale[1] if scaled else 1.0
+        c2 = (scale[2] if scaled else 1.0) if d == 3 else 0.0
+        for i in range(nb):
+            y0 = (Z[row0, i] - o0) * c0
+            y1 = (Z[row0 + 1, i] - o1) * c1
+            y2 = (Z[r2, i] - o2) * c2
+            sq = fused_multiply_add(y2, y2, fused_multiply_add(y1, y1, y0 * y0))
+            logp[k, i] = c - 0.5 * sq
+        return
     for i in range(nb):
         acc[i] = 0.0
     j = 0
@@ -233,11 +251,13 @@ def _squares(scaled, Z, row0, d, off, scale, acc):
             acc[i] += (y0 * y0 + y1 * y1) + (y2 * y2 + y3 * y3)
         j += 4
     while j < d:
-        o, c, r = off[j], scale[j] if scaled else 1.0, row0 + j
+        o, cj, r = off[j], scale[j] if scaled else 1.0, row0 + j
         for i in range(nb):
-            y = (Z[r, i] - o) * c
+            y = (Z[r, i] - o) * cj
             acc[i] += y * y
         j += 1
+    for i in range(nb):
+        logp[k, i] = c - 0.5 * acc[i]
 
 
 @njit(**_jit)
@@ -363,7 +383,7 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, prec, prec_rows, aux, co
     prefer_wide_vectors()
     nb = r1 - r0
     K = shift.shape[0]
-    XT, R, logp, best_buf, ll, work, acc, DT, YT, DS, WT, ones, scale, second = scratch
+    XT, R, logp, best_buf, ll, work, acc, DT, YT, DS, WT, scale, second = scratch
     nbp = logp.shape[1]  # nb padded to whole vectors of rows
     _load_columns(X, r0, r1, XT)
     total = 0.0
@@ -394,8 +414,7 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, prec, prec_rows, aux, co
                 R[best[i], i] = 1.0
         _write_rows(r0, ll[:nb], R, best, row_loglik, resp_out, labels)
     if compute_stats:
-        for k in range(K):
-            p0[k] = row_dot(R, k, ones, 0, nb)
+        row_sums(R, nb, p0)
         if dense:
             _stats_dense(kind, XT, R, shift, p1, p2, DS, WT, kind == TIED and mode != GIVEN)
         else:
@@ -427,11 +446,8 @@ def _task_scratch(kind, d, K, n_y, rows):
     (LANES), logp's columns past rows zero and never written, acc (rows,),
     DT (d, rows; for 'tied' DS's first rows), YT (n_y, rows) ('full' and 'tied': the rows of
     :func:`_precision_rows`, else none), DS and WT (dp, rows) (dp = 4 ceil(d / 4); WT for
-    'full' only) whose rows past d stay zero, ones (1, rows), scale (d,), second (K, d)."""
+    'full' only) whose rows past d stay zero, scale (d,), second (K, d)."""
     dp = (d + 3) // 4 * 4
-    ones = aligned_matrix(1, rows)
-    for i in range(rows):
-        ones[0, i] = 1.0
     DS = aligned_zeros(dp, rows)
     # 'tied''s statistics are about c too (shift[k] = c): the log-densities' centred rows
     # are made in their place in DS, which the statistics then read as they are.
@@ -442,7 +458,7 @@ def _task_scratch(kind, d, K, n_y, rows):
     return (aligned_matrix(d, rows), aligned_zeros(K_R, rows_p), aligned_zeros(K, rows_p),
             np.empty(rows_p, dtype=np.int64), aligned_empty(rows_p), aligned_matrix(2, rows_p),
             aligned_empty(rows), DT, aligned_matrix(n_y, rows), DS,
-            aligned_zeros(dp if kind == FULL else 0, rows), ones, np.empty(d),
+            aligned_zeros(dp if kind == FULL else 0, rows), np.empty(d),
             np.empty((K, d)))
 
 
@@ -606,7 +622,7 @@ def _pass(dense, kind, mode, X, shift, centre, prec, aux, const, resp_in, comput
                        borrowed(owned[3]), borrowed(owned[4]), borrowed(owned[5]),
                        borrowed(owned[6]), borrowed(owned[7]), borrowed(owned[8]),
                        borrowed(owned[9]), borrowed(owned[10]), borrowed(owned[11]),
-                       borrowed(owned[12]), borrowed(owned[13]))
+                       borrowed(owned[12]))
             w = take_next(next_block)
             while w < nw:
                 r0 = (w0 + w) * block_rows
