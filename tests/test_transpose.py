@@ -9,16 +9,23 @@ from fastem._kernels.gaussian import _load_columns
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("d", [1, 2, 3, 5, 7, 8, 13, 16, 24, 67])
 @pytest.mark.parametrize("rows", [(0, 256), (37, 290), (5, 9)], ids=["block", "offset-tail", "short"])
-def test_load_columns_is_the_transpose(dtype, d, rows):
+@pytest.mark.parametrize("centred", [False, True], ids=["as-is", "less-centre"])
+def test_load_columns_is_the_transpose(dtype, d, rows, centred):
     """Whole 8 x 8 tiles, 8 rows of fewer features (d < 8), features and rows past them,
     the row-by-row copy (float64, d = 16) and float32 widened to float64, from any starting
-    row of a read-only array (the kernels' view of every chunk)."""
+    row of a read-only array (the kernels' view of every chunk); less a centre, each entry
+    the float64 difference, in the tiles as past them."""
     r0, r1 = rows
-    X = np.random.default_rng(d).normal(size=(300, d)).astype(dtype)
+    rng = np.random.default_rng(d)
+    X = rng.normal(size=(300, d)).astype(dtype)
     X.flags.writeable = False
+    centre = rng.normal(size=d) * 10.0 if centred else None
     XT = np.full((d, r1 - r0), np.nan)
-    _load_columns(X, r0, r1, XT)
-    assert np.array_equal(XT, X[r0:r1].T.astype(np.float64))
+    _load_columns(X, r0, r1, XT, centre)
+    expected = X[r0:r1].T.astype(np.float64)
+    if centred:
+        expected -= centre[:, None]
+    assert np.array_equal(XT, expected)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -37,7 +44,7 @@ def test_diag_features_from_rows_are_those_of_the_columns(dtype, d, rows):
     centre = rng.normal(size=d)
     F = 1 + 2 * d
     XT = np.empty((d, r1 - r0))
-    _load_columns(X, r0, r1, XT)
+    _load_columns(X, r0, r1, XT, None)
     expected = np.full((F, r1 - r0), np.nan)
     _features(DIAG, XT, centre, expected)
     Phi = np.full((F, r1 - r0), np.nan)

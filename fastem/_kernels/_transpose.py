@@ -61,6 +61,25 @@ def _tile_columns(context, builder, x_ty, x_arg, r, j0):
     return v
 
 
+def _is_centre(a):
+    """Whether `a` can be a load's centre: a 1-D float64 array, or None for none (each
+    compiles apart)."""
+    return isinstance(a, types.NoneType) or (
+        isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float64)
+
+
+def _less_centre(context, builder, c_ty, c_arg, j, column):
+    """column - centre[j] (all lanes), or column as it is when there is no centre."""
+    if isinstance(c_ty, types.NoneType):
+        return column
+    c = context.make_array(c_ty)(context, builder, c_arg)
+    c_stride = cgutils.unpack_tuple(builder, c.strides, 1)[0]
+    c_ptr = builder.bitcast(builder.gep(builder.bitcast(c.data, BYTE_PTR),
+                                        [builder.mul(j, c_stride)]),
+                            ir.DoubleType().as_pointer())
+    return builder.fsub(column, splat(builder, builder.load(c_ptr), column.type))
+
+
 def _store_row_vector(builder, base, stride, row, i, vector):
     """vector into base's row `row`, columns i:i+8 (a float64 matrix with row stride
     `stride` bytes)."""
@@ -71,22 +90,24 @@ def _store_row_vector(builder, base, stride, row, i, vector):
 
 
 @intrinsic
-def transpose_tile(typingctx, X, r, j0, XT, i):
-    """XT[j0 + k, i + u] = X[r + u, j0 + k] for u, k < 8: X C-contiguous float32 or float64,
-    XT C-contiguous float64. Nothing is checked: the caller keeps the tile inside both."""
+def transpose_tile(typingctx, X, r, j0, XT, i, centre):
+    """XT[j0 + k, i + u] = X[r + u, j0 + k] - centre[j0 + k] for u, k < 8 (without a centre
+    when it is None): X C-contiguous float32 or float64, XT C-contiguous float64. Nothing is
+    checked: the caller keeps the tile inside both and the centre."""
     if not (_is_row_major(X, (types.float32, types.float64))
-            and _is_row_major(XT, (types.float64,))):
+            and _is_row_major(XT, (types.float64,)) and _is_centre(centre)):
         return None
-    sig = types.void(X, types.intp, types.intp, XT, types.intp)
+    sig = types.void(X, types.intp, types.intp, XT, types.intp, centre)
 
     def codegen(context, builder, signature, args):
-        x_ty, _, _, xt_ty, _ = signature.args
+        x_ty, _, _, xt_ty, _, c_ty = signature.args
         r, j0, i = args[1], args[2], args[4]
         columns = _tile_columns(context, builder, x_ty, args[0], r, j0)
         xt_base, xt_stride = array_bytes(context, builder, xt_ty, args[3])
         for k in range(TILE):
-            _store_row_vector(builder, xt_base, xt_stride,
-                              builder.add(j0, ir.Constant(r.type, k)), i, columns[k])
+            j = builder.add(j0, ir.Constant(r.type, k))
+            _store_row_vector(builder, xt_base, xt_stride, j, i,
+                              _less_centre(context, builder, c_ty, args[5], j, columns[k]))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -136,22 +157,23 @@ NARROW_MAX = TILE - 1
 
 
 @intrinsic
-def transpose_narrow(typingctx, X, r, XT, i):
-    """XT[j, i + u] = X[r + u, j] for u < 8 and every feature j of X, which has 1 to
-    NARROW_MAX of them (others: nothing is done). X C-contiguous float32 or float64, XT
-    C-contiguous float64; nothing is checked: the caller keeps the 8 rows inside both.
+def transpose_narrow(typingctx, X, r, XT, i, centre):
+    """XT[j, i + u] = X[r + u, j] - centre[j] for u < 8 and every feature j of X (without a
+    centre when it is None), which has 1 to NARROW_MAX of them (others: nothing is done). X
+    C-contiguous float32 or float64, XT C-contiguous float64; nothing is checked: the caller
+    keeps the 8 rows inside both and the centre.
 
     The 8 rows are one load of 8 d entries, and each feature one shuffle of it (LLVM picks the
     permutes): element by element, with Numba's index arithmetic, the copy took a ninth of a
     pass at d = 2, K = 8.
     """
     if not (_is_row_major(X, (types.float32, types.float64))
-            and _is_row_major(XT, (types.float64,))):
+            and _is_row_major(XT, (types.float64,)) and _is_centre(centre)):
         return None
-    sig = types.void(X, types.intp, XT, types.intp)
+    sig = types.void(X, types.intp, XT, types.intp, centre)
 
     def codegen(context, builder, signature, args):
-        x_ty, _, xt_ty, _ = signature.args
+        x_ty, _, xt_ty, _, c_ty = signature.args
         x_base, x_stride = array_bytes(context, builder, x_ty, args[0])
         xt_base, xt_stride = array_bytes(context, builder, xt_ty, args[2])
         r, i = args[1], args[3]
@@ -175,6 +197,8 @@ def transpose_narrow(typingctx, X, r, XT, i):
                     ir.VectorType(I32, TILE), [j + width * u for u in range(TILE)]))
                 if x_ty.dtype != types.float64:
                     column = builder.fpext(column, VEC)
+                column = _less_centre(context, builder, c_ty, args[4], ir.Constant(intp, j),
+                                      column)
                 offset = builder.add(builder.mul(ir.Constant(intp, j), xt_stride), out_col)
                 ptr = builder.bitcast(builder.gep(xt_base, [offset]), VEC.as_pointer())
                 builder.store(column, ptr, align=8)

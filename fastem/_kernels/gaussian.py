@@ -75,8 +75,9 @@ _jit = JIT
 
 
 @njit(**_jit)
-def _load_columns(X, r0, r1, XT):
-    """Copy rows r0:r1 of X into float64 XT (d, nb), transposed.
+def _load_columns(X, r0, r1, XT, centre):
+    """Copy rows r0:r1 of X into float64 XT (d, nb), transposed, less `centre` (d,) unless
+    it is None (a separate compiled copy).
 
     In the 8 x 8 vector tiles of :func:`transpose_tile` (below 8 features, 8 rows at a time
     by :func:`transpose_narrow`), the features past the last whole tile and the rows past the
@@ -93,18 +94,26 @@ def _load_columns(X, r0, r1, XT):
     i_tiles = nb - nb % 8
     if d <= NARROW_MAX:
         for i0 in range(0, i_tiles, 8):
-            transpose_narrow(X, r0 + i0, XT, i0)
+            transpose_narrow(X, r0 + i0, XT, i0, centre)
     else:
         j_tiles = d - d % 8
         for i0 in range(0, i_tiles, 8):
             for j0 in range(0, j_tiles, 8):
-                transpose_tile(X, r0 + i0, j0, XT, i0)
+                transpose_tile(X, r0 + i0, j0, XT, i0, centre)
             for i in range(i0, i0 + 8):
                 for j in range(j_tiles, d):
-                    XT[j, i] = X[r0 + i, j]
+                    XT[j, i] = _less(X[r0 + i, j], centre, j)
     for i in range(i_tiles, nb):
         for j in range(d):
-            XT[j, i] = X[r0 + i, j]
+            XT[j, i] = _less(X[r0 + i, j], centre, j)
+
+
+@njit(inline="always", **_jit)
+def _less(x, centre, j):
+    """x - centre[j] in float64, or x when there is no centre."""
+    if centre is None:
+        return np.float64(x)
+    return np.float64(x) - centre[j]
 
 
 @njit(**_jit)
@@ -141,14 +150,16 @@ def _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT):
     'tied'; `prec_rows` is prec's (d, d) matrices stacked (:func:`_precision_rows`).
 
     The rest is the task's scratch: `acc` (nb,), `DT` (d, nb) and `YT` (prec_rows.shape[0],
-    nb).
+    nb). For 'tied', DT holds the rows less c already (loaded so, :func:`_block`), and XT
+    only gives the shape.
     """
     prefer_wide_vectors()
     d, nb = XT.shape
     K = aux.shape[0]
     # (x - mu_k) P_k = (x - c) P_k - (mu_k - c) P_k: one product for every component, and an
     # error of only eps * |mu_k - c| / sigma since c is near the data.
-    _centre(XT, centre, DT)
+    if kind == FULL:
+        _centre(XT, centre, DT)
     n_mats = K if kind == FULL else 1
     if d >= SMALL_D and nb % LANES == 0:
         # In register panels, the terms in the order of the loops below: the same bits (the
@@ -313,9 +324,9 @@ def _write_rows(r0, ll, R, best, row_loglik, resp_out, labels):
 
 
 @njit(**_jit)
-def _stats_dense(kind, XT, R, shift, p1, p2, DT, WT, centred):
-    """One block's first and second moments into its slot (p1, p2), 'full' or 'tied'; with
-    `centred` ('tied' only), DT already holds the rows less c.
+def _stats_dense(kind, XT, R, shift, p1, p2, DT, WT):
+    """One block's first and second moments into its slot (p1, p2), 'full' or 'tied' (whose
+    DT holds the rows less c, as they were loaded).
 
     Every sum over the rows is a :func:`row_dot` or a tile of :func:`tile_products`, in vector
     lanes: as scalar running sums they took one 4-cycle add per row. 'tied''s first moments
@@ -329,8 +340,6 @@ def _stats_dense(kind, XT, R, shift, p1, p2, DT, WT, centred):
     d, nb = XT.shape
     K = shift.shape[0]
     if kind == TIED:  # one centre: the first moments are one product, R's rows by DT's
-        if not centred:
-            _centre(XT, shift[0], DT)
         tile_products(R, DT, nb, p1, False, False)
         if p2.shape[0] > 0:  # its one scatter, unweighted, unless not wanted
             tile_products(DT, DT, nb, p2[0], True, False)
@@ -371,10 +380,11 @@ def _stats_diagonal(kind, XT, R, shift, p1, p2, second):
 # function's code again inside every function above it, and this level cost 1 s of the cold
 # compile. There `dense` is a constant, and Numba compiles only its covariances' functions.
 @njit(inline="always", **_jit)
-def _block(dense, kind, mode, X, r0, r1, shift, centre, prec, prec_rows, aux, const, resp_in,
-           compute_stats, p0, p1, p2, row_loglik, resp_out, labels, scratch):
+def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows, aux, const,
+           resp_in, compute_stats, p0, p1, p2, row_loglik, resp_out, labels, scratch):
     """Process rows r0:r1 into slot (p0, p1, p2) and the per-row outputs; `dense`: whether
-    `kind` is 'full' or 'tied', whose `prec_rows` are :func:`_precision_rows`.
+    `kind` is 'full' or 'tied', whose `prec_rows` are :func:`_precision_rows`; `origin` is
+    d zeros.
 
     `scratch` is the calling task's buffers (:func:`_task_scratch`), of the block's size and
     reused block after block. Returns (sum of the rows' log-likelihoods, first non-finite row
@@ -385,7 +395,14 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, prec, prec_rows, aux, co
     K = shift.shape[0]
     XT, R, logp, best_buf, ll, work, acc, DT, YT, DS, WT, scale, second = scratch
     nbp = logp.shape[1]  # nb padded to whole vectors of rows
-    _load_columns(X, r0, r1, XT)
+    if dense:
+        # 'tied''s rows are wanted only less c, for the log-densities and the statistics
+        # alike: loaded so, they skip a pass over the block. 'full' loads them less `origin`
+        # (zeros), the same compiled copy; one of its own cost this kernel 0.7-1.4 s of cold
+        # compile.
+        _load_columns(X, r0, r1, DT if kind == TIED else XT, centre if kind == TIED else origin)
+    else:
+        _load_columns(X, r0, r1, XT, None)
     total = 0.0
     if mode == GIVEN:
         bad = _first_nonfinite(X, r0, r1, ll[:0])
@@ -416,7 +433,7 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, prec, prec_rows, aux, co
     if compute_stats:
         row_sums(R, nb, p0)
         if dense:
-            _stats_dense(kind, XT, R, shift, p1, p2, DS, WT, kind == TIED and mode != GIVEN)
+            _stats_dense(kind, XT, R, shift, p1, p2, DS, WT)
         else:
             _stats_diagonal(kind, XT, R, shift, p1, p2, second)
     return total, -1
@@ -603,7 +620,9 @@ def _pass(dense, kind, mode, X, shift, centre, prec, aux, const, resp_in, comput
     n_y = prec_rows.shape[0]
     T = max(1, min(n_tasks, W))
     # The blocks see the shared arrays through borrowed views (``_views``), held here.
+    origin = aligned_zeros(1, d)[0]  # np.zeros here would be a parallel loop of its own
     X_, shift_, centre_, prec_ = borrowed(X), borrowed(shift), borrowed(centre), borrowed(prec)
+    origin_ = borrowed(origin)
     aux_, const_, resp_in_ = borrowed(aux), borrowed(const), borrowed(resp_in)
     prec_rows_ = borrowed(prec_rows)
     p0_, p1_, p2_ = borrowed(p0), borrowed(p1), borrowed(p2)
@@ -627,9 +646,9 @@ def _pass(dense, kind, mode, X, shift, centre, prec, aux, const, resp_in, comput
             while w < nw:
                 r0 = (w0 + w) * block_rows
                 part_ll[w], part_bad[w] = _block(
-                    dense, kind, mode, X_, r0, r0 + rows, shift_, centre_, prec_, prec_rows_,
-                    aux_, const_, resp_in_, compute_stats, p0_[w], p1_[w], p2_[w], row_loglik_,
-                    resp_out_, labels_, scratch,
+                    dense, kind, mode, X_, r0, r0 + rows, shift_, centre_, origin_, prec_,
+                    prec_rows_, aux_, const_, resp_in_, compute_stats, p0_[w], p1_[w], p2_[w],
+                    row_loglik_, resp_out_, labels_, scratch,
                 )
                 w = take_next(next_block)
             keep_alive(owned)
@@ -639,5 +658,5 @@ def _pass(dense, kind, mode, X, shift, centre, prec, aux, const, resp_in, comput
     # Numba frees a local array after its last use: this one keeps the slots and the stacked
     # precisions, which the tasks reached through borrowed views only, for as long as the loop
     # may run.
-    keep_alive((p0, p1, p2, prec_rows))
+    keep_alive((p0, p1, p2, prec_rows, origin))
     return -1

@@ -372,7 +372,7 @@ def _sub_block(stored, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, 
     if _diag_tiles_fit(kind, d, nb):
         _diag_features_from_rows(X, s0, s1, centre, Phi)
     else:
-        _load_columns(X, s0, s1, XT)
+        _load_columns(X, s0, s1, XT, None)
         _features(kind if stored else TIED, XT, centre, Phi)  # 'tied': 1 and y only
     # Rows past those written stay zero, as the panels need.
     _zero_padding(Phi, F if stored else 1 + d, nb, zeroed)
@@ -397,7 +397,7 @@ def _sub_block(stored, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, 
         R_all, RT_all = matrix(r_buf, Kv, nbp), matrix(rt_buf, nbp, Kv)
         for i0 in range(0, nb, 8):
             for k0 in range(0, Kv, 8):
-                transpose_tile(R_all, k0, i0, RT_all, k0)
+                transpose_tile(R_all, k0, i0, RT_all, k0, None)
         if stored:
             if scaled:
                 _scale_features(Phi, F, inverses)
@@ -482,7 +482,7 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
     if _diag_tiles_fit(kind, d, nb):
         _diag_features_from_rows(X, r0, r1, centre, Phi)
     else:
-        _load_columns(X, r0, r1, XT)
+        _load_columns(X, r0, r1, XT, None)
         _features(kind, XT, centre, Phi)
     _zero_padding(Phi, F, nb, zeroed)
     # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
