@@ -62,6 +62,19 @@ EXPANDED_SMALL_FULL_ROWS = 100_000
 # per-component kernel runs, whose error is only linear in |m_k|.
 EXPANDED_MAX_SCALE = 1e5
 
+# The constant coefficient of eta's padding components (rows K to a multiple of 8): their
+# log-densities, this times the constant feature 1, are below any real one, so that the
+# kernel's running maximum may take them in unmasked (``_panels.log_density_product``). Finite,
+# so that a padding column's feature 0 times it is 0 rather than NaN.
+PADDED_LOG_DENSITY = -1e300
+
+
+def _padded_eta(K, n_columns):
+    """Zeros (padded(K), n_columns) but for the padding components' PADDED_LOG_DENSITY."""
+    eta = np.zeros((padded(K), n_columns))
+    eta[K:, 0] = PADDED_LOG_DENSITY
+    return eta
+
 
 def expanded_min_components(covariance_type, n_features, n_rows=None):
     """The fewest components with which a mixture of `n_features` runs the expanded kernel
@@ -264,12 +277,12 @@ class GaussianParams:
             # each row's log-likelihood from U^T, and it stays out of eta.
             row_factor = np.zeros((padded(d), padded(d)))
             row_factor[:d, :d] = U.T
-            eta = np.zeros((padded(K), padded(1 + scatter_rows(d))))
+            eta = _padded_eta(K, padded(1 + scatter_rows(d)))
             eta[:K, 0] = (self._const(np.broadcast_to(log_det, K))
                           - 0.5 * np.einsum("ka,kab,kb->k", m, precisions, m))
             eta[:K, 1 : 1 + d] = m @ precisions[0]
             return kind, np.ascontiguousarray(centre, dtype=np.float64), eta, row_factor
-        eta = np.zeros((padded(K), padded(n_feat)))
+        eta = _padded_eta(K, padded(n_feat))
         if ct == "full":
             eta[:K, 0] = self._const(log_det) - 0.5 * np.einsum("ka,kab,kb->k", m, precisions, m)
             eta[:K, 1 : 1 + d] = np.einsum("kab,kb->ka", precisions, m)

@@ -735,6 +735,28 @@ def test_dense_log_densities_the_same_bits_in_whole_and_short_blocks(covariance_
     assert_allclose(whole, (weighted - log_resp)[:, 0], rtol=1e-12)
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical", "tied"])
+def test_expanded_kernel_scores_rows_far_from_every_component(covariance_type):
+    """With 5 components, the expanded kernel's panels hold 3 padding components, which the
+    product folds into each row's maximum with the rest; for rows some 60 standard
+    deviations from every component (log-densities below -750) the padding's
+    must stay lower still, or every exp of the log-sum-exp would underflow."""
+    rng = np.random.default_rng(26)
+    X = rng.normal(size=(BLOCK_ROWS, 2))
+    weights, means, prec_chol, _ = random_start(X, covariance_type, 5, seed=27)
+    params = GaussianParams(covariance_type, weights, means, prec_chol)
+    assert params.expanded_layout(X.shape[0]) is not None
+    far = X + 60.0
+    row_loglik = np.empty(far.shape[0])
+    predict_pass(ArraySource(far), params, row_loglik=row_loglik)
+    log_resp, _ = reference.e_step(far, weights, means, prec_chol, covariance_type)
+    weighted = (reference.log_gaussian_prob(far, means, prec_chol, covariance_type)
+                + np.log(weights))
+    expected = (weighted - log_resp)[:, 0]
+    assert expected.max() < -750.0  # exp underflows below -708
+    assert_allclose(row_loglik, expected, rtol=1e-10)
+
+
 def _fma(a, b, c):
     """a * b + c rounded once, in exact arithmetic."""
     return float(Fraction(a) * Fraction(b) + Fraction(c))

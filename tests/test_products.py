@@ -16,6 +16,7 @@ from fastem._kernels._panels import (
 )
 from fastem._kernels._tiles import (TILE, centred_moments, lane_sum, row_dot, row_sums,
                                    tile_products)
+from fastem._params import PADDED_LOG_DENSITY
 
 
 @pytest.mark.parametrize("n_cols", [LANES, 2 * LANES, 3 * LANES], ids=["8", "16", "16+8"])
@@ -37,12 +38,18 @@ def test_panel_product_adds_the_matrix_product(n_cols, a_transposed):
 @pytest.mark.parametrize("k", [1, 5, PANEL_ROWS, PANEL_ROWS + 3, 2 * PANEL_ROWS])
 def test_log_density_product_writes_the_product_and_each_columns_max(n_cols, k):
     """out = A[:, :n] @ B[:n], written over whatever out held, and mx = the column-wise
-    maximum of its first k rows, across panels; rows past k (padding) are not in it."""
+    maximum of its first k rows, across panels, given padding rows as the expanded layout
+    makes them (PADDED_LOG_DENSITY times B's constant row): a panel wholly past k is not
+    folded, whatever it holds."""
     rng = np.random.default_rng(6)
     M, n = 2 * PANEL_ROWS, 21
     A = rng.normal(size=(M, 30))
-    A[k:] = rng.normal(size=(M - k, 30)) + 100.0  # padding rows far above the real ones
+    A[k:] = 0.0
+    A[k:, 0] = PADDED_LOG_DENSITY
+    first_unfolded = -(-k // PANEL_ROWS) * PANEL_ROWS
+    A[first_unfolded:] = rng.normal(size=(M - first_unfolded, 30)) + 100.0  # far above
     B = rng.normal(size=(30, n_cols))
+    B[0] = 1.0  # the constant feature
     out = np.full((M, n_cols), np.nan)
     mx = np.full(n_cols + 3, np.nan)
     log_density_product(A, B, out, n, mx, k, 0)
