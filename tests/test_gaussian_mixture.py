@@ -507,6 +507,30 @@ def test_bits_do_not_depend_on_threads_or_block_multiple_chunks(blobs, kernel, c
     assert_rel(other.lower_bounds_, serial.lower_bounds_, 1e-12)
 
 
+@pytest.mark.parametrize("covariance_type", ["diag", "tied"])
+def test_bits_do_not_depend_on_threads_in_waves_taken_several_blocks_at_a_time(
+        covariance_type):
+    """The per-component kernel hands waves of TAKE_MIN_WAVE blocks or more out TAKE_BLOCKS
+    at a time: on one thread or two, their statistics are those of smaller waves, taken one
+    block at a time, to the bit."""
+    from fastem._em import threads
+    from fastem._kernels._atomic import TAKE_MIN_WAVE
+
+    rng = np.random.default_rng(28)
+    X = rng.normal(size=(TAKE_MIN_WAVE * BLOCK_ROWS + 3 * BLOCK_ROWS + 37, 2))
+    weights, means, prec_chol, _ = random_start(X, covariance_type, 3, seed=29)
+    params = GaussianParams(covariance_type, weights, means, prec_chol)
+    assert params.expanded_layout(X.shape[0]) is None
+    with threads(1):  # chunks, hence waves, of half TAKE_MIN_WAVE blocks
+        serial = accumulate(ArraySource(X), params, chunk_size=TAKE_MIN_WAVE // 2 * BLOCK_ROWS)
+    for n_jobs, chunk_size in [(1, None), (2, None), (2, TAKE_MIN_WAVE * BLOCK_ROWS)]:
+        with threads(n_jobs):
+            found = accumulate(ArraySource(X), params, chunk_size=chunk_size)
+        assert found.loglik == serial.loglik
+        for name in ("s0", "s1", "s2"):
+            assert_array_equal(getattr(found, name), getattr(serial, name), err_msg=name)
+
+
 @ignore_convergence
 def test_bits_do_not_depend_on_threads_or_chunks_without_stored_features(blobs):
     """The same for 'full' at d >= UNSTORED_MIN_FEATURES, whose quadratic features are formed

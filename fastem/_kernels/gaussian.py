@@ -49,7 +49,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._aligned import aligned_empty, aligned_matrix, aligned_zeros
-from ._atomic import take_next
+from ._atomic import blocks_per_take, take_next
 from ._config import CACHE, JIT, prefer_wide_vectors
 from ._llvm import LANES
 from ._logsumexp import normalize_columns
@@ -619,6 +619,7 @@ def _pass(dense, kind, mode, X, shift, centre, prec, aux, const, resp_in, comput
     prec_rows = _precision_rows(prec) if dense else np.empty((0, 0))
     n_y = prec_rows.shape[0]
     T = max(1, min(n_tasks, W))
+    G = blocks_per_take(W)
     # The blocks see the shared arrays through borrowed views (``_views``), held here.
     origin = aligned_zeros(1, d)[0]  # np.zeros here would be a parallel loop of its own
     X_, shift_, centre_, prec_ = borrowed(X), borrowed(shift), borrowed(centre), borrowed(prec)
@@ -631,7 +632,7 @@ def _pass(dense, kind, mode, X, shift, centre, prec, aux, const, resp_in, comput
     for w0 in range(0, n_blocks, W):
         nw = min(W, n_blocks - w0)
         next_block[0] = 0
-        # T tasks, each with its own scratch, taking the wave's blocks one at a time from a
+        # T tasks, each with its own scratch, taking the wave's blocks G at a time from a
         # shared counter (``_atomic``). Blocks own their slots: T and the order changes no bit.
         for t in prange(T):
             owned = _task_scratch(kind, d, K, n_y, rows)
@@ -642,15 +643,16 @@ def _pass(dense, kind, mode, X, shift, centre, prec, aux, const, resp_in, comput
                        borrowed(owned[6]), borrowed(owned[7]), borrowed(owned[8]),
                        borrowed(owned[9]), borrowed(owned[10]), borrowed(owned[11]),
                        borrowed(owned[12]))
-            w = take_next(next_block)
-            while w < nw:
-                r0 = (w0 + w) * block_rows
-                part_ll[w], part_bad[w] = _block(
-                    dense, kind, mode, X_, r0, r0 + rows, shift_, centre_, origin_, prec_,
-                    prec_rows_, aux_, const_, resp_in_, compute_stats, p0_[w], p1_[w], p2_[w],
-                    row_loglik_, resp_out_, labels_, scratch,
-                )
-                w = take_next(next_block)
+            first = take_next(next_block) * G
+            while first < nw:
+                for w in range(first, min(first + G, nw)):
+                    r0 = (w0 + w) * block_rows
+                    part_ll[w], part_bad[w] = _block(
+                        dense, kind, mode, X_, r0, r0 + rows, shift_, centre_, origin_, prec_,
+                        prec_rows_, aux_, const_, resp_in_, compute_stats, p0_[w], p1_[w],
+                        p2_[w], row_loglik_, resp_out_, labels_, scratch,
+                    )
+                first = take_next(next_block) * G
             keep_alive(owned)
         bad = _merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2)
         if bad >= 0:
