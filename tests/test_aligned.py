@@ -64,7 +64,7 @@ def test_per_component_task_scratch_is_aligned_with_its_zeros(kind):
 
 
 def test_expanded_task_buffers_are_aligned_and_rt_is_zero():
-    buffers = _task_buffers(16, 160, 16, 0, 128)
+    buffers = _task_buffers(160, 16, 0, 128)
     floats = [a for a in buffers if a.dtype == np.float64 and a.size > 1]
-    assert len(floats) == 7 and all(_starts_on_a_line(a) for a in floats)
-    assert buffers[4].shape == (128 * 16,) and not buffers[4].any()
+    assert len(floats) == 6 and all(_starts_on_a_line(a) for a in floats)
+    assert buffers[3].shape == (128 * 16,) and not buffers[3].any()

@@ -43,10 +43,9 @@ def test_diag_features_from_rows_are_those_of_the_columns(dtype, d, rows):
     X.flags.writeable = False
     centre = rng.normal(size=d)
     F = 1 + 2 * d
-    XT = np.empty((d, r1 - r0))
-    _load_columns(X, r0, r1, XT, None)
     expected = np.full((F, r1 - r0), np.nan)
-    _features(DIAG, XT, centre, expected)
+    _load_columns(X, r0, r1, expected[1:1 + d], centre)
+    _features(DIAG, expected, d, r1 - r0)
     Phi = np.full((F, r1 - r0), np.nan)
     _diag_features_from_rows(X, r0, r1, centre, Phi)
     assert np.array_equal(Phi, expected)
