@@ -184,8 +184,8 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
 
 def _tasks():
     """Parallel tasks per wave of either kernel: one per thread. Each makes its scratch once
-    and takes the wave's blocks one at a time from a shared counter, so that no thread waits
-    at a wave's end for more than one block."""
+    and takes the wave's blocks from a shared counter, so that no thread waits at a wave's end
+    for more than one take of blocks (``fastem._kernels._atomic``)."""
     return numba.get_num_threads()
 
 

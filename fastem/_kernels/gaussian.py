@@ -19,10 +19,10 @@ Rows are processed in fixed-size blocks of ``block_rows`` (``_config.BLOCK_ROWS`
 writes its partial statistics to its own slot; slots are merged serially in block order.
 Which thread computed a block therefore never changes a bit of the result. No array of shape
 (n_samples, n_components) is allocated: responsibilities live in a (n_components, BLOCK_ROWS)
-scratch array. Each parallel task makes its scratch once and takes the blocks of a wave one at
-a time from a shared counter (``_atomic``); a chunk reaches the kernel as whole blocks, its
-last, shorter block in a call of its own (``fastem._em.whole_blocks``), so that one set of
-scratch serves every block of a call.
+scratch array. Each parallel task makes its scratch once and takes the blocks of a wave from a
+shared counter, four at a time in large waves (``_atomic``); a chunk reaches the kernel as
+whole blocks, its last, shorter block in a call of its own (``fastem._em.whole_blocks``), so
+that one set of scratch serves every block of a call.
 
 Statistics are kept around a shift (the current means, or for 'tied' one common centre), which
 keeps second moments accurate for data far from the origin.
