@@ -14,7 +14,6 @@ array it came from for as long as the view is used.
 """
 
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 

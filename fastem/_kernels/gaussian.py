@@ -151,10 +151,10 @@ def _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT):
 
     The rest is the task's scratch: `acc` (nb,), `DT` (d, nb) and `YT` (prec_rows.shape[0],
     nb). For 'tied', DT holds the rows less c already (loaded so, :func:`_block`), and XT
-    only gives the shape.
+    is empty.
     """
     prefer_wide_vectors()
-    d, nb = XT.shape
+    d, nb = DT.shape
     K = aux.shape[0]
     # (x - mu_k) P_k = (x - c) P_k - (mu_k - c) P_k: one product for every component, and an
     # error of only eps * |mu_k - c| / sigma since c is near the data.
@@ -326,7 +326,7 @@ def _write_rows(r0, ll, R, best, row_loglik, resp_out, labels):
 @njit(**_jit)
 def _stats_dense(kind, XT, R, shift, p1, p2, DT, WT):
     """One block's first and second moments into its slot (p1, p2), 'full' or 'tied' (whose
-    DT holds the rows less c, as they were loaded).
+    DT holds the rows less c, as they were loaded; its XT is empty).
 
     Every sum over the rows is a :func:`row_dot` or a tile of :func:`tile_products`, in vector
     lanes: as scalar running sums they took one 4-cycle add per row. 'tied''s first moments
@@ -337,7 +337,7 @@ def _stats_dense(kind, XT, R, shift, p1, p2, DT, WT):
     the task's scratch (WT 'full''s only).
     """
     prefer_wide_vectors()
-    d, nb = XT.shape
+    d, nb = shift.shape[1], DT.shape[1]
     K = shift.shape[0]
     if kind == TIED:  # one centre: the first moments are one product, R's rows by DT's
         tile_products(R, DT, nb, p1, False, False)
@@ -458,21 +458,22 @@ def _task_scratch(kind, d, K, n_y, rows):
     block (a dozen allocations per block took 7-20% of a pass at d = 2 with 2-4 components,
     5-14% for 'full' and 'tied' at d = 16, K = 4):
 
-    XT (d, rows), R and logp (K, rows_p) ('tied''s R with 4 ceil(K / 4) rows, zero past K),
-    best and ll (rows_p,), work (2, rows_p) with rows_p = rows rounded up to whole vectors
-    (LANES), logp's columns past rows zero and never written, acc (rows,),
+    XT (d, rows; 'tied' none), R and logp (K, rows_p) ('tied''s R with 4 ceil(K / 4) rows,
+    zero past K), best and ll (rows_p,), work (2, rows_p) with rows_p = rows rounded up to
+    whole vectors (LANES), logp's columns past rows zero and never written, acc (rows,),
     DT (d, rows; for 'tied' DS's first rows), YT (n_y, rows) ('full' and 'tied': the rows of
     :func:`_precision_rows`, else none), DS and WT (dp, rows) (dp = 4 ceil(d / 4); WT for
     'full' only) whose rows past d stay zero, scale (d,), second (K, d)."""
     dp = (d + 3) // 4 * 4
     DS = aligned_zeros(dp, rows)
-    # 'tied''s statistics are about c too (shift[k] = c): the log-densities' centred rows
-    # are made in their place in DS, which the statistics then read as they are.
+    # 'tied''s statistics are about c too (shift[k] = c): its rows are loaded less c into DS,
+    # which the log-densities and the statistics then read as they are; its XT stays empty.
     DT = DS[:d] if kind == TIED else aligned_matrix(d, rows)
     rows_p = (rows + LANES - 1) // LANES * LANES  # the log-sum-exp's whole vectors of rows
     # 'tied''s R in whole tiles of 4 components (_stats_dense), its rows past K zero
     K_R = (K + 3) // 4 * 4 if kind == TIED else K
-    return (aligned_matrix(d, rows), aligned_zeros(K_R, rows_p), aligned_zeros(K, rows_p),
+    return (aligned_matrix(0 if kind == TIED else d, rows), aligned_zeros(K_R, rows_p),
+            aligned_zeros(K, rows_p),
             np.empty(rows_p, dtype=np.int64), aligned_empty(rows_p), aligned_matrix(2, rows_p),
             aligned_empty(rows), DT, aligned_matrix(n_y, rows), DS,
             aligned_zeros(dp if kind == FULL else 0, rows), np.empty(d),

@@ -458,7 +458,6 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
     Phi = matrix(phi, Fp, nbp)
     logp = matrix(logp_buf, Kv, nbp)
     logp_K = matrix(logp_buf, K, nbp)
-    R = matrix(r_buf, Kv, nbp)
     R_K = matrix(r_buf, K, nbp)
     best = best_buf[: nbp if labels.shape[0] > 0 else 0]  # the labels only if wanted
     ll = ll_buf[:nbp]
