@@ -7,6 +7,7 @@ from numba import njit
 
 from fastem._kernels._aligned import (
     VECTOR_BYTES,
+    aligned_array,
     aligned_empty,
     aligned_matrix,
     aligned_zeros,
@@ -68,3 +69,14 @@ def test_expanded_task_buffers_are_aligned_and_rt_is_zero():
     floats = [a for a in buffers if a.dtype == np.float64 and a.size > 1]
     assert len(floats) == 6 and all(_starts_on_a_line(a) for a in floats)
     assert buffers[3].shape == (128 * 16,) and not buffers[3].any()
+
+
+@pytest.mark.parametrize("shape", [(3,), (5, 7), (4, 16, 9)])
+@pytest.mark.parametrize("zeroed", [False, True])
+def test_aligned_numpy_arrays_start_on_a_cache_line(shape, zeroed):
+    for _ in range(8):  # NumPy's own arrays start on 16 bytes: some fall off a line
+        a = aligned_array(shape, zeroed=zeroed)
+        assert a.shape == shape and a.dtype == np.float64 and a.flags.c_contiguous
+        assert _starts_on_a_line(a)
+        if zeroed:
+            assert not a.any()

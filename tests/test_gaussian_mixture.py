@@ -815,9 +815,9 @@ def test_log_densities_of_two_or_three_features_in_one_sweep(n_features, scaled)
 
 
 def test_each_kernel_refuses_the_layouts_of_the_other(overlapping):
-    """The per-component kernel is two compiled kernels, chosen in Python by covariance type,
-    and the expanded kernel three, by block layout; called directly with another's, a kernel
-    raises rather than run code it was compiled without."""
+    """The per-component kernel's tasks are compiled as two functions, chosen in Python by
+    covariance type, and the expanded kernel's as three, by block layout; called directly with
+    another's, a task raises rather than run code it was compiled without."""
     X = overlapping[:BLOCK_ROWS]
     K, d = 3, X.shape[1]
     weights, means, _, precisions = random_start(X, "diag", K, seed=23)
@@ -825,34 +825,40 @@ def test_each_kernel_refuses_the_layouts_of_the_other(overlapping):
                             precisions_cholesky_from_precisions(precisions, "diag"))
     kind, shift, centre, prec, aux, const = params.kernel_layout()
     with pytest.raises(ValueError, match="covariance type"):
-        fastem._kernels.gaussian._dense_pass(
-            kind, 0, kernel_rows(X, d), shift, centre, prec, aux, const, np.empty((0, K)),
-            True, BLOCK_ROWS, 16, 2, np.zeros(1), np.zeros(K), np.zeros((K, d)),
-            np.zeros((K, 1, d)), np.empty(0), np.empty((0, K)), np.empty(0, dtype=np.int64))
+        fastem._kernels.gaussian._dense_task(
+            0, 1, kind, 0, kernel_rows(X, d), shift, centre, np.zeros(d), prec, np.empty((0, 0)),
+            aux, const, np.empty((0, K)), True, BLOCK_ROWS, BLOCK_ROWS, 1, np.zeros((1, K)),
+            np.zeros((1, K, d)), np.zeros((1, K, 1, d)), np.zeros(1), np.zeros(1, np.int64),
+            np.empty(0), np.empty((0, K)), np.empty(0, dtype=np.int64), np.zeros(1, np.int64))
+    gx = fastem._kernels.gaussian_expanded
+
+    def expanded_task(task, params, X):
+        K = params.n_components
+        kind, centre, eta, row_factor = params.expanded_layout()
+        Kv, Fp = eta.shape
+        task(0, 1, kind, kernel_rows(X, X.shape[1]), centre, eta, row_factor, K, True,
+             BLOCK_ROWS, gx.sub_rows(kind, Fp, Kv, BLOCK_ROWS), np.zeros((1, Fp, Kv)),
+             np.zeros((1, 1, 0, 0)), np.zeros(1), np.zeros(1, np.int64), np.empty(0),
+             np.empty((0, K)), np.empty(0, np.int64), np.zeros(1, np.int64))
+
     weights, means, _, precisions = random_start(X, "full", 8, seed=24)
     params = GaussianParams("full", weights, means,
                             precisions_cholesky_from_precisions(precisions, "full"))
-    kind, centre, eta, row_factor = params.expanded_layout()
-    gx = fastem._kernels.gaussian_expanded
-    assert not gx.uses_sub_blocks(kind, *eta.shape[::-1])  # the whole-block kernel's
-    for wrong in (gx._sub_block_pass, gx._unstored_sub_block_pass):
+    eta = params.expanded_layout()[2]
+    assert not gx.uses_sub_blocks(gx.FULL, *eta.shape[::-1])  # the whole-block kernel's
+    for wrong in (gx._sub_block_task, gx._unstored_sub_block_task):
         with pytest.raises(ValueError, match="layout's blocks"):
-            wrong(kind, kernel_rows(X, d), centre, eta, row_factor, 8, True, BLOCK_ROWS, 16,
-                  2, np.zeros(1), np.zeros(eta.shape[::-1]), np.zeros((0, 0, 0)), np.empty(0),
-                  np.empty((0, 8)), np.empty(0, np.int64))
+            expanded_task(wrong, params, X)
     # 'full' at d = 64, K = 16: sub-blocks that never store their quadratic features
     X = np.random.default_rng(25).normal(size=(BLOCK_ROWS, 64))
     weights, means, _, precisions = random_start(X, "full", 16, seed=26)
     params = GaussianParams("full", weights, means,
                             precisions_cholesky_from_precisions(precisions, "full"))
-    kind, centre, eta, row_factor = params.expanded_layout()
-    assert gx.uses_sub_blocks(kind, *eta.shape[::-1])
-    assert not gx._stores_features(kind, 64, eta.shape[0])
+    eta = params.expanded_layout()[2]
+    assert gx.uses_sub_blocks(gx.FULL, *eta.shape[::-1])
+    assert not gx._stores_features(gx.FULL, 64, eta.shape[0])
     with pytest.raises(ValueError, match="layout's blocks"):
-        gx._sub_block_pass(kind, kernel_rows(X, 64), centre, eta, row_factor, 16, True,
-                           BLOCK_ROWS, 16, 2, np.zeros(1), np.zeros(eta.shape[::-1]),
-                           np.zeros((0, 0, 0)), np.empty(0), np.empty((0, 16)),
-                           np.empty(0, np.int64))
+        expanded_task(gx._sub_block_task, params, X)
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)

@@ -10,6 +10,7 @@ happened to fall on lines. The data's own rows are read once, into these buffers
 alignment changed nothing measurable (d = 2 to 64).
 """
 
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -76,3 +77,13 @@ def aligned_zeros(typingctx, rows, cols):
         return None
     array_type, codegen = _aligned_codegen(2, True)
     return array_type(rows, cols), codegen
+
+
+def aligned_array(shape, zeroed=False):
+    """A float64 NumPy array of `shape` whose first entry is on a VECTOR_BYTES boundary (NumPy
+    aligns to 16 bytes): for the kernels' per-block slots, allocated in Python."""
+    n = int(np.prod(shape))
+    lanes = VECTOR_BYTES // 8
+    buffer = (np.zeros if zeroed else np.empty)(n + lanes)
+    start = (-buffer.ctypes.data % VECTOR_BYTES) // 8
+    return buffer[start : start + n].reshape(shape)

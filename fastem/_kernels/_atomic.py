@@ -18,10 +18,9 @@ passes took 0.99 of the time at d = 2, K = 16, takes one: there its cold compile
 more.
 """
 
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
 
-from ._config import JIT
 
 # Waves of at least TAKE_MIN_WAVE blocks are handed out TAKE_BLOCKS at a time: a task then
 # waits at the wave's end for at most TAKE_BLOCKS - 1 blocks of another's, against the wave's
@@ -30,7 +29,6 @@ TAKE_BLOCKS = 4
 TAKE_MIN_WAVE = 512
 
 
-@njit(inline="always", **JIT)
 def blocks_per_take(wave_blocks):
     """Blocks a task takes at once from a wave of `wave_blocks`."""
     return TAKE_BLOCKS if wave_blocks >= TAKE_MIN_WAVE else 1

@@ -76,8 +76,8 @@ def _matrix(typingctx, buffer, rows, cols):
     return matrix_type(buffer, rows, cols), codegen
 
 
-# Not inlined at Numba's level: a `raise` written into a prange loop's body keeps Numba from
-# making the loop parallel.
+# Not inlined at Numba's level, as the blocks' code once needed: it was the body of a prange
+# loop, and a `raise` written into such a body keeps Numba from making the loop parallel.
 @njit(cache=CACHE)
 def matrix(buffer, rows, cols):
     """buffer[:rows * cols] as a C-contiguous (rows, cols) matrix, without the call into

@@ -7,8 +7,10 @@ One pass, :func:`gaussian_pass`, serves every covariance type and every use:
   accumulated into the caller's float64 arrays;
 * ``predict`` / ``predict_proba`` / ``score_samples``: per-row outputs, statistics off.
 
-It is compiled as two kernels from one body, one for 'full' and 'tied', one for 'diag' and
-'spherical', so that a model compiles only the code of its own covariance type's family.
+Its parallel tasks are compiled as two functions from one body, one for 'full' and 'tied', one
+for 'diag' and 'spherical', so that a model compiles only the code of its own covariance
+type's family; the parallel loop that runs them calls them by address (``_waves``), so that
+their code is compiled once rather than again in each of the loop's wrappers.
 
 For mixtures of the sizes listed in ``fastem._params.EXPANDED_FEATURES``,
 ``gaussian_expanded.expanded_pass`` is faster and is used instead wherever its accuracy allows;
@@ -46,18 +48,19 @@ SPHERICAL  (K, 1, 1) p_k       unused                   (K, 1, 1)         (K, d)
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._aligned import aligned_empty, aligned_matrix, aligned_zeros
 from ._atomic import blocks_per_take, take_next
-from ._config import CACHE, JIT, prefer_wide_vectors
+from ._config import JIT, prefer_wide_vectors
 from ._llvm import LANES
 from ._logsumexp import normalize_columns
 from ._math import fused_multiply_add
 from ._panels import PANEL_ROWS, log_density_product
 from ._tiles import centred_moments, lane_sum, row_dot, row_sums, tile_products
 from ._transpose import NARROW_MAX, transpose_narrow, transpose_tile
-from ._views import borrowed, flat, keep_alive
+from ._views import borrowed, keep_alive
+from ._waves import TASK_FAILED, run_waves, task_address
 
 FULL, TIED, DIAG, SPHERICAL = 0, 1, 2, 3
 SOFT, HARD, GIVEN = 0, 1, 2  # responsibilities: posterior, one-hot argmax, supplied by caller
@@ -376,7 +379,7 @@ def _stats_diagonal(kind, XT, R, shift, p1, p2, second):
             p2[k, 0, 0] = sq
 
 
-# Inlined (at Numba's level) into the parallel loop, its one caller: Numba optimizes a called
+# Inlined (at Numba's level) into the task, its one caller: Numba optimizes a called
 # function's code again inside every function above it, and this level cost 1 s of the cold
 # compile. There `dense` is a constant, and Numba compiles only its covariances' functions.
 @njit(inline="always", **_jit)
@@ -440,19 +443,6 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows,
 
 
 @njit(**_jit)
-def _precision_rows(prec):
-    """prec's (d, d) matrices stacked, (n_mats d, d), and zero rows to whole panels of
-    PANEL_ROWS: the left operand of :func:`_logp_dense`'s product."""
-    n_mats, d = prec.shape[0], prec.shape[1]
-    rows = np.zeros(((n_mats * d + PANEL_ROWS - 1) // PANEL_ROWS * PANEL_ROWS, d))
-    for q in range(n_mats):
-        for j in range(d):
-            for m in range(d):
-                rows[q * d + j, m] = prec[q, j, m]
-    return rows
-
-
-@njit(**_jit)
 def _task_scratch(kind, d, K, n_y, rows):
     """One task's buffers for blocks of `rows` rows, made once per task rather than once per
     block (a dozen allocations per block took 7-20% of a pass at d = 2 with 2-4 components,
@@ -480,48 +470,18 @@ def _task_scratch(kind, d, K, n_y, rows):
             np.empty((K, d)))
 
 
-# fastmath=False explicitly: Numba otherwise inherits the calling kernel's fast-math flags, and
-# the additions must happen exactly in this order.
-@njit(cache=CACHE, nogil=True, fastmath=False, no_cfunc_wrapper=True)
-def _merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2):
-    """Add the slots of one wave into the running totals, in block order.
-
-    The statistics are up to three arrays (s0, s1, s2), each with its slots (p0, p1, p2);
-    a kernel with fewer passes empty ones.
-    """
-    for w in range(nw):
-        if part_bad[w] >= 0:
-            return part_bad[w]
-        loglik[0] += part_ll[w]
-        if compute_stats:
-            _add_into(s0, p0[w])
-            _add_into(s1, p1[w])
-            _add_into(s2, p2[w])
-    return -1
-
-
-@njit(cache=CACHE, nogil=True, fastmath=False, no_cfunc_wrapper=True)
-def _add_into(dst, src):
-    """dst += src for C-contiguous arrays of one shape, as a flat loop (array expressions
-    cost seconds of cold compile) over :func:`flat` views: with ``reshape``, two calls into
-    Numba's helper per block made the merge of a wave 10 times slower at d = 2, K = 8 (0.49
-    ms a pass against 0.05: 7% of it, while the other threads wait)."""
-    flat_dst = flat(dst)
-    flat_src = flat(src)
-    for i in range(flat_dst.shape[0]):
-        flat_dst[i] += flat_src[i]
-
-
 def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compute_stats,
                   block_rows, wave_blocks, n_tasks, loglik, s0, s1, s2, row_loglik, resp_out,
                   labels):
     """One pass over a chunk of rows.
 
-    Runs one of two compiled kernels: :func:`_dense_pass` for 'full' and 'tied', whose
-    log-densities go through (d, d) products, :func:`_diagonal_pass` for 'diag' and
-    'spherical'. A model needs only one of them. Each alone, in a fresh process with an empty
-    cache, took 8.8-8.9 s ('full'/'tied') and 7.3-7.4 s ('diag'/'spherical') against 10.4-10.6
-    for one kernel serving all four, in runs alternating with it.
+    The blocks run in waves (``_waves.run_waves``), each wave's parallel tasks one of two
+    compiled functions: :func:`_dense_task` for 'full' and 'tied', whose log-densities go
+    through (d, d) products, :func:`_diagonal_task` for 'diag' and 'spherical'. A model needs
+    only one of them. Each, with the parallel loop and every helper, in a fresh process with
+    an empty cache, took 8.1-8.4 s ('full'/'tied') and 6.8-7.1 s ('diag'/'spherical'), against
+    12.3-13.0 and 10.1-10.3 s when the tasks were the parallel loop's own body (alternating
+    runs, on a machine that compiles slowly).
 
     Parameters
     ----------
@@ -568,98 +528,102 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
         outputs are incomplete and must be discarded.
     """
     dense = kind == FULL or kind == TIED
-    return (_dense_pass if dense else _diagonal_pass)(
-        kind, mode, X, shift, centre, prec, aux, const, resp_in, compute_stats, block_rows,
-        wave_blocks, n_tasks, loglik, s0, s1, s2, row_loglik, resp_out, labels)
-
-
-@njit(parallel=True, **_jit)
-def _dense_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compute_stats,
-                block_rows, wave_blocks, n_tasks, loglik, s0, s1, s2, row_loglik, resp_out,
-                labels):
-    """:func:`gaussian_pass` for 'full' and 'tied'."""
-    return _pass(True, kind, mode, X, shift, centre, prec, aux, const, resp_in, compute_stats,
-                 block_rows, wave_blocks, n_tasks, loglik, s0, s1, s2, row_loglik, resp_out,
-                 labels)
-
-
-@njit(parallel=True, **_jit)
-def _diagonal_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compute_stats,
-                   block_rows, wave_blocks, n_tasks, loglik, s0, s1, s2, row_loglik, resp_out,
-                   labels):
-    """:func:`gaussian_pass` for 'diag' and 'spherical'."""
-    return _pass(False, kind, mode, X, shift, centre, prec, aux, const, resp_in,
-                 compute_stats, block_rows, wave_blocks, n_tasks, loglik, s0, s1, s2,
-                 row_loglik, resp_out, labels)
-
-
-# Inlined into the two kernels above with `dense` a constant, by which Numba prunes the other
-# covariances' functions before compiling.
-@njit(inline="always", **_jit)
-def _pass(dense, kind, mode, X, shift, centre, prec, aux, const, resp_in, compute_stats,
-          block_rows, wave_blocks, n_tasks, loglik, s0, s1, s2, row_loglik, resp_out, labels):
-    """The body of both kernels: the waves of blocks and their merge."""
-    if dense != (kind == FULL or kind == TIED):
-        raise ValueError("gaussian_pass: this kernel does not run this covariance type")
-    n = X.shape[0]
+    n, d = X.shape
     K = shift.shape[0]
-    d = X.shape[1]
+    if n > block_rows and n % block_rows:
+        raise ValueError("gaussian_pass: a chunk must hold whole blocks, or be one block")
     n_blocks = (n + block_rows - 1) // block_rows
+    if n_blocks == 0:
+        return -1
     W = min(wave_blocks, n_blocks)
-    p0 = np.empty((W, K))
-    p1 = np.empty((W, K, d))
-    p2 = np.empty((W, s2.shape[0], s2.shape[1], s2.shape[2]))
-    part_ll = np.empty(W)
-    part_bad = np.empty(W, dtype=np.int64)
+    p0, p1 = np.empty((W, K)), np.empty((W, K, d))
+    p2 = np.empty((W, *s2.shape))
+    part_ll, part_bad = np.empty(W), np.empty(W, dtype=np.int64)
     # Every block has the same rows, so that each task's scratch fits all of its blocks: a
     # second, smaller set for a chunk's last block cost 0.45 s of cold compile.
     rows = min(block_rows, n)
-    if n > block_rows and n % block_rows:
-        raise ValueError("gaussian_pass: a chunk must hold whole blocks, or be one block")
     # 'full' and 'tied': the rows of _logp_dense's product, and of its YT
-    prec_rows = _precision_rows(prec) if dense else np.empty((0, 0))
-    n_y = prec_rows.shape[0]
-    T = max(1, min(n_tasks, W))
-    G = blocks_per_take(W)
-    # The blocks see the shared arrays through borrowed views (``_views``), held here.
-    origin = aligned_zeros(1, d)[0]  # np.zeros here would be a parallel loop of its own
+    prec_rows = _precision_rows(prec) if dense else _NO_PRECISION_ROWS
+    next_block = np.zeros(1, dtype=np.int64)
+    args = (kind, mode, X, shift, centre, np.zeros(d), prec, prec_rows, aux, const, resp_in,
+            compute_stats, block_rows, rows, blocks_per_take(W), p0, p1, p2, part_ll, part_bad,
+            row_loglik, resp_out, labels, next_block)
+    task = task_address(_dense_task if dense else _diagonal_task, args)
+    bad = run_waves(task, n_blocks, W, max(1, min(n_tasks, W)), next_block,
+                    np.zeros(1, dtype=np.int64), args,
+                    (part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2))
+    if bad == TASK_FAILED:
+        raise MemoryError("gaussian_pass: a kernel task could not allocate its scratch buffers")
+    return bad
+
+
+_NO_PRECISION_ROWS = np.empty((0, 0))
+
+
+def _precision_rows(prec):
+    """prec's (d, d) matrices stacked, (n_mats d, d), and zero rows to whole panels of
+    PANEL_ROWS: the left operand of :func:`_logp_dense`'s product."""
+    n_mats, d = prec.shape[0], prec.shape[1]
+    rows = np.zeros(((n_mats * d + PANEL_ROWS - 1) // PANEL_ROWS * PANEL_ROWS, d))
+    rows[: n_mats * d] = prec.reshape(n_mats * d, d)
+    return rows
+
+
+@njit(**_jit)
+def _dense_task(w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, aux, const,
+                resp_in, compute_stats, block_rows, rows, take, p0, p1, p2, part_ll, part_bad,
+                row_loglik, resp_out, labels, next_block):
+    """One task of :func:`gaussian_pass` for 'full' and 'tied' (:func:`_task`)."""
+    return _task(True, w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, aux,
+                 const, resp_in, compute_stats, block_rows, rows, take, p0, p1, p2, part_ll,
+                 part_bad, row_loglik, resp_out, labels, next_block)
+
+
+@njit(**_jit)
+def _diagonal_task(w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, aux, const,
+                   resp_in, compute_stats, block_rows, rows, take, p0, p1, p2, part_ll,
+                   part_bad, row_loglik, resp_out, labels, next_block):
+    """One task of :func:`gaussian_pass` for 'diag' and 'spherical' (:func:`_task`)."""
+    return _task(False, w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, aux,
+                 const, resp_in, compute_stats, block_rows, rows, take, p0, p1, p2, part_ll,
+                 part_bad, row_loglik, resp_out, labels, next_block)
+
+
+# Inlined into the two tasks above with `dense` a constant, by which Numba prunes the other
+# covariances' functions before compiling.
+@njit(inline="always", **_jit)
+def _task(dense, w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, aux, const,
+          resp_in, compute_stats, block_rows, rows, take, p0, p1, p2, part_ll, part_bad,
+          row_loglik, resp_out, labels, next_block):
+    """Blocks w0 + w of a wave (w < nw), taken `take` at a time from `next_block` until none
+    is left, each into its slot w of (p0, p1, p2, part_ll, part_bad). Makes its scratch once,
+    for blocks of `rows` rows. Returns 0."""
+    if dense != (kind == FULL or kind == TIED):
+        raise ValueError("gaussian_pass: this kernel does not run this covariance type")
+    K = shift.shape[0]
+    d = X.shape[1]
+    owned = _task_scratch(kind, d, K, prec_rows.shape[0], rows)
+    # The blocks see the arrays through borrowed views (``_views``): the caller holds the
+    # arrays for the whole call, and this task its scratch. Every block unpacks them and makes
+    # views of them, and their reference counts took 7% of a pass at d = 16, K = 4 'diag'.
     X_, shift_, centre_, prec_ = borrowed(X), borrowed(shift), borrowed(centre), borrowed(prec)
-    origin_ = borrowed(origin)
+    origin_, prec_rows_ = borrowed(origin), borrowed(prec_rows)
     aux_, const_, resp_in_ = borrowed(aux), borrowed(const), borrowed(resp_in)
-    prec_rows_ = borrowed(prec_rows)
     p0_, p1_, p2_ = borrowed(p0), borrowed(p1), borrowed(p2)
     row_loglik_, resp_out_, labels_ = borrowed(row_loglik), borrowed(resp_out), borrowed(labels)
-    next_block = np.empty(1, dtype=np.int64)  # np.zeros here would be a parallel loop of its own
-    for w0 in range(0, n_blocks, W):
-        nw = min(W, n_blocks - w0)
-        next_block[0] = 0
-        # T tasks, each with its own scratch, taking the wave's blocks G at a time from a
-        # shared counter (``_atomic``). Blocks own their slots: T and the order changes no bit.
-        for t in prange(T):
-            owned = _task_scratch(kind, d, K, n_y, rows)
-            # Borrowed, as the arrays above: every block unpacks them and makes views of
-            # them, and their reference counts took 7% of a pass at d = 16, K = 4 'diag'.
-            scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]),
-                       borrowed(owned[3]), borrowed(owned[4]), borrowed(owned[5]),
-                       borrowed(owned[6]), borrowed(owned[7]), borrowed(owned[8]),
-                       borrowed(owned[9]), borrowed(owned[10]), borrowed(owned[11]),
-                       borrowed(owned[12]))
-            first = take_next(next_block) * G
-            while first < nw:
-                for w in range(first, min(first + G, nw)):
-                    r0 = (w0 + w) * block_rows
-                    part_ll[w], part_bad[w] = _block(
-                        dense, kind, mode, X_, r0, r0 + rows, shift_, centre_, origin_, prec_,
-                        prec_rows_, aux_, const_, resp_in_, compute_stats, p0_[w], p1_[w],
-                        p2_[w], row_loglik_, resp_out_, labels_, scratch,
-                    )
-                first = take_next(next_block) * G
-            keep_alive(owned)
-        bad = _merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2)
-        if bad >= 0:
-            return bad
-    # Numba frees a local array after its last use: this one keeps the slots and the stacked
-    # precisions, which the tasks reached through borrowed views only, for as long as the loop
-    # may run.
-    keep_alive((p0, p1, p2, prec_rows, origin))
-    return -1
+    scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]), borrowed(owned[3]),
+               borrowed(owned[4]), borrowed(owned[5]), borrowed(owned[6]), borrowed(owned[7]),
+               borrowed(owned[8]), borrowed(owned[9]), borrowed(owned[10]),
+               borrowed(owned[11]), borrowed(owned[12]))
+    first = take_next(next_block) * take
+    while first < nw:
+        for w in range(first, min(first + take, nw)):
+            r0 = (w0 + w) * block_rows
+            part_ll[w], part_bad[w] = _block(
+                dense, kind, mode, X_, r0, r0 + rows, shift_, centre_, origin_, prec_,
+                prec_rows_, aux_, const_, resp_in_, compute_stats, p0_[w], p1_[w], p2_[w],
+                row_loglik_, resp_out_, labels_, scratch,
+            )
+        first = take_next(next_block) * take
+    keep_alive(owned)
+    return 0

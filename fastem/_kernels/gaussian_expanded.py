@@ -36,15 +36,15 @@ The price is cancellation: the expanded quadratic form loses about eps * |mu_k -
 metric of the component's precision) where the per-component form loses eps * |mu_k - c|.
 ``expanded_layout`` offers this form only where that error is negligible; elsewhere
 ``gaussian.gaussian_pass`` runs. Blocks, their fixed-order merge and the per-row outputs are as
-in ``gaussian.py``; within a block, sub-blocks are added in order. As there, one body is
-compiled as several kernels, here three: for layouts whose blocks run whole, for sub-blocks
-that store their features, and for 'full''s sub-blocks that do not.
+in ``gaussian.py``; within a block, sub-blocks are added in order. As there, the tasks' one
+body is compiled as several functions, here three: for layouts whose blocks run whole, for
+sub-blocks that store their features, and for 'full''s sub-blocks that do not.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._aligned import aligned_empty, aligned_zeros
+from ._aligned import aligned_array, aligned_empty, aligned_zeros
 from ._atomic import take_next
 from ._config import JIT, prefer_wide_vectors
 from ._logsumexp import normalize_columns
@@ -58,6 +58,7 @@ from ._panels import (
 from ._tiles import TILE, tile_products
 from ._transpose import diag_features_tile, transpose_tile
 from ._views import borrowed, keep_alive, matrix
+from ._waves import TASK_FAILED, run_waves, task_address
 from .gaussian import (
     DIAG,
     FULL,
@@ -65,7 +66,6 @@ from .gaussian import (
     TIED,
     _load_columns,
     _largest,
-    _merge,
     _total_loglik,
     _write_rows,
 )
@@ -401,7 +401,7 @@ def _sub_block(stored, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, 
     return total, -1
 
 
-# Both block functions are inlined (at Numba's level) into the parallel loop, their one caller:
+# Both block functions are inlined (at Numba's level) into the task, their one caller:
 # Numba optimizes a called function's code again inside every function above it, and this
 # level cost 1.3 s of the cold compile.
 @njit(inline="always", **_jit)
@@ -421,7 +421,7 @@ def _block(kind, X, r0, r1, centre, eta, K, stored, compute_stats, slot, row_log
     prefer_wide_vectors()
     d = X.shape[1]
     F = n_features_expanded(kind, d)
-    if compute_stats:  # in loops: a slice assignment here is a parallel loop to compile
+    if compute_stats:  # in loops: inside a parallel kernel a slice assignment was a parfor
         for f in range(slot.shape[0]):
             for k in range(slot.shape[1]):
                 slot[f, k] = 0.0
@@ -465,9 +465,9 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
     scaled = compute_stats and _scales_features(F, K) and resp_out.shape[0] == 0  # as there
     inverses = work[2][: nbp if scaled else 0]
     # R's rows past K are never written: zeroed once per layout, like Phi's padding (whose
-    # _zero_padding below then records this layout in `zeroed`). In loops: a slice assignment
-    # here is a parallel loop of Numba's, which it drops as dead when R itself is not read
-    # again (the statistics read these rows through a view of their own).
+    # _zero_padding below then records this layout in `zeroed`). In loops: inside a parallel
+    # kernel a slice assignment was a parallel loop of Numba's, which it dropped as dead when R
+    # itself was not read again (the statistics read these rows through a view of their own).
     if zeroed[0] != nbp:
         for i in range(K * nbp, Kv * nbp):
             r_buf[i] = 0.0
@@ -505,8 +505,7 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
 
 @njit(**_jit)
 def _task_buffers(Fp, Kv, z_rows, S):
-    """One task's scratch for sub-blocks of S rows (see :func:`_block`). Made here rather than
-    in the parallel loop, where Numba turns np.zeros into a loop of its own to compile."""
+    """One task's scratch for sub-blocks of S rows (see :func:`_block`), made once per task."""
     return (aligned_empty(Fp * S), aligned_empty(Kv * S), aligned_empty(Kv * S),
             aligned_zeros(1, S * Kv)[0], np.empty(S, dtype=np.int64), aligned_empty(S),
             aligned_empty(3 * S), np.full(1, -1, dtype=np.int64), aligned_empty(z_rows * S))
@@ -516,14 +515,15 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
                   n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels):
     """One pass over a chunk of rows, soft responsibilities.
 
-    Runs one of three compiled kernels: :func:`_whole_block_pass` where blocks run whole,
-    else :func:`_sub_block_pass`, or :func:`_unstored_sub_block_pass` for 'full''s
-    sub-blocks that never store their quadratic features (:func:`uses_sub_blocks`,
-    :func:`_stores_features`). A fit needs only one of them. Each alone, in a fresh process
-    with an empty cache, took 8.2-8.5 s (whole blocks) and 9.5-10.1 s (sub-blocks) against
-    11.3-11.6 for one kernel holding both paths, in runs alternating with it. Splitting the
-    sub-blocks' kernel in two then took 0.1-0.7 s off the one that stores its features and
-    0.8-1.5 s off the other (10.1-10.2 s and 9.3-10.0 s, in a slower hour).
+    Runs its waves of blocks (``_waves.run_waves``) with one of three compiled tasks:
+    :func:`_whole_block_task` where blocks run whole, else :func:`_sub_block_task`, or
+    :func:`_unstored_sub_block_task` for 'full''s sub-blocks that never store their quadratic
+    features (:func:`uses_sub_blocks`, :func:`_stores_features`). A fit needs only one of them.
+    Each, with the parallel loop and every helper, in a fresh process with an empty cache,
+    took 7.0-7.1 s (whole blocks), 8.0-8.3 s (sub-blocks) and 8.3-8.4 s ('full''s unstored
+    sub-blocks), against 11.4-11.5, 11.6-11.9 and 11.7-11.8 s when the tasks were the parallel
+    loop's own body (alternating runs, on a machine that compiles slowly). One kernel holding
+    every path had taken 11.3-11.6 s on a faster one.
 
     Parameters
     ----------
@@ -565,121 +565,120 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
         Index in X of the first row holding NaN or infinity, or -1.
     """
     Kv, Fp = eta.shape
-    if not uses_sub_blocks(kind, Fp, Kv):
-        kernel = _whole_block_pass
-    elif _stores_features(kind, X.shape[1], Kv):
-        kernel = _sub_block_pass
+    n, d = X.shape
+    whole_blocks = not uses_sub_blocks(kind, Fp, Kv)
+    if whole_blocks:
+        task = _whole_block_task
+    elif _stores_features(kind, d, Kv):
+        task = _sub_block_task
     else:
-        kernel = _unstored_sub_block_pass
-    return kernel(kind, X, centre, eta, row_factor, K, compute_stats, block_rows, wave_blocks,
-                  n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels)
-
-
-@njit(parallel=True, **_jit)
-def _whole_block_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
-                      wave_blocks, n_tasks, loglik, stats, scatter, row_loglik, resp_out,
-                      labels):
-    """:func:`expanded_pass` for layouts whose blocks run whole (:func:`_small_block`)."""
-    return _pass(True, True, kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
-                 wave_blocks, n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels)
-
-
-@njit(parallel=True, **_jit)
-def _sub_block_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
-                    wave_blocks, n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels):
-    """:func:`expanded_pass` for layouts whose blocks run in sub-blocks (:func:`_block`)
-    that store their features."""
-    return _pass(False, True, kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
-                 wave_blocks, n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels)
-
-
-@njit(parallel=True, **_jit)
-def _unstored_sub_block_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
-                             wave_blocks, n_tasks, loglik, stats, scatter, row_loglik,
-                             resp_out, labels):
-    """:func:`expanded_pass` for 'full' layouts whose sub-blocks never store their quadratic
-    features (:func:`_stores_features`)."""
-    return _pass(False, False, kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
-                 wave_blocks, n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels)
-
-
-# Inlined into the three kernels above with `whole_blocks` and `stored` constants, by which
-# Numba then prunes the other paths before compiling: each kernel holds one block function.
-@njit(inline="always", **_jit)
-def _pass(whole_blocks, stored, kind, X, centre, eta, row_factor, K, compute_stats,
-          block_rows, wave_blocks, n_tasks, loglik, stats, scatter, row_loglik, resp_out,
-          labels):
-    """The body of the three kernels: the waves of blocks and their merge."""
-    n = X.shape[0]
+        task = _unstored_sub_block_task
+    # The panels read without bounds checks: the layout is built in Python, checked again here.
+    if (Kv % PANEL_ROWS or Fp % PANEL_ROWS or Fp < n_features_expanded(kind, d) or K > Kv
+            or (compute_stats and (stats.shape[0] != Fp or stats.shape[1] != Kv))):
+        raise ValueError("expanded_pass: eta or stats do not have the padded layout")
+    tied_stats = kind == TIED and compute_stats and scatter.shape[0] > 0
+    if kind == TIED and (row_factor.shape[0] != padded(d) or row_factor.shape[1] != padded(d)
+                         or Fp < 1 + scatter_rows(d)
+                         or (tied_stats and scatter.shape != (1, d, d))):
+        raise ValueError("expanded_pass: row_factor, eta or scatter do not have the padded "
+                         "layout of 'tied'")
     n_blocks = (n + block_rows - 1) // block_rows
+    if n_blocks == 0:
+        return -1
     W = min(wave_blocks, n_blocks)
+    # Every slot aligned; whole blocks leave the entries past their last tiles as they are,
+    # sub-blocks zero theirs.
+    slots = (aligned_array((W, Fp, Kv), zeroed=whole_blocks) if compute_stats
+             else np.empty((W, 0, 0)))
+    scatter_slots = np.empty((W, 1, d, d) if tied_stats else (W, 1, 0, 0))
+    part_ll, part_bad = np.empty(W), np.empty(W, dtype=np.int64)
+    next_block = np.zeros(1, dtype=np.int64)
+    args = (kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
+            sub_rows(kind, Fp, Kv, block_rows), slots, scatter_slots, part_ll, part_bad,
+            row_loglik, resp_out, labels, next_block)
+    # The shared merge adds up to three statistics: this kernel's in the middle place, and
+    # 'tied''s scatter in the last.
+    bad = run_waves(task_address(task, args), n_blocks, W, max(1, min(n_tasks, W)),
+                    next_block, np.zeros(1, dtype=np.int64), args,
+                    (part_ll, part_bad, np.empty((W, 0)), slots, scatter_slots, compute_stats,
+                     loglik, np.empty(0), stats, scatter))
+    if bad == TASK_FAILED:
+        raise MemoryError("expanded_pass: a kernel task could not allocate its scratch buffers")
+    return bad
+
+
+@njit(**_jit)
+def _whole_block_task(w0, nw, kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
+                      S, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out, labels,
+                      next_block):
+    """One task of :func:`expanded_pass` for layouts whose blocks run whole
+    (:func:`_small_block`)."""
+    return _task(True, True, w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
+                 block_rows, S, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out,
+                 labels, next_block)
+
+
+@njit(**_jit)
+def _sub_block_task(w0, nw, kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
+                    S, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out, labels,
+                    next_block):
+    """One task of :func:`expanded_pass` for layouts whose blocks run in sub-blocks
+    (:func:`_block`) that store their features."""
+    return _task(False, True, w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
+                 block_rows, S, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out,
+                 labels, next_block)
+
+
+@njit(**_jit)
+def _unstored_sub_block_task(w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
+                             block_rows, S, slots, scatter_slots, part_ll, part_bad,
+                             row_loglik, resp_out, labels, next_block):
+    """One task of :func:`expanded_pass` for 'full' layouts whose sub-blocks never store their
+    quadratic features (:func:`_stores_features`)."""
+    return _task(False, False, w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
+                 block_rows, S, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out,
+                 labels, next_block)
+
+
+# Inlined into the three tasks above with `whole_blocks` and `stored` constants, by which
+# Numba then prunes the other paths before compiling: each task holds one block function.
+@njit(inline="always", **_jit)
+def _task(whole_blocks, stored, w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
+          block_rows, S, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out, labels,
+          next_block):
+    """Blocks w0 + w of a wave (w < nw), taken one at a time from `next_block` until none is
+    left, each into its slot w of (slots, scatter_slots, part_ll, part_bad), in sub-blocks of
+    S rows. Makes its scratch once. Returns 0."""
+    n = X.shape[0]
     d = X.shape[1]
     Kv, Fp = eta.shape
     if (whole_blocks == uses_sub_blocks(kind, Fp, Kv)
             or (not whole_blocks and stored != _stores_features(kind, d, Kv))):
         raise ValueError("expanded_pass: this kernel does not run this layout's blocks")
-    tied_stats = kind == TIED and compute_stats and scatter.shape[0] > 0
-    if compute_stats:  # every slot aligned
-        if whole_blocks:  # which leave the entries past their last tiles as they are
-            slots = aligned_zeros(W, Fp * Kv).reshape((W, Fp, Kv))
-        else:  # zeroed by each block
-            slots = aligned_empty(W * Fp * Kv).reshape((W, Fp, Kv))
-    else:
-        slots = np.empty((W, 0, 0))
-    scatter_slots = np.empty((W, 1, d, d)) if tied_stats else np.empty((W, 1, 0, 0))
-    part_ll = np.empty(W)
-    part_bad = np.empty(W, dtype=np.int64)
-    # The shared merge adds up to three statistics: this kernel's in the middle place, and
-    # 'tied''s scatter in the last.
-    no_slots_1d, no_stats_1d = np.empty((W, 0)), np.empty(0)
-    # The panels read without bounds checks: the layout is built in Python, checked again here.
-    if (Kv % PANEL_ROWS or Fp % PANEL_ROWS or Fp < n_features_expanded(kind, d) or K > Kv
-            or (compute_stats and (stats.shape[0] != Fp or stats.shape[1] != Kv))):
-        raise ValueError("expanded_pass: eta or stats do not have the padded layout")
-    if kind == TIED and (row_factor.shape[0] != padded(d) or row_factor.shape[1] != padded(d)
-                         or Fp < 1 + scatter_rows(d)
-                         or (tied_stats and (scatter.shape[0] != 1 or scatter.shape[1] != d
-                                             or scatter.shape[2] != d))):
-        raise ValueError("expanded_pass: row_factor, eta or scatter do not have the padded "
-                         "layout of 'tied'")
-    S = sub_rows(kind, Fp, Kv, block_rows)
-    T = max(1, min(n_tasks, W))
-    # The blocks see the arrays only through borrowed views (``_views``): this function holds
-    # the arrays themselves until it returns, and each task its scratch until it is done.
+    owned = _task_buffers(Fp, Kv, row_factor.shape[0], S)
+    # The blocks see the arrays only through borrowed views (``_views``): the caller holds the
+    # arrays for the whole call, and this task its scratch.
     X_, centre_, eta_, slots_ = borrowed(X), borrowed(centre), borrowed(eta), borrowed(slots)
     row_factor_, scatter_slots_ = borrowed(row_factor), borrowed(scatter_slots)
     row_loglik_, resp_out_, labels_ = borrowed(row_loglik), borrowed(resp_out), borrowed(labels)
-    next_block = np.empty(1, dtype=np.int64)  # np.zeros here would be a parallel loop of its own
-    for w0 in range(0, n_blocks, W):
-        nw = min(W, n_blocks - w0)
-        # T tasks, each with its own scratch, taking the wave's blocks one at a time from a
-        # shared counter (``_atomic``). Blocks own their slots: T and the order change no bit.
-        next_block[0] = 0
-        for t in prange(T):
-            owned = _task_buffers(Fp, Kv, row_factor.shape[0], S)
-            scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]),
-                       borrowed(owned[3]), borrowed(owned[4]), borrowed(owned[5]),
-                       borrowed(owned[6]), borrowed(owned[7]), borrowed(owned[8]))
-            w = take_next(next_block)
-            while w < nw:
-                r0 = (w0 + w) * block_rows
-                r1 = min(n, r0 + block_rows)
-                if whole_blocks:
-                    part_ll[w], part_bad[w] = _small_block(
-                        kind, X_, r0, r1, centre_, eta_, row_factor_, K, compute_stats,
-                        slots_[w], scatter_slots_[w, 0], row_loglik_, resp_out_, labels_,
-                        scratch,
-                    )
-                else:
-                    part_ll[w], part_bad[w] = _block(
-                        kind, X_, r0, r1, centre_, eta_, K, stored, compute_stats, slots_[w],
-                        row_loglik_, resp_out_, labels_, scratch,
-                    )
-                w = take_next(next_block)
-            keep_alive(owned)
-        bad = _merge(nw, part_ll, part_bad, no_slots_1d, slots, scatter_slots, compute_stats,
-                     loglik, no_stats_1d, stats, scatter)
-        if bad >= 0:
-            return bad
-    keep_alive((slots, scatter_slots))  # as in ``gaussian.gaussian_pass``
-    return -1
+    scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]), borrowed(owned[3]),
+               borrowed(owned[4]), borrowed(owned[5]), borrowed(owned[6]), borrowed(owned[7]),
+               borrowed(owned[8]))
+    w = take_next(next_block)
+    while w < nw:
+        r0 = (w0 + w) * block_rows
+        r1 = min(n, r0 + block_rows)
+        if whole_blocks:
+            part_ll[w], part_bad[w] = _small_block(
+                kind, X_, r0, r1, centre_, eta_, row_factor_, K, compute_stats, slots_[w],
+                scatter_slots_[w, 0], row_loglik_, resp_out_, labels_, scratch,
+            )
+        else:
+            part_ll[w], part_bad[w] = _block(
+                kind, X_, r0, r1, centre_, eta_, K, stored, compute_stats, slots_[w],
+                row_loglik_, resp_out_, labels_, scratch,
+            )
+        w = take_next(next_block)
+    keep_alive(owned)
+    return 0

@@ -1,0 +1,142 @@
+"""The parallel loop of both Gaussian kernels: waves of blocks, run by tasks compiled apart.
+
+A pass cuts its rows into blocks and the blocks into waves. In each wave, T parallel tasks take
+blocks from a shared counter (``_atomic``) and write each block's partial statistics to its own
+slot; after the wave, :func:`merge` adds the slots to the running totals in block order.
+
+**Why the tasks are called by address.** Numba compiles a ``prange`` loop's body as a function
+of its own, wraps it twice (a ufunc and a parallel wrapper) and links all three into the
+calling function; each of the four compiled libraries runs LLVM's full optimization and emits
+machine code again over everything linked into it (LLVM's pass timings: 1.1-1.4 s of
+optimization and 0.5-0.6 s of machine code in each). With the block code in the loop's body
+(the fused E-step and statistics, thousands of lines once inlined), that code was compiled
+four times. Here a task is an ordinary compiled function, compiled once, and
+:func:`run_waves`, the only parallel function, calls it through its address
+(:func:`task_address`), a run-time value: nothing of the task is linked into the loop, whose
+four libraries stay small. Cold compile of each kernel, the loop and every helper included, in
+a fresh process: 8.1-8.4 s against 12.3-13.0 ('full'/'tied'), 6.8-7.1 against 10.1-10.3
+('diag'/'spherical'), 7.0-8.4 against 11.4-11.9 (the expanded kernels), alternating runs on a
+machine that compiles slowly; passes take the same time (0.96-1.02 of it, paired). Numba still
+runs the threads (its threading layer starts a wave's tasks in 2-3 µs), and a cached loop holds
+no address, only the call.
+"""
+
+from llvmlite import ir
+from numba import njit, prange, types
+from numba._dispatcher import compute_fingerprint
+from numba.core.typing.typeof import Purpose, typeof
+from numba.extending import intrinsic
+
+from ._config import CACHE, JIT
+from ._views import flat
+
+# What :func:`run_waves` returns when a task failed (a scratch allocation ran out of memory, or
+# a task met a layout it was not compiled for); first bad rows are >= 0, and -1 is none.
+TASK_FAILED = -2
+
+
+@intrinsic
+def call_at(typingctx, address, w0, nw, args):
+    """task(w0, nw, *args) for the Numba-compiled function at `address`, compiled for exactly
+    these argument types and returning an int64: its result, or TASK_FAILED if it raised.
+
+    The call is the one Numba makes to a compiled function (its calling convention: a pointer
+    for the result, one for exception details, then the arguments), through a pointer made from
+    the integer instead of a symbol linked into the caller.
+    """
+    if not (isinstance(address, types.Integer) and isinstance(w0, types.Integer)
+            and isinstance(nw, types.Integer) and isinstance(args, types.BaseTuple)):
+        return None
+    arg_types = (types.int64, types.int64, *args.types)
+
+    def codegen(context, builder, signature, llargs):
+        call_conv = context.call_conv
+        fnty = call_conv.get_function_type(types.int64, arg_types)
+        function = builder.inttoptr(llargs[0], fnty.as_pointer())
+        values = [context.cast(builder, llargs[1], w0, types.int64),
+                  context.cast(builder, llargs[2], nw, types.int64)]
+        values += [builder.extract_value(llargs[3], i) for i in range(len(args.types))]
+        status, result = call_conv.call_function(builder, function, types.int64, arg_types,
+                                                 values)
+        return builder.select(status.is_error, ir.Constant(result.type, TASK_FAILED), result)
+
+    return types.int64(address, w0, nw, args), codegen
+
+
+_ADDRESSES = {}
+
+
+def task_address(task, args) -> int:
+    """The address of `task` (a Numba dispatcher) compiled for (int64, int64, *types of args),
+    compiling it or loading it from the cache the first time.
+
+    Keyed on Numba's own fingerprints of the values (2 µs for two dozen arguments; Numba's
+    ``typeof`` took 7 µs for each array), which fix each value's Numba type: dtype, dimensions,
+    layout and whether it is writeable.
+    """
+    key = (task, *map(compute_fingerprint, args))
+    address = _ADDRESSES.get(key)
+    if address is None:
+        signature = (types.int64, types.int64,
+                     *(typeof(a, Purpose.argument) for a in args))
+        task.compile(signature)
+        result = task.overloads[signature]
+        address = result.library.get_pointer_to_function(result.fndesc.llvm_func_name)
+        _ADDRESSES[key] = address
+    return address
+
+
+@njit(parallel=True, **JIT)
+def run_waves(task, n_blocks, wave_blocks, n_tasks, next_block, failed, args, slots):
+    """Run the blocks of a pass in waves of `wave_blocks`: in each, `n_tasks` parallel calls of
+    the task at address `task` (``task(w0, nw, *args)`` for the wave's first block `w0` and
+    its `nw` blocks, taking them from `next_block`), then :func:`merge` of
+    `slots` = (part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2).
+
+    Returns the first bad row (>= 0) as the merge found it, TASK_FAILED, or -1.
+    """
+    for w0 in range(0, n_blocks, wave_blocks):
+        nw = min(wave_blocks, n_blocks - w0)
+        next_block[0] = 0
+        for t in prange(n_tasks):
+            if call_at(task, w0, nw, args) != 0:
+                failed[0] = 1
+        if failed[0]:
+            return TASK_FAILED
+        part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2 = slots
+        bad = merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2)
+        if bad >= 0:
+            return bad
+    return -1
+
+
+# fastmath=False explicitly: Numba otherwise inherits the calling kernel's fast-math flags, and
+# the additions must happen exactly in this order.
+@njit(cache=CACHE, nogil=True, fastmath=False, no_cfunc_wrapper=True)
+def merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2):
+    """Add the slots of one wave into the running totals, in block order.
+
+    The statistics are up to three arrays (s0, s1, s2), each with its slots (p0, p1, p2);
+    a kernel with fewer passes empty ones.
+    """
+    for w in range(nw):
+        if part_bad[w] >= 0:
+            return part_bad[w]
+        loglik[0] += part_ll[w]
+        if compute_stats:
+            _add_into(s0, p0[w])
+            _add_into(s1, p1[w])
+            _add_into(s2, p2[w])
+    return -1
+
+
+@njit(cache=CACHE, nogil=True, fastmath=False, no_cfunc_wrapper=True)
+def _add_into(dst, src):
+    """dst += src for C-contiguous arrays of one shape, as a flat loop (array expressions
+    cost seconds of cold compile) over :func:`flat` views: with ``reshape``, two calls into
+    Numba's helper per block made the merge of a wave 10 times slower at d = 2, K = 8 (0.49
+    ms a pass against 0.05: 7% of it, while the other threads wait)."""
+    flat_dst = flat(dst)
+    flat_src = flat(src)
+    for i in range(flat_dst.shape[0]):
+        flat_dst[i] += flat_src[i]

@@ -1,0 +1,103 @@
+"""The parallel loop that runs the kernels' tasks by address: the right compiled task for the
+arguments' types, the slots merged in block order, and a task that fails reported, not
+ignored."""
+
+import numpy as np
+import pytest
+
+from fastem._em import kernel_rows, threads
+from fastem._kernels._config import BLOCK_ROWS
+from fastem._kernels._waves import TASK_FAILED, run_waves, task_address
+from fastem._kernels.gaussian import HARD, _dense_task, _diagonal_task, gaussian_pass
+from fastem._kernels.gaussian_expanded import expanded_pass
+from fastem._params import GaussianParams, precisions_cholesky_from_covariances
+
+
+def _layout(covariance_type, K, d, seed):
+    rng = np.random.default_rng(seed)
+    covariances = {"full": np.tile(np.eye(d), (K, 1, 1)), "diag": np.ones((K, d))}
+    params = GaussianParams(covariance_type, np.full(K, 1 / K), rng.normal(size=(K, d)),
+                            precisions_cholesky_from_covariances(
+                                covariances[covariance_type], covariance_type))
+    return params.kernel_layout()
+
+
+def _task_args(layout, X, wave):
+    """The per-component tasks' arguments for a pass over X, whose slots hold `wave` blocks."""
+    kind, shift, centre, prec, aux, const = layout
+    K, d = shift.shape
+    return (kind, HARD, X, shift, centre, np.zeros(d), prec, np.zeros((8, d)), aux, const,
+            np.empty((0, K)), True, BLOCK_ROWS, BLOCK_ROWS, 1, np.zeros((wave, K)),
+            np.zeros((wave, K, d)), np.zeros((wave, *prec.shape)), np.zeros(wave),
+            np.zeros(wave, dtype=np.int64), np.empty(0), np.empty((0, K)),
+            np.empty(0, dtype=np.int64), np.zeros(1, dtype=np.int64))
+
+
+def test_task_address_is_one_per_task_and_argument_types():
+    X = kernel_rows(np.random.default_rng(0).normal(size=(BLOCK_ROWS, 3)), 3)
+    args = _task_args(_layout("full", 2, 3, 1), X, 1)
+    address = task_address(_dense_task, args)
+    assert address == task_address(_dense_task, args)
+    assert address != task_address(_diagonal_task, args)
+    as_float32 = (*args[:2], X.astype(np.float32), *args[3:])
+    assert task_address(_dense_task, as_float32) != address
+    assert not X.flags.writeable  # as the kernels get every chunk
+    assert task_address(_dense_task, (*args[:2], X.copy(), *args[3:])) != address
+
+
+def test_a_task_that_raises_makes_the_pass_fail():
+    """A 'diag' layout handed to the dense task: the task raises (it was compiled without
+    'diag''s code), and the loop returns TASK_FAILED rather than merge unwritten slots."""
+    X = kernel_rows(np.random.default_rng(2).normal(size=(4 * BLOCK_ROWS, 3)), 3)
+    args = _task_args(_layout("diag", 2, 3, 3), X, 4)
+    part_ll, part_bad, p0, p1, p2 = args[18], args[19], args[15], args[16], args[17]
+    s0, s1, s2, loglik = np.zeros(2), np.zeros((2, 3)), np.zeros((2, 1, 3)), np.zeros(1)
+    with threads(2):
+        bad = run_waves(task_address(_dense_task, args), 4, 4, 2, args[-1],
+                        np.zeros(1, dtype=np.int64), args,
+                        (part_ll, part_bad, p0, p1, p2, True, loglik, s0, s1, s2))
+    assert bad == TASK_FAILED
+    assert loglik[0] == 0 and not s0.any()
+
+
+@pytest.mark.parametrize("wave", [1, 3, 16])
+def test_any_wave_size_and_task_count_give_the_same_bits(wave):
+    X = kernel_rows(np.random.default_rng(4).normal(size=(11 * BLOCK_ROWS, 5)), 5)
+    kind, shift, centre, prec, aux, const = _layout("diag", 3, 5, 5)
+
+    def one_pass(wave_blocks, n_tasks):
+        stats = np.zeros(1), np.zeros(3), np.zeros((3, 5)), np.zeros((3, 1, 5))
+        with threads(n_tasks):
+            bad = gaussian_pass(kind, HARD, X, shift, centre, prec, aux, const,
+                                np.empty((0, 3)), True, BLOCK_ROWS, wave_blocks, n_tasks,
+                                *stats, np.empty(0), np.empty((0, 3)),
+                                np.empty(0, dtype=np.int64))
+        assert bad == -1
+        return stats
+
+    expected = one_pass(11, 1)
+    for n_tasks in (1, 2):
+        for found, wanted in zip(one_pass(wave, n_tasks), expected):
+            np.testing.assert_array_equal(found, wanted)
+
+
+def test_the_expanded_pass_checks_its_padded_layout_before_any_task_runs():
+    """The panels read without bounds checks, so the layout is checked in Python first."""
+    X = kernel_rows(np.random.default_rng(6).normal(size=(BLOCK_ROWS, 4)), 4)
+    rng = np.random.default_rng(7)
+    K = 24
+    params = GaussianParams("diag", np.full(K, 1 / K), rng.normal(size=(K, 4)),
+                            np.ones((K, 4)))
+    kind, centre, eta, row_factor = params.expanded_layout()
+    stats = np.zeros(eta.shape[::-1])
+    outputs = (np.zeros(1), stats, np.zeros((0, 0, 0)), np.empty(0), np.empty((0, K)),
+               np.empty(0, dtype=np.int64))
+    for wrong_eta, wrong_stats in [(eta[:, :-1], stats), (eta[:-8], stats[:, :-8]),
+                                   (eta, stats[:-8])]:
+        with pytest.raises(ValueError, match="padded layout"):
+            expanded_pass(kind, X, centre, np.ascontiguousarray(wrong_eta), row_factor, K,
+                          True, BLOCK_ROWS, 16, 2, outputs[0], np.ascontiguousarray(wrong_stats),
+                          *outputs[2:])
+    assert expanded_pass(kind, X, centre, eta, row_factor, K, True, BLOCK_ROWS, 16, 2,
+                         *outputs) == -1
+    assert outputs[0][0] != 0 and stats[0, :K].sum() == pytest.approx(BLOCK_ROWS)
