@@ -507,20 +507,21 @@ def test_bits_do_not_depend_on_threads_or_block_multiple_chunks(blobs, kernel, c
     assert_rel(other.lower_bounds_, serial.lower_bounds_, 1e-12)
 
 
-@pytest.mark.parametrize("covariance_type", ["diag", "tied"])
+@pytest.mark.parametrize(("covariance_type", "n_components", "expanded"),
+                         [("diag", 3, False), ("tied", 3, False), ("diag", 16, True)])
 def test_bits_do_not_depend_on_threads_in_waves_taken_several_blocks_at_a_time(
-        covariance_type):
-    """The per-component kernel hands waves of TAKE_MIN_WAVE blocks or more out TAKE_BLOCKS
-    at a time: on one thread or two, their statistics are those of smaller waves, taken one
-    block at a time, to the bit."""
+        covariance_type, n_components, expanded):
+    """Both kernels hand waves of TAKE_MIN_WAVE blocks or more out TAKE_BLOCKS at a time: on
+    one thread or two, their statistics are those of smaller waves, taken one block at a
+    time, to the bit."""
     from fastem._em import threads
     from fastem._kernels._atomic import TAKE_MIN_WAVE
 
     rng = np.random.default_rng(28)
     X = rng.normal(size=(TAKE_MIN_WAVE * BLOCK_ROWS + 3 * BLOCK_ROWS + 37, 2))
-    weights, means, prec_chol, _ = random_start(X, covariance_type, 3, seed=29)
+    weights, means, prec_chol, _ = random_start(X, covariance_type, n_components, seed=29)
     params = GaussianParams(covariance_type, weights, means, prec_chol)
-    assert params.expanded_layout(X.shape[0]) is None
+    assert (params.expanded_layout(X.shape[0]) is not None) == expanded
     with threads(1):  # chunks, hence waves, of half TAKE_MIN_WAVE blocks
         serial = accumulate(ArraySource(X), params, chunk_size=TAKE_MIN_WAVE // 2 * BLOCK_ROWS)
     for n_jobs, chunk_size in [(1, None), (2, None), (2, TAKE_MIN_WAVE * BLOCK_ROWS)]:
@@ -837,7 +838,7 @@ def test_each_kernel_refuses_the_layouts_of_the_other(overlapping):
         kind, centre, eta, row_factor = params.expanded_layout()
         Kv, Fp = eta.shape
         task(0, 1, kind, kernel_rows(X, X.shape[1]), centre, eta, row_factor, K, True,
-             BLOCK_ROWS, gx.sub_rows(kind, Fp, Kv, BLOCK_ROWS), np.zeros((1, Fp, Kv)),
+             BLOCK_ROWS, gx.sub_rows(kind, Fp, Kv, BLOCK_ROWS), 1, np.zeros((1, Fp, Kv)),
              np.zeros((1, 1, 0, 0)), np.zeros(1), np.zeros(1, np.int64), np.empty(0),
              np.empty((0, K)), np.empty(0, np.int64), np.zeros(1, np.int64))
 

@@ -9,13 +9,12 @@ had four strided tasks per thread) passes took 2-12% less at 'tied' and at d = 6
 'diag', the same elsewhere. Which task computes a block changes no bit: blocks own their
 slots, merged in block order.
 
-In a wave of many blocks the per-component kernel's tasks take several at once
-(:func:`blocks_per_take`). Against one at a time, its passes on 2 threads took 0.92-0.97 of
-the time at d = 3, K = 2, 0.95-0.99 at d = 2, K = 4 and 0.98-1.0 at d = 16, K = 4 ('tied'
-gaining most). The counter alone on a cache line of its own gained nothing; neighbouring
-blocks, whose slots share lines, now mostly go to the same task. The expanded kernel, whose
-passes took 0.99 of the time at d = 2, K = 16, takes one: there its cold compile took 0.3 s
-more.
+In a wave of many blocks the tasks take several at once (:func:`blocks_per_take`). Against
+one at a time, the per-component kernel's passes on 2 threads took 0.92-0.97 of the time at
+d = 3, K = 2, 0.95-0.99 at d = 2, K = 4 and 0.98-1.0 at d = 16, K = 4 ('tied' gaining most);
+the expanded kernel's 0.95 at 'full' d = 2, K = 4 and 0.98-1.0 at d = 2 and 5, K = 16, for
+0-0.3 s more of its cold compile. The counter alone on a cache line of its own gained nothing;
+neighbouring blocks, whose slots share lines, now mostly go to the same task.
 """
 
 from numba import types

@@ -45,7 +45,7 @@ import numpy as np
 from numba import njit
 
 from ._aligned import aligned_array, aligned_empty, aligned_zeros
-from ._atomic import take_next
+from ._atomic import blocks_per_take, take_next
 from ._config import JIT, prefer_wide_vectors
 from ._logsumexp import normalize_columns
 from ._panels import (
@@ -595,8 +595,8 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
     part_ll, part_bad = np.empty(W), np.empty(W, dtype=np.int64)
     next_block = np.zeros(1, dtype=np.int64)
     args = (kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
-            sub_rows(kind, Fp, Kv, block_rows), slots, scatter_slots, part_ll, part_bad,
-            row_loglik, resp_out, labels, next_block)
+            sub_rows(kind, Fp, Kv, block_rows), blocks_per_take(W), slots, scatter_slots,
+            part_ll, part_bad, row_loglik, resp_out, labels, next_block)
     # The shared merge adds up to three statistics: this kernel's in the middle place, and
     # 'tied''s scatter in the last.
     bad = run_waves(task_address(task, args), n_blocks, W, max(1, min(n_tasks, W)),
@@ -610,46 +610,46 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
 
 @njit(**_jit)
 def _whole_block_task(w0, nw, kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
-                      S, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out, labels,
-                      next_block):
+                      S, take, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out,
+                      labels, next_block):
     """One task of :func:`expanded_pass` for layouts whose blocks run whole
     (:func:`_small_block`)."""
     return _task(True, True, w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
-                 block_rows, S, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out,
-                 labels, next_block)
+                 block_rows, S, take, slots, scatter_slots, part_ll, part_bad, row_loglik,
+                 resp_out, labels, next_block)
 
 
 @njit(**_jit)
 def _sub_block_task(w0, nw, kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
-                    S, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out, labels,
-                    next_block):
+                    S, take, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out,
+                    labels, next_block):
     """One task of :func:`expanded_pass` for layouts whose blocks run in sub-blocks
     (:func:`_block`) that store their features."""
     return _task(False, True, w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
-                 block_rows, S, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out,
-                 labels, next_block)
+                 block_rows, S, take, slots, scatter_slots, part_ll, part_bad, row_loglik,
+                 resp_out, labels, next_block)
 
 
 @njit(**_jit)
 def _unstored_sub_block_task(w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
-                             block_rows, S, slots, scatter_slots, part_ll, part_bad,
+                             block_rows, S, take, slots, scatter_slots, part_ll, part_bad,
                              row_loglik, resp_out, labels, next_block):
     """One task of :func:`expanded_pass` for 'full' layouts whose sub-blocks never store their
     quadratic features (:func:`_stores_features`)."""
     return _task(False, False, w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
-                 block_rows, S, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out,
-                 labels, next_block)
+                 block_rows, S, take, slots, scatter_slots, part_ll, part_bad, row_loglik,
+                 resp_out, labels, next_block)
 
 
 # Inlined into the three tasks above with `whole_blocks` and `stored` constants, by which
 # Numba then prunes the other paths before compiling: each task holds one block function.
 @njit(inline="always", **_jit)
 def _task(whole_blocks, stored, w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
-          block_rows, S, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out, labels,
-          next_block):
-    """Blocks w0 + w of a wave (w < nw), taken one at a time from `next_block` until none is
-    left, each into its slot w of (slots, scatter_slots, part_ll, part_bad), in sub-blocks of
-    S rows. Makes its scratch once. Returns 0."""
+          block_rows, S, take, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out,
+          labels, next_block):
+    """Blocks w0 + w of a wave (w < nw), taken `take` at a time from `next_block` until none
+    is left, each into its slot w of (slots, scatter_slots, part_ll, part_bad), in sub-blocks
+    of S rows. Makes its scratch once. Returns 0."""
     n = X.shape[0]
     d = X.shape[1]
     Kv, Fp = eta.shape
@@ -665,20 +665,21 @@ def _task(whole_blocks, stored, w0, nw, kind, X, centre, eta, row_factor, K, com
     scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]), borrowed(owned[3]),
                borrowed(owned[4]), borrowed(owned[5]), borrowed(owned[6]), borrowed(owned[7]),
                borrowed(owned[8]))
-    w = take_next(next_block)
-    while w < nw:
-        r0 = (w0 + w) * block_rows
-        r1 = min(n, r0 + block_rows)
-        if whole_blocks:
-            part_ll[w], part_bad[w] = _small_block(
-                kind, X_, r0, r1, centre_, eta_, row_factor_, K, compute_stats, slots_[w],
-                scatter_slots_[w, 0], row_loglik_, resp_out_, labels_, scratch,
-            )
-        else:
-            part_ll[w], part_bad[w] = _block(
-                kind, X_, r0, r1, centre_, eta_, K, stored, compute_stats, slots_[w],
-                row_loglik_, resp_out_, labels_, scratch,
-            )
-        w = take_next(next_block)
+    first = take_next(next_block) * take
+    while first < nw:
+        for w in range(first, min(first + take, nw)):
+            r0 = (w0 + w) * block_rows
+            r1 = min(n, r0 + block_rows)
+            if whole_blocks:
+                part_ll[w], part_bad[w] = _small_block(
+                    kind, X_, r0, r1, centre_, eta_, row_factor_, K, compute_stats, slots_[w],
+                    scatter_slots_[w, 0], row_loglik_, resp_out_, labels_, scratch,
+                )
+            else:
+                part_ll[w], part_bad[w] = _block(
+                    kind, X_, r0, r1, centre_, eta_, K, stored, compute_stats, slots_[w],
+                    row_loglik_, resp_out_, labels_, scratch,
+                )
+        first = take_next(next_block) * take
     keep_alive(owned)
     return 0
