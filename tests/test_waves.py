@@ -1,14 +1,15 @@
-"""The parallel loop that runs the kernels' tasks by address: the right compiled task for the
-arguments' types, the slots merged in block order, and a task that fails reported, not
+"""The parallel loop that runs the kernels' tasks by address: the right compiled task and loop
+for the arguments' types, the slots merged in block order, and a task that fails reported, not
 ignored."""
 
 import numpy as np
 import pytest
 
+from fastem import GaussianMixture
 from fastem._em import kernel_rows, threads
 from fastem._kernels._config import BLOCK_ROWS
-from fastem._kernels._waves import TASK_FAILED, run_waves, task_address
-from fastem._kernels.gaussian import HARD, _dense_task, _diagonal_task, gaussian_pass
+from fastem._kernels._waves import TASK_FAILED, task_address
+from fastem._kernels.gaussian import HARD, _dense_task, _diagonal_task, _waves, gaussian_pass
 from fastem._kernels.gaussian_expanded import expanded_pass
 from fastem._params import GaussianParams, precisions_cholesky_from_covariances
 
@@ -50,14 +51,33 @@ def test_a_task_that_raises_makes_the_pass_fail():
     'diag''s code), and the loop returns TASK_FAILED rather than merge unwritten slots."""
     X = kernel_rows(np.random.default_rng(2).normal(size=(4 * BLOCK_ROWS, 3)), 3)
     args = _task_args(_layout("diag", 2, 3, 3), X, 4)
-    part_ll, part_bad, p0, p1, p2 = args[18], args[19], args[15], args[16], args[17]
     s0, s1, s2, loglik = np.zeros(2), np.zeros((2, 3)), np.zeros((2, 1, 3)), np.zeros(1)
     with threads(2):
-        bad = run_waves(task_address(_dense_task, args), 4, 4, 2, args[-1],
-                        np.zeros(1, dtype=np.int64), args,
-                        (part_ll, part_bad, p0, p1, p2, True, loglik, s0, s1, s2))
+        bad = _waves(task_address(_dense_task, args), 4, 4, 2, np.zeros(1, dtype=np.int64),
+                     *args, loglik, s0, s1, s2)
     assert bad == TASK_FAILED
     assert loglik[0] == 0 and not s0.any()
+
+
+def test_fits_in_one_dtype_after_another_run_their_own_loop():
+    """float32, float64, int32 and int64 rows fitted one after another in a process: each
+    fit runs the loop compiled for its own arguments, and integers fit as float64 does.
+    (With the tasks' arguments passed to the loop as one tuple, Numba 0.59 dispatched it by a
+    wrong fingerprint, a matter of what lay in memory: in scikit-learn's dtype check, and in
+    this sequence on other data, the integer fits ran the float32 loop and raised "can't unbox
+    array".)"""
+    X = 3 * np.random.default_rng(10).uniform(size=(20, 5))
+    fits = {}
+    for dtype in (np.float32, np.float64, np.int32, np.int64):
+        Xd = X.astype(dtype) if dtype in (np.float32, np.float64) else (10 * X).astype(dtype)
+        model = GaussianMixture(2, max_iter=5, n_init=2, random_state=0).fit(Xd)
+        fits[dtype] = model.score_samples(Xd)
+    X_int = (10 * X).astype(np.int64)
+    as_float = GaussianMixture(2, max_iter=5, n_init=2, random_state=0).fit(
+        X_int.astype(np.float64))
+    np.testing.assert_array_equal(fits[np.int64], as_float.score_samples(X_int.astype(float)))
+    np.testing.assert_array_equal(fits[np.int32], fits[np.int64])
+    np.testing.assert_allclose(fits[np.float32], fits[np.float64], rtol=1e-4)
 
 
 @pytest.mark.parametrize("wave", [1, 3, 16])

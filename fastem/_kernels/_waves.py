@@ -11,7 +11,7 @@ machine code again over everything linked into it (LLVM's pass timings: 1.1-1.4 
 optimization and 0.5-0.6 s of machine code in each). With the block code in the loop's body
 (the fused E-step and statistics, thousands of lines once inlined), that code was compiled
 four times. Here a task is an ordinary compiled function, compiled once, and
-:func:`run_waves`, the only parallel function, calls it through its address
+:func:`run_waves`, the kernel's only parallel loop, calls it through its address
 (:func:`task_address`), a run-time value: nothing of the task is linked into the loop, whose
 four libraries stay small. Cold compile of each kernel, the loop and every helper included, in
 a fresh process: 8.1-8.4 s against 12.3-13.0 ('full'/'tied'), 6.8-7.1 against 10.1-10.3
@@ -86,12 +86,17 @@ def task_address(task, args) -> int:
     return address
 
 
-@njit(parallel=True, **JIT)
-def run_waves(task, n_blocks, wave_blocks, n_tasks, next_block, failed, args, slots):
+# Inlined (at Numba's level) into each kernel's own parallel function, which takes the tasks'
+# arguments one by one and makes `args` of them: Numba's dispatcher (0.59 and 0.60 at least)
+# fingerprints a tuple argument of more than about four arrays wrongly, and a float64 pass then
+# ran the loop compiled for float32 arguments and failed ("can't unbox array").
+@njit(inline="always", **JIT)
+def run_waves(task, n_blocks, wave_blocks, n_tasks, next_block, failed, args, part_ll,
+              part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2):
     """Run the blocks of a pass in waves of `wave_blocks`: in each, `n_tasks` parallel calls of
     the task at address `task` (``task(w0, nw, *args)`` for the wave's first block `w0` and
-    its `nw` blocks, taking them from `next_block`), then :func:`merge` of
-    `slots` = (part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2).
+    its `nw` blocks, taking them from `next_block`), then :func:`merge` of the wave's slots.
+    `failed` (1,) is 0.
 
     Returns the first bad row (>= 0) as the merge found it, TASK_FAILED, or -1.
     """
@@ -103,7 +108,6 @@ def run_waves(task, n_blocks, wave_blocks, n_tasks, next_block, failed, args, sl
                 failed[0] = 1
         if failed[0]:
             return TASK_FAILED
-        part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2 = slots
         bad = merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2)
         if bad >= 0:
             return bad

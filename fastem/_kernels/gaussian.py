@@ -549,15 +549,27 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
             compute_stats, block_rows, rows, blocks_per_take(W), p0, p1, p2, part_ll, part_bad,
             row_loglik, resp_out, labels, next_block)
     task = task_address(_dense_task if dense else _diagonal_task, args)
-    bad = run_waves(task, n_blocks, W, max(1, min(n_tasks, W)), next_block,
-                    np.zeros(1, dtype=np.int64), args,
-                    (part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2))
+    bad = _waves(task, n_blocks, W, max(1, min(n_tasks, W)), np.zeros(1, dtype=np.int64),
+                 *args, loglik, s0, s1, s2)
     if bad == TASK_FAILED:
         raise MemoryError("gaussian_pass: a kernel task could not allocate its scratch buffers")
     return bad
 
 
 _NO_PRECISION_ROWS = np.empty((0, 0))
+
+
+@njit(parallel=True, **_jit)
+def _waves(task, n_blocks, wave_blocks, n_tasks, failed, kind, mode, X, shift, centre, origin,
+           prec, prec_rows, aux, const, resp_in, compute_stats, block_rows, rows, take, p0, p1,
+           p2, part_ll, part_bad, row_loglik, resp_out, labels, next_block, loglik, s0, s1, s2):
+    """``_waves.run_waves`` over the task at address `task` (:func:`_dense_task` or
+    :func:`_diagonal_task`), its arguments passed one by one (see there)."""
+    return run_waves(task, n_blocks, wave_blocks, n_tasks, next_block, failed,
+                     (kind, mode, X, shift, centre, origin, prec, prec_rows, aux, const,
+                      resp_in, compute_stats, block_rows, rows, take, p0, p1, p2, part_ll,
+                      part_bad, row_loglik, resp_out, labels, next_block),
+                     part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2)
 
 
 def _precision_rows(prec):

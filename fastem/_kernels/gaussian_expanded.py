@@ -597,15 +597,29 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
     args = (kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
             sub_rows(kind, Fp, Kv, block_rows), blocks_per_take(W), slots, scatter_slots,
             part_ll, part_bad, row_loglik, resp_out, labels, next_block)
-    # The shared merge adds up to three statistics: this kernel's in the middle place, and
-    # 'tied''s scatter in the last.
-    bad = run_waves(task_address(task, args), n_blocks, W, max(1, min(n_tasks, W)),
-                    next_block, np.zeros(1, dtype=np.int64), args,
-                    (part_ll, part_bad, np.empty((W, 0)), slots, scatter_slots, compute_stats,
-                     loglik, np.empty(0), stats, scatter))
+    bad = _waves(task_address(task, args), n_blocks, W, max(1, min(n_tasks, W)),
+                 np.zeros(1, dtype=np.int64), *args, np.empty((W, 0)), np.empty(0), loglik,
+                 stats, scatter)
     if bad == TASK_FAILED:
         raise MemoryError("expanded_pass: a kernel task could not allocate its scratch buffers")
     return bad
+
+
+@njit(parallel=True, **_jit)
+def _waves(task, n_blocks, wave_blocks, n_tasks, failed, kind, X, centre, eta, row_factor, K,
+           compute_stats, block_rows, S, take, slots, scatter_slots, part_ll, part_bad,
+           row_loglik, resp_out, labels, next_block, no_slots, no_stats, loglik, stats,
+           scatter):
+    """``_waves.run_waves`` over the task at address `task` (one of the three below), its
+    arguments passed one by one (see there). The shared merge adds up to three statistics:
+    this kernel's in the middle place (`no_slots` and `no_stats` empty in the first), and
+    'tied''s scatter in the last."""
+    return run_waves(task, n_blocks, wave_blocks, n_tasks, next_block, failed,
+                     (kind, X, centre, eta, row_factor, K, compute_stats, block_rows, S, take,
+                      slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out, labels,
+                      next_block),
+                     part_ll, part_bad, no_slots, slots, scatter_slots, compute_stats, loglik,
+                     no_stats, stats, scatter)
 
 
 @njit(**_jit)
