@@ -801,10 +801,14 @@ def test_log_densities_of_two_or_three_features_in_one_sweep(n_features, scaled)
     k, c = 1, -1.75
     logp, acc = np.full((K, nb), np.nan), np.empty(nb)
     kernels = fastem._kernels.gaussian
-    if scaled:
-        kernels._log_densities(Z, k * d, d, off, scale, c, logp, k, acc)
+    if scaled:  # 'diag', every component of its own rows of Z; then component k's checked
+        shift = np.repeat(off[None], K, axis=0)
+        prec = np.repeat(scale[None, None], K, axis=0)
+        kernels._logp_diagonal(kernels.DIAG, Z[k * d:(k + 1) * d], shift, prec, np.full(K, c),
+                               logp, np.empty(d))
     else:
         kernels._distances_squared(Z, k * d, d, off, c, logp, k, acc)
+        assert np.isnan(logp[[0, 2]]).all()  # no other component's row written
     factors = scale if scaled else np.ones(d)
     for i in range(nb):
         y = [(Z[k * d + j, i] - off[j]) * factors[j] for j in range(d)]
@@ -812,7 +816,33 @@ def test_log_densities_of_two_or_three_features_in_one_sweep(n_features, scaled)
         for j in range(1, d):
             a = _fma(y[j], y[j], a)
         assert logp[k, i] == _fma(-0.5, a, c)
-    assert np.isnan(logp[[0, 2]]).all()  # no other component's row written
+
+
+@pytest.mark.parametrize("n_features", [1, 4, 5, 7, 9, 16])
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_diagonal_log_densities_are_each_components_own_sum(n_features, covariance_type):
+    """'diag' and 'spherical' sum every component's log-densities four features per sweep,
+    all components' sweeps over four rows before the next four: each component's row has the
+    bits of that component alone, and is its log-density."""
+    rng = np.random.default_rng(26)
+    d, nb, K = n_features, 37, 4
+    kernels = fastem._kernels.gaussian
+    kind = kernels.DIAG if covariance_type == "diag" else kernels.SPHERICAL
+    XT = rng.normal(size=(d, nb)) * 3.0 + 2.0
+    shift = rng.normal(size=(K, d))
+    prec = rng.random(size=(K, 1, d if kind == kernels.DIAG else 1)) + 0.5
+    const = rng.normal(size=K)
+    logp = np.full((K, nb), np.nan)
+    kernels._logp_diagonal(kind, XT, shift, prec, const, logp, np.empty(d))
+    for k in range(K):
+        alone = np.full((1, nb), np.nan)
+        kernels._logp_diagonal(kind, XT, shift[k:k + 1], prec[k:k + 1], const[k:k + 1], alone,
+                               np.empty(d))
+        assert_array_equal(logp[k], alone[0])
+    p = prec if kind == kernels.DIAG else np.repeat(prec, d, axis=2)
+    expected = const[:, None] - 0.5 * (((XT[None] - shift[:, :, None]) * p.transpose(0, 2, 1))
+                                       ** 2).sum(axis=1)
+    assert_allclose(logp, expected, rtol=1e-14, atol=0)
 
 
 def test_each_kernel_refuses_the_layouts_of_the_other(overlapping):

@@ -189,89 +189,130 @@ def _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT):
 
 
 @njit(**_jit)
-def _logp_diagonal(kind, XT, shift, prec, const, logp, acc, scale):
-    """logp as :func:`_logp_dense` does, for 'diag' or 'spherical'. `acc` (nb,) and `scale`
-    (d,) are the task's scratch."""
+def _logp_diagonal(kind, XT, shift, prec, const, logp, scale):
+    """logp as :func:`_logp_dense` does, for 'diag' or 'spherical':
+    logp[k, i] = const[k] - 1/2 sum_j ((XT[j, i] - shift[k, j]) p_kj)^2. `scale` (d,) is the
+    task's scratch.
+
+    The sums run in logp's own rows, four features per sweep as in :func:`_squares`, but with
+    every component's sweep over those four rows before the next four (so that they are read
+    from L1 once per component): the bits of a sum per component. Passes took 0.94-0.96 of the
+    time of a component's whole sum at a time at d = 5 to 8 with 2 to 4 components, 0.98-1.0
+    at d = 16 and 64. With 2 or 3 features, one sweep per component (:func:`_small_squares`).
+    """
     prefer_wide_vectors()
     d, nb = XT.shape
     K = shift.shape[0]
+    if d == 2 or d == 3:
+        for k in range(K):
+            for j in range(d):
+                scale[j] = prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
+            _small_squares(True, XT, 0, d, shift[k], scale, const[k], logp, k)
+        return
     for k in range(K):
-        for j in range(d):
-            scale[j] = prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
-        _log_densities(XT, 0, d, shift[k], scale, const[k], logp, k, acc)
+        row = logp[k]
+        for i in range(nb):
+            row[i] = 0.0
+    j = 0
+    while j + 4 <= d:
+        for k in range(K):
+            row = logp[k]
+            o0, o1, o2, o3 = shift[k, j], shift[k, j + 1], shift[k, j + 2], shift[k, j + 3]
+            c0 = prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
+            c1 = prec[k, 0, j + 1] if kind == DIAG else prec[k, 0, 0]
+            c2 = prec[k, 0, j + 2] if kind == DIAG else prec[k, 0, 0]
+            c3 = prec[k, 0, j + 3] if kind == DIAG else prec[k, 0, 0]
+            for i in range(nb):
+                y0 = (XT[j, i] - o0) * c0
+                y1 = (XT[j + 1, i] - o1) * c1
+                y2 = (XT[j + 2, i] - o2) * c2
+                y3 = (XT[j + 3, i] - o3) * c3
+                row[i] += (y0 * y0 + y1 * y1) + (y2 * y2 + y3 * y3)
+        j += 4
+    while j < d:
+        for k in range(K):
+            row = logp[k]
+            o, c = shift[k, j], prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
+            for i in range(nb):
+                y = (XT[j, i] - o) * c
+                row[i] += y * y
+        j += 1
+    for k in range(K):
+        row = logp[k]
+        ck = const[k]
+        for i in range(nb):
+            row[i] = ck - 0.5 * row[i]
 
 
 @njit(**_jit)
 def _distances_squared(Z, row0, d, off, c, logp, k, acc):
-    """logp[k, i] = c - 1/2 sum_j (Z[row0 + j, i] - off[j])^2: :func:`_log_densities` with no
-    scale, the bits of a scale of ones. Its multiply by 1 was a third of the sums' operations:
-    passes of 'tied' took 0.96-0.98 of the time without it at d = 16, K = 4 ('full', whose
-    other work is larger, 0.99-1.0)."""
-    _squares(False, Z, row0, d, off, off[:0], c, logp, k, acc)
+    """logp[k, i] = c - 1/2 sum_j (Z[row0 + j, i] - off[j])^2, for 'full' and 'tied' (no scale:
+    a multiply by 1 was a third of the sums' operations; passes of 'tied' took 0.96-0.98 of the
+    time without it at d = 16, K = 4, 'full', whose other work is larger, 0.99-1.0)."""
+    _squares(Z, row0, d, off, c, logp, k, acc)
 
 
-@njit(**_jit)
-def _log_densities(Z, row0, d, off, scale, c, logp, k, acc):
-    """logp[k, i] = c - 1/2 sum_j ((Z[row0 + j, i] - off[j]) * scale[j])^2."""
-    _squares(True, Z, row0, d, off, scale, c, logp, k, acc)
-
-
-# Inlined into the two functions above with `scaled` a constant: without a scale, each factor
-# is the constant 1, whose multiplies LLVM drops.
+# Inlined into the function above.
 @njit(inline="always", **_jit)
-def _squares(scaled, Z, row0, d, off, scale, c, logp, k, acc):
-    """logp[k, i] = c - 1/2 sum_j ((Z[row0 + j, i] - off[j]) * c_j)^2, c_j = scale[j] if
-    `scaled`, else 1.
+def _squares(Z, row0, d, off, c, logp, k, acc):
+    """logp[k, i] = c - 1/2 sum_j (Z[row0 + j, i] - off[j])^2.
 
     The sum runs in `acc` (nb,), four features per sweep so that it is loaded and stored once
     per four, then one per sweep, then logp. With 2 or 3 features, one sweep makes logp
-    instead: at d = 2 a third feature is the first again, times 0, adding an exact 0, and the
-    multiply-adds are explicit so that the bits are those of the sweeps (contraction could
-    fuse either square of y0^2 + y1^2). Passes took 0.98 of the time at d = 2, K = 4, 0.94
-    at d = 3; at d = 1, three features' work for one, 1.03 of it, so one feature keeps the
-    sweeps.
+    instead (:func:`_small_squares`); at d = 1, three features' work for one, it took 1.03 of
+    the time, so one feature keeps the sweeps.
     """
     prefer_wide_vectors()
     nb = Z.shape[1]
     if d == 2 or d == 3:
-        r2 = row0 + 2 if d == 3 else row0
-        o0, o1 = off[0], off[1]
-        o2 = off[2] if d == 3 else 0.0
-        c0 = scale[0] if scaled else 1.0
-        c1 = scale[1] if scaled else 1.0
-        c2 = (scale[2] if scaled else 1.0) if d == 3 else 0.0
-        for i in range(nb):
-            y0 = (Z[row0, i] - o0) * c0
-            y1 = (Z[row0 + 1, i] - o1) * c1
-            y2 = (Z[r2, i] - o2) * c2
-            sq = fused_multiply_add(y2, y2, fused_multiply_add(y1, y1, y0 * y0))
-            logp[k, i] = c - 0.5 * sq
+        _small_squares(False, Z, row0, d, off, off[:0], c, logp, k)
         return
     for i in range(nb):
         acc[i] = 0.0
     j = 0
     while j + 4 <= d:
         o0, o1, o2, o3 = off[j], off[j + 1], off[j + 2], off[j + 3]
-        c0 = scale[j] if scaled else 1.0
-        c1 = scale[j + 1] if scaled else 1.0
-        c2 = scale[j + 2] if scaled else 1.0
-        c3 = scale[j + 3] if scaled else 1.0
         r = row0 + j
         for i in range(nb):
-            y0 = (Z[r, i] - o0) * c0
-            y1 = (Z[r + 1, i] - o1) * c1
-            y2 = (Z[r + 2, i] - o2) * c2
-            y3 = (Z[r + 3, i] - o3) * c3
+            y0 = Z[r, i] - o0
+            y1 = Z[r + 1, i] - o1
+            y2 = Z[r + 2, i] - o2
+            y3 = Z[r + 3, i] - o3
             acc[i] += (y0 * y0 + y1 * y1) + (y2 * y2 + y3 * y3)
         j += 4
     while j < d:
-        o, cj, r = off[j], scale[j] if scaled else 1.0, row0 + j
+        o, r = off[j], row0 + j
         for i in range(nb):
-            y = (Z[r, i] - o) * cj
+            y = Z[r, i] - o
             acc[i] += y * y
         j += 1
     for i in range(nb):
         logp[k, i] = c - 0.5 * acc[i]
+
+
+# Inlined with `scaled` a constant: without a scale, each factor is the constant 1, whose
+# multiplies LLVM drops.
+@njit(inline="always", **_jit)
+def _small_squares(scaled, Z, row0, d, off, scale, c, logp, k):
+    """logp[k, i] = c - 1/2 sum_j ((Z[row0 + j, i] - off[j]) * c_j)^2 for d = 2 or 3,
+    c_j = scale[j] if `scaled`, else 1, in one sweep: a third feature at d = 2 is the first
+    again, times 0, adding an exact 0, and the multiply-adds are explicit so that the bits are
+    those of the sums four features per sweep (contraction could fuse either square of
+    y0^2 + y1^2). Passes took 0.98 of the time of those sweeps at d = 2, K = 4, 0.94 at d = 3.
+    """
+    nb = Z.shape[1]
+    r2 = row0 + 2 if d == 3 else row0
+    o0, o1 = off[0], off[1]
+    o2 = off[2] if d == 3 else 0.0
+    c0 = scale[0] if scaled else 1.0
+    c1 = scale[1] if scaled else 1.0
+    c2 = (scale[2] if scaled else 1.0) if d == 3 else 0.0
+    for i in range(nb):
+        y0 = (Z[row0, i] - o0) * c0
+        y1 = (Z[row0 + 1, i] - o1) * c1
+        y2 = (Z[r2, i] - o2) * c2
+        sq = fused_multiply_add(y2, y2, fused_multiply_add(y1, y1, y0 * y0))
+        logp[k, i] = c - 0.5 * sq
 
 
 @njit(**_jit)
@@ -418,7 +459,7 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows,
         if dense:
             _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT)
         else:
-            _logp_diagonal(kind, XT, shift, prec, const, logp, acc, scale)
+            _logp_diagonal(kind, XT, shift, prec, const, logp, scale)
         # Over the columns padded to whole vectors: the padding's log-densities stay 0.
         best = best_buf[: nbp if mode == HARD or labels.shape[0] > 0 else 0]
         _largest(logp, work[0], best)
