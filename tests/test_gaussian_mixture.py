@@ -793,29 +793,24 @@ def test_log_densities_of_two_or_three_features_in_one_sweep(n_features, scaled)
     """With 2 or 3 features the per-component kernel makes each component's log-densities in
     one sweep (a third feature, at d = 2, the first again times 0), with the multiply-adds of
     one sweep per feature: round(y0^2), then y1^2 (and y2^2) added each with one rounding,
-    then c - a / 2; rows of a stacked Z are read from the component's own."""
+    then c - a / 2; each component reads its own rows of a stacked Z ('full')."""
     rng = np.random.default_rng(25)
     d, nb, K = n_features, 37, 3
     Z = rng.normal(size=(K * d, nb)) * 4.0 + 1.0
-    off, scale = rng.normal(size=d), rng.random(size=d) + 0.5
-    k, c = 1, -1.75
-    logp, acc = np.full((K, nb), np.nan), np.empty(nb)
+    off, prec = rng.normal(size=(K, d)), rng.random(size=(K, 1, d)) + 0.5
+    const = rng.normal(size=K)
+    logp = np.full((K, nb), np.nan)
     kernels = fastem._kernels.gaussian
-    if scaled:  # 'diag', every component of its own rows of Z; then component k's checked
-        shift = np.repeat(off[None], K, axis=0)
-        prec = np.repeat(scale[None, None], K, axis=0)
-        kernels._logp_diagonal(kernels.DIAG, Z[k * d:(k + 1) * d], shift, prec, np.full(K, c),
-                               logp, np.empty(d))
-    else:
-        kernels._distances_squared(Z, k * d, d, off, c, logp, k, acc)
-        assert np.isnan(logp[[0, 2]]).all()  # no other component's row written
-    factors = scale if scaled else np.ones(d)
-    for i in range(nb):
-        y = [(Z[k * d + j, i] - off[j]) * factors[j] for j in range(d)]
-        a = y[0] * y[0]
-        for j in range(1, d):
-            a = _fma(y[j], y[j], a)
-        assert logp[k, i] == _fma(-0.5, a, c)
+    kernels._log_densities(scaled, kernels.DIAG if scaled else kernels.FULL, Z, d, off,
+                           prec if scaled else prec[:, :, :0], const, logp)
+    for k in range(K):
+        factors = prec[k, 0] if scaled else np.ones(d)
+        for i in range(nb):
+            y = [(Z[k * d + j, i] - off[k, j]) * factors[j] for j in range(d)]
+            a = y[0] * y[0]
+            for j in range(1, d):
+                a = _fma(y[j], y[j], a)
+            assert logp[k, i] == _fma(-0.5, a, const[k])
 
 
 @pytest.mark.parametrize("n_features", [1, 4, 5, 7, 9, 16])
@@ -833,11 +828,10 @@ def test_diagonal_log_densities_are_each_components_own_sum(n_features, covarian
     prec = rng.random(size=(K, 1, d if kind == kernels.DIAG else 1)) + 0.5
     const = rng.normal(size=K)
     logp = np.full((K, nb), np.nan)
-    kernels._logp_diagonal(kind, XT, shift, prec, const, logp, np.empty(d))
+    kernels._logp_diagonal(kind, XT, shift, prec, const, logp)
     for k in range(K):
         alone = np.full((1, nb), np.nan)
-        kernels._logp_diagonal(kind, XT, shift[k:k + 1], prec[k:k + 1], const[k:k + 1], alone,
-                               np.empty(d))
+        kernels._logp_diagonal(kind, XT, shift[k:k + 1], prec[k:k + 1], const[k:k + 1], alone)
         assert_array_equal(logp[k], alone[0])
     p = prec if kind == kernels.DIAG else np.repeat(prec, d, axis=2)
     expected = const[:, None] - 0.5 * (((XT[None] - shift[:, :, None]) * p.transpose(0, 2, 1))

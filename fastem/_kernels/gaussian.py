@@ -184,30 +184,49 @@ def _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT):
                     p = prec_rows[row, m]
                     for i in range(nb):
                         YT[row, i] += p * DT[m, i]
-    for k in range(K):
-        _distances_squared(YT, (k if kind == FULL else 0) * d, d, aux[k], const[k], logp, k, acc)
+    # 'full': component k's rows of YT are its own, from k d; 'tied''s are every component's
+    _log_densities(False, kind, YT, d if kind == FULL else 0, aux, aux[:, :0], const, logp)
 
 
 @njit(**_jit)
-def _logp_diagonal(kind, XT, shift, prec, const, logp, scale):
-    """logp as :func:`_logp_dense` does, for 'diag' or 'spherical':
-    logp[k, i] = const[k] - 1/2 sum_j ((XT[j, i] - shift[k, j]) p_kj)^2. `scale` (d,) is the
-    task's scratch.
-
-    The sums run in logp's own rows, four features per sweep as in :func:`_squares`, but with
-    every component's sweep over those four rows before the next four (so that they are read
-    from L1 once per component): the bits of a sum per component. Passes took 0.94-0.96 of the
-    time of a component's whole sum at a time at d = 5 to 8 with 2 to 4 components, 0.98-1.0
-    at d = 16 and 64. With 2 or 3 features, one sweep per component (:func:`_small_squares`).
-    """
+def _logp_diagonal(kind, XT, shift, prec, const, logp):
+    """logp as :func:`_logp_dense` does, for 'diag' or 'spherical' (:func:`_log_densities`)."""
     prefer_wide_vectors()
-    d, nb = XT.shape
-    K = shift.shape[0]
+    _log_densities(True, kind, XT, 0, shift, prec, const, logp)
+
+
+# Inlined into the two functions above with `scaled` a constant: without a scale, each factor
+# is the constant 1, whose multiplies LLVM drops.
+@njit(inline="always", **_jit)
+def _log_densities(scaled, kind, Z, stride, off, prec, const, logp):
+    """logp[k, i] = const[k] - 1/2 sum_j ((Z[k stride + j, i] - off[k, j]) c_kj)^2 for every
+    component k, over the d = off.shape[1] rows of Z from k stride (0: rows every component
+    shares), with c_kj = prec[k, 0, j] ('diag'), prec[k, 0, 0] ('spherical') if `scaled`,
+    else 1.
+
+    The sums run in logp's own rows, four features per sweep (each row loaded and stored once
+    per four), then one per sweep, with every component's sweep over those rows before the
+    next four: where the rows are shared they are read from L1 once per component, and each
+    sum keeps the order of a component alone. Against one component's whole sum at a time
+    (in a scratch row), 'diag' and 'spherical' passes took 0.95-0.97 of the time at d = 1 to
+    7 with 2 to 4 components, 0.97-0.985 at d = 16 and the same at d = 64; 'tied' (the rows
+    of U^T (x - c), shared) 0.96 at d = 2 and 5, 0.98-0.99 at d = 16 and 64, K = 4; 'full'
+    (each component's own rows) the same. With 2 or 3 features one sweep per component makes
+    logp (:func:`_small_squares`); at d = 1 (a third of that sweep's work) the sweeps of one
+    feature are faster.
+    """
+    d, nb = off.shape[1], Z.shape[1]
+    K = off.shape[0]
     if d == 2 or d == 3:
         for k in range(K):
-            for j in range(d):
-                scale[j] = prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
-            _small_squares(True, XT, 0, d, shift[k], scale, const[k], logp, k)
+            c0 = c1 = 1.0
+            c2 = 1.0 if d == 3 else 0.0
+            if scaled:
+                c0 = prec[k, 0, 0]
+                c1 = prec[k, 0, 1] if kind == DIAG else c0
+                if d == 3:
+                    c2 = prec[k, 0, 2] if kind == DIAG else c0
+            _small_squares(Z, k * stride, d, off[k], c0, c1, c2, const[k], logp, k)
         return
     for k in range(K):
         row = logp[k]
@@ -216,97 +235,47 @@ def _logp_diagonal(kind, XT, shift, prec, const, logp, scale):
     j = 0
     while j + 4 <= d:
         for k in range(K):
-            row = logp[k]
-            o0, o1, o2, o3 = shift[k, j], shift[k, j + 1], shift[k, j + 2], shift[k, j + 3]
-            c0 = prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
-            c1 = prec[k, 0, j + 1] if kind == DIAG else prec[k, 0, 0]
-            c2 = prec[k, 0, j + 2] if kind == DIAG else prec[k, 0, 0]
-            c3 = prec[k, 0, j + 3] if kind == DIAG else prec[k, 0, 0]
+            row, r = logp[k], k * stride + j
+            o0, o1, o2, o3 = off[k, j], off[k, j + 1], off[k, j + 2], off[k, j + 3]
+            c0 = c1 = c2 = c3 = 1.0
+            if scaled:
+                c0 = prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
+                c1 = prec[k, 0, j + 1] if kind == DIAG else c0
+                c2 = prec[k, 0, j + 2] if kind == DIAG else c0
+                c3 = prec[k, 0, j + 3] if kind == DIAG else c0
             for i in range(nb):
-                y0 = (XT[j, i] - o0) * c0
-                y1 = (XT[j + 1, i] - o1) * c1
-                y2 = (XT[j + 2, i] - o2) * c2
-                y3 = (XT[j + 3, i] - o3) * c3
+                y0 = (Z[r, i] - o0) * c0
+                y1 = (Z[r + 1, i] - o1) * c1
+                y2 = (Z[r + 2, i] - o2) * c2
+                y3 = (Z[r + 3, i] - o3) * c3
                 row[i] += (y0 * y0 + y1 * y1) + (y2 * y2 + y3 * y3)
         j += 4
     while j < d:
         for k in range(K):
-            row = logp[k]
-            o, c = shift[k, j], prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
+            row, r, o, c = logp[k], k * stride + j, off[k, j], 1.0
+            if scaled:
+                c = prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
             for i in range(nb):
-                y = (XT[j, i] - o) * c
+                y = (Z[r, i] - o) * c
                 row[i] += y * y
         j += 1
     for k in range(K):
-        row = logp[k]
-        ck = const[k]
+        row, ck = logp[k], const[k]
         for i in range(nb):
             row[i] = ck - 0.5 * row[i]
 
 
-@njit(**_jit)
-def _distances_squared(Z, row0, d, off, c, logp, k, acc):
-    """logp[k, i] = c - 1/2 sum_j (Z[row0 + j, i] - off[j])^2, for 'full' and 'tied' (no scale:
-    a multiply by 1 was a third of the sums' operations; passes of 'tied' took 0.96-0.98 of the
-    time without it at d = 16, K = 4, 'full', whose other work is larger, 0.99-1.0)."""
-    _squares(Z, row0, d, off, c, logp, k, acc)
-
-
-# Inlined into the function above.
 @njit(inline="always", **_jit)
-def _squares(Z, row0, d, off, c, logp, k, acc):
-    """logp[k, i] = c - 1/2 sum_j (Z[row0 + j, i] - off[j])^2.
-
-    The sum runs in `acc` (nb,), four features per sweep so that it is loaded and stored once
-    per four, then one per sweep, then logp. With 2 or 3 features, one sweep makes logp
-    instead (:func:`_small_squares`); at d = 1, three features' work for one, it took 1.03 of
-    the time, so one feature keeps the sweeps.
-    """
-    prefer_wide_vectors()
-    nb = Z.shape[1]
-    if d == 2 or d == 3:
-        _small_squares(False, Z, row0, d, off, off[:0], c, logp, k)
-        return
-    for i in range(nb):
-        acc[i] = 0.0
-    j = 0
-    while j + 4 <= d:
-        o0, o1, o2, o3 = off[j], off[j + 1], off[j + 2], off[j + 3]
-        r = row0 + j
-        for i in range(nb):
-            y0 = Z[r, i] - o0
-            y1 = Z[r + 1, i] - o1
-            y2 = Z[r + 2, i] - o2
-            y3 = Z[r + 3, i] - o3
-            acc[i] += (y0 * y0 + y1 * y1) + (y2 * y2 + y3 * y3)
-        j += 4
-    while j < d:
-        o, r = off[j], row0 + j
-        for i in range(nb):
-            y = Z[r, i] - o
-            acc[i] += y * y
-        j += 1
-    for i in range(nb):
-        logp[k, i] = c - 0.5 * acc[i]
-
-
-# Inlined with `scaled` a constant: without a scale, each factor is the constant 1, whose
-# multiplies LLVM drops.
-@njit(inline="always", **_jit)
-def _small_squares(scaled, Z, row0, d, off, scale, c, logp, k):
-    """logp[k, i] = c - 1/2 sum_j ((Z[row0 + j, i] - off[j]) * c_j)^2 for d = 2 or 3,
-    c_j = scale[j] if `scaled`, else 1, in one sweep: a third feature at d = 2 is the first
-    again, times 0, adding an exact 0, and the multiply-adds are explicit so that the bits are
-    those of the sums four features per sweep (contraction could fuse either square of
-    y0^2 + y1^2). Passes took 0.98 of the time of those sweeps at d = 2, K = 4, 0.94 at d = 3.
-    """
+def _small_squares(Z, row0, d, off, c0, c1, c2, c, logp, k):
+    """logp[k, i] = c - 1/2 sum_j ((Z[row0 + j, i] - off[j]) c_j)^2 for d = 2 or 3 in one
+    sweep: at d = 2 a third feature is the first again, times c2 = 0, adding an exact 0, and
+    the multiply-adds are explicit so that the bits are those of the sums four features per
+    sweep (contraction could fuse either square of y0^2 + y1^2). Passes took 0.98 of the time
+    of those sweeps at d = 2, K = 4, 0.94 at d = 3."""
     nb = Z.shape[1]
     r2 = row0 + 2 if d == 3 else row0
     o0, o1 = off[0], off[1]
     o2 = off[2] if d == 3 else 0.0
-    c0 = scale[0] if scaled else 1.0
-    c1 = scale[1] if scaled else 1.0
-    c2 = (scale[2] if scaled else 1.0) if d == 3 else 0.0
     for i in range(nb):
         y0 = (Z[row0, i] - o0) * c0
         y1 = (Z[row0 + 1, i] - o1) * c1
@@ -437,7 +406,7 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows,
     prefer_wide_vectors()
     nb = r1 - r0
     K = shift.shape[0]
-    XT, R, logp, best_buf, ll, work, acc, DT, YT, DS, WT, scale, second = scratch
+    XT, R, logp, best_buf, ll, work, acc, DT, YT, DS, WT, second = scratch
     nbp = logp.shape[1]  # nb padded to whole vectors of rows
     if dense:
         # 'tied''s rows are wanted only less c, for the log-densities and the statistics
@@ -459,7 +428,7 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows,
         if dense:
             _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT)
         else:
-            _logp_diagonal(kind, XT, shift, prec, const, logp, scale)
+            _logp_diagonal(kind, XT, shift, prec, const, logp)
         # Over the columns padded to whole vectors: the padding's log-densities stay 0.
         best = best_buf[: nbp if mode == HARD or labels.shape[0] > 0 else 0]
         _largest(logp, work[0], best)
@@ -494,7 +463,7 @@ def _task_scratch(kind, d, K, n_y, rows):
     whole vectors (LANES), logp's columns past rows zero and never written, acc (rows,),
     DT (d, rows; for 'tied' DS's first rows), YT (n_y, rows) ('full' and 'tied': the rows of
     :func:`_precision_rows`, else none), DS and WT (dp, rows) (dp = 4 ceil(d / 4); WT for
-    'full' only) whose rows past d stay zero, scale (d,), second (K, d)."""
+    'full' only) whose rows past d stay zero, second (K, d)."""
     dp = (d + 3) // 4 * 4
     DS = aligned_zeros(dp, rows)
     # 'tied''s statistics are about c too (shift[k] = c): its rows are loaded less c into DS,
@@ -507,8 +476,7 @@ def _task_scratch(kind, d, K, n_y, rows):
             aligned_zeros(K, rows_p),
             np.empty(rows_p, dtype=np.int64), aligned_empty(rows_p), aligned_matrix(2, rows_p),
             aligned_empty(rows), DT, aligned_matrix(n_y, rows), DS,
-            aligned_zeros(dp if kind == FULL else 0, rows), np.empty(d),
-            np.empty((K, d)))
+            aligned_zeros(dp if kind == FULL else 0, rows), np.empty((K, d)))
 
 
 def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compute_stats,
@@ -667,7 +635,7 @@ def _task(dense, w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, 
     scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]), borrowed(owned[3]),
                borrowed(owned[4]), borrowed(owned[5]), borrowed(owned[6]), borrowed(owned[7]),
                borrowed(owned[8]), borrowed(owned[9]), borrowed(owned[10]),
-               borrowed(owned[11]), borrowed(owned[12]))
+               borrowed(owned[11]))
     first = take_next(next_block) * take
     while first < nw:
         for w in range(first, min(first + take, nw)):
