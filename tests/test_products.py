@@ -15,7 +15,7 @@ from fastem._kernels._panels import (
     scale_rows,
 )
 from fastem._kernels._tiles import (TILE, centred_moments, lane_sum, row_dot, row_sums,
-                                   tile_products)
+                                   short_tile_products, tile_products)
 from fastem._params import PADDED_LOG_DENSITY
 
 
@@ -204,6 +204,23 @@ def test_lane_sums_are_exact_on_integers_and_fixed_in_order():
     for a in range(TILE):
         for b in range(TILE):
             assert row_dot(real, a, B, b, 101) == out[a, b]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 6, 7], ids=lambda r: f"out-rows-{r}")
+def test_short_tile_products_have_the_bits_of_whole_tiles(rows):
+    """An out ending 1 or 2 rows into a group of 4 rows of A runs that group in 1 x 4 or
+    2 x 4 tiles: every entry has the bits of the same product into an out of whole row
+    groups, and nothing past out's rows is written."""
+    rng = np.random.default_rng(4)
+    A = rng.normal(size=(2 * TILE, 253))
+    B = rng.normal(size=(2 * TILE, 253))
+    whole = np.zeros((2 * TILE, 2 * TILE - 1))
+    tile_products(A, B, 253, whole, False, False)
+    buffer = np.full(2 * TILE * (2 * TILE - 1), np.nan)
+    out = buffer[: rows * (2 * TILE - 1)].reshape(rows, 2 * TILE - 1)
+    short_tile_products(A, B, 253, out)
+    assert np.array_equal(out, whole[:rows])
+    assert np.isnan(buffer[out.size:]).all()
 
 
 @pytest.mark.parametrize("n", [256, 253, 5, 0], ids=["whole-vectors", "tail", "tail-only",

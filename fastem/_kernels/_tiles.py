@@ -182,6 +182,8 @@ def _row_sums(typingctx, A, a0, n):
 
 
 _tile_sums = _lane_sums_intrinsic(TILE, TILE)
+_pair_tile_sums = _lane_sums_intrinsic(2, TILE)
+_row_tile_sums = _lane_sums_intrinsic(1, TILE)
 _dot_sums = _lane_sums_intrinsic(1, 1)
 
 
@@ -314,12 +316,41 @@ def tile_products(A, B, nb, out, upper, add):
     prefer_wide_vectors()
     for a0 in range(0, A.shape[0], TILE):
         for b0 in range(a0 if upper else 0, B.shape[0], TILE):
-            tile = _tile_sums(A, B, a0, b0, nb)
-            for u in range(TILE):
-                for v in range(TILE):
-                    a, b = a0 + u, b0 + v
-                    if a < out.shape[0] and b < out.shape[1]:
-                        if add:
-                            out[a, b] += tile[u * TILE + v]
-                        else:
-                            out[a, b] = tile[u * TILE + v]
+            _put_tile(_tile_sums(A, B, a0, b0, nb), TILE, a0, b0, out, add)
+
+
+@njit(**JIT)
+def short_tile_products(A, B, nb, out):
+    """out[a, b] = sum_{i < nb} A[a, i] * B[b, i] as :func:`tile_products` does, but where out
+    ends one or two rows into a group of 4 rows of A, that group in tiles of 1 x 4 or 2 x 4
+    (each sum the bits of its 4 x 4 tile's). For the expanded kernel's whole blocks: their
+    statistics at d = 2 have 5 ('diag') or 6 ('full') feature rows, whose last tiles were
+    three quarters or half padding, and 'tied''s scatter d rows. Passes took 0.94-0.98 of the
+    time at d = 2, K = 8 to 64 ('full', 'diag', 'tied') and at d = 5, K = 16 ('full',
+    'tied'; 'diag' 1.0), for 0.3-0.5 s more of that kernel's cold compile. A function of its
+    own: the short tiles in :func:`tile_products`, which the per-component kernel compiles
+    for two sets of flags, cost that kernel 0.6-1 s."""
+    prefer_wide_vectors()
+    for a0 in range(0, min(A.shape[0], out.shape[0]), TILE):
+        rows = out.shape[0] - a0
+        for b0 in range(0, B.shape[0], TILE):
+            if rows == 1:
+                _put_tile(_row_tile_sums(A, B, a0, b0, nb), 1, a0, b0, out, False)
+            elif rows == 2:
+                _put_tile(_pair_tile_sums(A, B, a0, b0, nb), 2, a0, b0, out, False)
+            else:
+                _put_tile(_tile_sums(A, B, a0, b0, nb), TILE, a0, b0, out, False)
+
+
+@njit(inline="always", **JIT)
+def _put_tile(tile, n_rows, a0, b0, out, add):
+    """A tile's sums of `n_rows` rows of A by TILE of B into out from (a0, b0), inside out's
+    shape."""
+    for u in range(n_rows):
+        for v in range(TILE):
+            a, b = a0 + u, b0 + v
+            if a < out.shape[0] and b < out.shape[1]:
+                if add:
+                    out[a, b] += tile[u * TILE + v]
+                else:
+                    out[a, b] = tile[u * TILE + v]

@@ -55,9 +55,9 @@ from ._panels import (
     quadratic_log_density_product,
     scale_rows,
 )
-from ._tiles import TILE, tile_products
+from ._tiles import TILE, short_tile_products
 from ._transpose import diag_features_tile, transpose_tile
-from ._views import borrowed, keep_alive, matrix
+from ._views import borrowed, flat, keep_alive, matrix
 from ._waves import TASK_FAILED, run_waves, task_address
 from .gaussian import (
     DIAG,
@@ -263,7 +263,7 @@ def _tied_terms(Phi, phi, d, nb, row_factor, Z, acc, ll, compute_stats, scatter)
         ll[i] -= 0.5 * acc[i]
     if compute_stats:  # with the block's own flags (see above): the whole product, written
         Y = matrix(phi[nbp:], scatter_rows(d), nbp)
-        tile_products(Y, Y, nb, scatter, False, False)
+        short_tile_products(Y, Y, nb, scatter)
 
 
 # With this many features or more and at most this many padded components, 'full' sub-blocks
@@ -499,7 +499,9 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
         K4 = (K + TILE - 1) // TILE * TILE
         if scaled:  # after 'tied''s terms, which read the features as they are
             _scale_features(Phi, F, inverses)
-        tile_products(matrix(phi, F4, nbp), matrix(r_buf, K4, nbp), nb, slot, False, False)
+        # into slot's first F rows, so that the last tiles stop at F
+        short_tile_products(matrix(phi, F4, nbp), matrix(r_buf, K4, nbp), nb,
+                            matrix(flat(slot), F, slot.shape[1]))
     return total, -1
 
 
