@@ -17,7 +17,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from ._kernels._config import BLOCK_ROWS
-from ._kernels.gaussian import GIVEN, HARD, SOFT, gaussian_pass
+from ._kernels.gaussian import DIAG, GIVEN, HARD, SOFT, SPHERICAL, gaussian_pass
 from ._kernels.gaussian_expanded import expanded_pass, n_features_expanded
 from ._params import GaussianParams, upper_pairs
 from ._stats import GaussianStats
@@ -149,7 +149,10 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
         return _accumulate_expanded(source, params, *expanded, chunk_size=chunk_size,
                                     rows_scatter=rows_scatter)
     kind, shift, centre, prec, aux, const = params.kernel_layout()
-    stats = GaussianStats.zeros(params.covariance_type, shift)
+    # The statistics are about the kernel's shift; 'diag' and 'spherical' give the kernel the
+    # rows and the means less c, so theirs are about the means
+    stats = GaussianStats.zeros(params.covariance_type,
+                                params.means if kind in (DIAG, SPHERICAL) else shift)
     K, d = shift.shape
     if params.covariance_type == "tied" and rows_scatter is not None:
         stats.s2 = rows_scatter.recentred(shift).s2

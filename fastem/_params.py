@@ -314,12 +314,15 @@ class GaussianParams:
             log_det = np.full(K, np.log(np.diag(U)).sum())
             aux = (means - centre) @ U
             shift = np.repeat(centre[None], K, axis=0)  # statistics around one common centre
-        elif ct == "diag":
-            prec = U[:, None, :]
-            log_det = np.log(U).sum(axis=1)
         else:
-            prec = U[:, None, None]
-            log_det = d * np.log(U)
+            # The kernel takes the rows less c, and the means less c as its shift: each term
+            # (x - mu_k) p_k is then (x - c) p_k - (mu_k - c) p_k, one multiply-add, with an
+            # error of eps * |mu_k - c| / sigma as in 'full' (see there)
+            shift = means - centre
+            scale = U if ct == "diag" else U[:, None]
+            prec = U[:, None, :] if ct == "diag" else U[:, None, None]
+            aux = shift * scale
+            log_det = np.log(U).sum(axis=1) if ct == "diag" else d * np.log(U)
         const = self._const(log_det)
         return (
             _KIND[ct],

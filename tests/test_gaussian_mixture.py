@@ -792,8 +792,9 @@ def _fma(a, b, c):
 def test_log_densities_of_two_or_three_features_in_one_sweep(n_features, scaled):
     """With 2 or 3 features the per-component kernel makes each component's log-densities in
     one sweep (a third feature, at d = 2, the first again times 0), with the multiply-adds of
-    one sweep per feature: round(y0^2), then y1^2 (and y2^2) added each with one rounding,
-    then c - a / 2; each component reads its own rows of a stacked Z ('full')."""
+    one sweep per feature: each y_j = Z c_j - off_j rounded once, round(y0^2), then y1^2 (and
+    y2^2) added each with one rounding, then c - a / 2; each component reads its own rows of a
+    stacked Z ('full')."""
     rng = np.random.default_rng(25)
     d, nb, K = n_features, 37, 3
     Z = rng.normal(size=(K * d, nb)) * 4.0 + 1.0
@@ -806,7 +807,7 @@ def test_log_densities_of_two_or_three_features_in_one_sweep(n_features, scaled)
     for k in range(K):
         factors = prec[k, 0] if scaled else np.ones(d)
         for i in range(nb):
-            y = [(Z[k * d + j, i] - off[k, j]) * factors[j] for j in range(d)]
+            y = [_fma(Z[k * d + j, i], factors[j], -off[k, j]) for j in range(d)]
             a = y[0] * y[0]
             for j in range(1, d):
                 a = _fma(y[j], y[j], a)
@@ -818,7 +819,7 @@ def test_log_densities_of_two_or_three_features_in_one_sweep(n_features, scaled)
 def test_diagonal_log_densities_are_each_components_own_sum(n_features, covariance_type):
     """'diag' and 'spherical' sum every component's log-densities four features per sweep,
     all components' sweeps over four rows before the next four: each component's row has the
-    bits of that component alone, and is its log-density."""
+    bits of that component alone, and is its log-density, from the offsets (mu_k - c) p_k."""
     rng = np.random.default_rng(26)
     d, nb, K = n_features, 37, 4
     kernels = fastem._kernels.gaussian
@@ -828,12 +829,13 @@ def test_diagonal_log_densities_are_each_components_own_sum(n_features, covarian
     prec = rng.random(size=(K, 1, d if kind == kernels.DIAG else 1)) + 0.5
     const = rng.normal(size=K)
     logp = np.full((K, nb), np.nan)
-    kernels._logp_diagonal(kind, XT, shift, prec, const, logp)
+    p = prec if kind == kernels.DIAG else np.repeat(prec, d, axis=2)
+    aux = shift * p[:, 0]
+    kernels._logp_diagonal(kind, XT, aux, prec, const, logp)
     for k in range(K):
         alone = np.full((1, nb), np.nan)
-        kernels._logp_diagonal(kind, XT, shift[k:k + 1], prec[k:k + 1], const[k:k + 1], alone)
+        kernels._logp_diagonal(kind, XT, aux[k:k + 1], prec[k:k + 1], const[k:k + 1], alone)
         assert_array_equal(logp[k], alone[0])
-    p = prec if kind == kernels.DIAG else np.repeat(prec, d, axis=2)
     expected = const[:, None] - 0.5 * (((XT[None] - shift[:, :, None]) * p.transpose(0, 2, 1))
                                        ** 2).sum(axis=1)
     assert_allclose(logp, expected, rtol=1e-14, atol=0)
