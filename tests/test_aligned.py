@@ -57,11 +57,13 @@ def test_per_component_task_scratch_is_aligned_with_its_zeros(kind):
     scratch = _task_scratch(kind, 5, 3, 10, 256)
     # The buffers of a block's rows (the small (d,) and (K, d) ones are not swept by rows).
     rows = [a for a in scratch if a.dtype == np.float64 and a.shape[-1] == 256 and a.size]
-    assert len(rows) == (10 if kind == FULL else 9)
+    # 'diag' and 'spherical' read no acc, DT or DS
+    assert len(rows) == (10 if kind == FULL else 6)
     assert all(_starts_on_a_line(a) for a in rows)
-    ds, wt = scratch[9], scratch[10]
-    assert ds.shape == (8, 256) and not ds.any()
+    acc, dt, ds, wt = scratch[6], scratch[7], scratch[9], scratch[10]
+    assert ds.shape == ((8, 256) if kind == FULL else (0, 256)) and not ds.any()
     assert wt.shape == ((8, 256) if kind == FULL else (0, 256)) and not wt.any()
+    assert (acc.size, dt.size) == ((256, 5 * 256) if kind == FULL else (0, 0))
 
 
 def test_expanded_task_buffers_are_aligned_and_rt_is_zero():

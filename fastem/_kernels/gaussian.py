@@ -465,19 +465,21 @@ def _task_scratch(kind, d, K, n_y, rows):
     whole vectors (LANES), logp's columns past rows zero and never written, acc (rows,),
     DT (d, rows; for 'tied' DS's first rows), YT (n_y, rows) ('full' and 'tied': the rows of
     :func:`_precision_rows`, else none), DS and WT (dp, rows) (dp = 4 ceil(d / 4); WT for
-    'full' only) whose rows past d stay zero, second (K, d)."""
+    'full' only) whose rows past d stay zero, second (K, d). 'diag' and 'spherical' read
+    none of acc, DT, DS: theirs are empty."""
+    dense = kind == FULL or kind == TIED
     dp = (d + 3) // 4 * 4
-    DS = aligned_zeros(dp, rows)
+    DS = aligned_zeros(dp if dense else 0, rows)
     # 'tied''s statistics are about c too (shift[k] = c): its rows are loaded less c into DS,
     # which the log-densities and the statistics then read as they are; its XT stays empty.
-    DT = DS[:d] if kind == TIED else aligned_matrix(d, rows)
+    DT = DS[:d] if kind == TIED else aligned_matrix(d if dense else 0, rows)
     rows_p = (rows + LANES - 1) // LANES * LANES  # the log-sum-exp's whole vectors of rows
     # 'tied''s R in whole tiles of 4 components (_stats_dense), its rows past K zero
     K_R = (K + 3) // 4 * 4 if kind == TIED else K
     return (aligned_matrix(0 if kind == TIED else d, rows), aligned_zeros(K_R, rows_p),
             aligned_zeros(K, rows_p),
             np.empty(rows_p, dtype=np.int64), aligned_empty(rows_p), aligned_matrix(2, rows_p),
-            aligned_empty(rows), DT, aligned_matrix(n_y, rows), DS,
+            aligned_empty(rows if dense else 0), DT, aligned_matrix(n_y, rows), DS,
             aligned_zeros(dp if kind == FULL else 0, rows), np.empty((K, d)))
 
 
