@@ -148,11 +148,12 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     if expanded is not None:
         return _accumulate_expanded(source, params, *expanded, chunk_size=chunk_size,
                                     rows_scatter=rows_scatter)
-    kind, shift, centre, prec, aux, const = params.kernel_layout()
-    # The statistics are about the kernel's shift; 'diag' and 'spherical' give the kernel the
-    # rows and the means less c, so theirs are about the means
+    kind, shift, centre, prec, aux, const = params.kernel_layout(
+        moments_about_centre=mode == SOFT)
+    # 'diag' and 'spherical' give the kernel the rows less c: their statistics are about
+    # shift + c (the means, or c itself), the others' about shift
     stats = GaussianStats.zeros(params.covariance_type,
-                                params.means if kind in (DIAG, SPHERICAL) else shift)
+                                shift + centre if kind in (DIAG, SPHERICAL) else shift)
     K, d = shift.shape
     if params.covariance_type == "tied" and rows_scatter is not None:
         stats.s2 = rows_scatter.recentred(shift).s2

@@ -57,13 +57,15 @@ def test_per_component_task_scratch_is_aligned_with_its_zeros(kind):
     scratch = _task_scratch(kind, 5, 3, 10, 256)
     # The buffers of a block's rows (the small (d,) and (K, d) ones are not swept by rows).
     rows = [a for a in scratch if a.dtype == np.float64 and a.shape[-1] == 256 and a.size]
-    # 'diag' and 'spherical' read no acc, DT or DS
-    assert len(rows) == (10 if kind == FULL else 6)
+    # 'diag' and 'spherical' read no acc or DT; their XT is DS's first rows
+    assert len(rows) == (10 if kind == FULL else 7)
     assert all(_starts_on_a_line(a) for a in rows)
-    acc, dt, ds, wt = scratch[6], scratch[7], scratch[9], scratch[10]
-    assert ds.shape == ((8, 256) if kind == FULL else (0, 256)) and not ds.any()
+    XT, R, acc, dt, ds, wt = (scratch[i] for i in (0, 1, 6, 7, 9, 10))
+    assert ds.shape == (8, 256) and not ds.any()
     assert wt.shape == ((8, 256) if kind == FULL else (0, 256)) and not wt.any()
     assert (acc.size, dt.size) == ((256, 5 * 256) if kind == FULL else (0, 0))
+    assert XT.shape == (5, 256) and (kind == FULL) != np.shares_memory(XT, ds)
+    assert R.shape == ((3, 256) if kind == FULL else (4, 256)) and not R.any()
 
 
 def test_expanded_task_buffers_are_aligned_and_rt_is_zero():

@@ -211,6 +211,41 @@ def test_components_far_from_the_centre_keep_full_accuracy(kernel, covariance_ty
     assert_iterations_match_reference(X, covariance_type, start)
 
 
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_per_component_moments_about_the_centre_are_those_about_the_means(blobs,
+                                                                         covariance_type):
+    """From MOMENTS_ABOUT_CENTRE_MIN_COMPONENTS components, 'diag' and 'spherical' in the
+    per-component kernel sum their statistics about c (a shift of zeros): moved to the means,
+    they are the sums about the means (GIVEN responsibilities, which keep the means as their
+    shift) to 1e-12. With fewer components, or components far from c, the shift stays the
+    means less c."""
+    X = blobs(2000, 4, 6, spread=1.0, scale=4.0, seed=31)[0] + 50.0
+    K = fastem._params.MOMENTS_ABOUT_CENTRE_MIN_COMPONENTS + 1
+    weights, means, prec_chol, _ = random_start(X, covariance_type, K, seed=32)
+    params = GaussianParams(covariance_type, weights, means, prec_chol)
+    assert params.expanded_layout(X.shape[0]) is None  # the per-component kernel
+    kind, shift, centre = params.kernel_layout(moments_about_centre=True)[:3]
+    assert not shift.any()
+    resp = np.empty((X.shape[0], K))
+    predict_pass(ArraySource(X), params, resp=resp)
+    about_centre = accumulate(ArraySource(X), params)
+    about_means = accumulate(ArraySource(X), params, mode=GIVEN,
+                             resp_for_chunk=lambda start, m: resp[start:start + m])
+    assert_allclose(about_means.shift, means, rtol=1e-15)
+    moved = about_centre.recentred(about_means.shift)
+    for name in ("s0", "s1", "s2"):
+        found, expected = getattr(moved, name), getattr(about_means, name)
+        assert_allclose(found, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+
+    fewer = GaussianParams(covariance_type, weights[:2] / weights[:2].sum(), means[:2],
+                           prec_chol[:2])
+    assert fewer.kernel_layout(moments_about_centre=True)[1].all()
+    far = means.copy()
+    far[0] += 1e5
+    spread = GaussianParams(covariance_type, weights, far, prec_chol)
+    assert spread.kernel_layout(moments_about_centre=True)[1].all()
+
+
 @ignore_convergence
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_responsibilities_below_the_floor_are_zero(kernel, covariance_type):

@@ -14,8 +14,8 @@ from fastem._kernels._panels import (
     quadratic_log_density_product,
     scale_rows,
 )
-from fastem._kernels._tiles import (TILE, centred_moments, lane_sum, row_dot, row_sums,
-                                   short_tile_products, tile_products)
+from fastem._kernels._tiles import (TILE, centred_moments, lane_sum, moments_about_zero,
+                                   row_dot, row_sums, short_tile_products, tile_products)
 from fastem._params import PADDED_LOG_DENSITY
 
 
@@ -276,3 +276,32 @@ def test_centred_moments_match_numpy(d, nb):
         assert np.array_equal(alone_first[:, 0], first[:, j])
         assert np.array_equal(alone_second[:, 0], second[:, j])
     assert row_dot(R, 1, XT, d - 1, nb) == pytest.approx(R[1] @ XT[d - 1], rel=1e-13)
+
+
+@pytest.mark.parametrize(("K", "d"), [(1, 1), (3, 2), (4, 5), (5, 7), (8, 16)])
+@pytest.mark.parametrize("nb", [256, 61], ids=["whole-vectors", "tail"])
+def test_moments_about_zero_match_numpy(K, d, nb):
+    """Each component's sum r x and sum r x^2 in tiles of 4 components by 2 features (R and Z
+    zero past their real rows), each sum the bits of its own component and feature alone;
+    nothing written past the outputs' shape, nothing read past nb."""
+    rng = np.random.default_rng(5)
+    Z = np.zeros(((d + 1) // 2 * 2, 264))
+    Z[:d] = rng.normal(size=(d, 264)) + 2.0
+    Z[:d, nb:] = np.nan  # past nb: never read
+    R = np.zeros(((K + 3) // 4 * 4, 264))
+    R[:K] = rng.random(size=(K, 264))
+    first, second = np.full((K + 1, d + 1), np.nan), np.full((K + 1, d + 1), np.nan)
+    moments_about_zero(R, Z, nb, first[:K, :d], second[:K, :d])
+    assert np.isnan(first[K]).all() and np.isnan(first[:, d]).all()
+    assert np.isnan(second[K]).all() and np.isnan(second[:, d]).all()
+    np.testing.assert_allclose(first[:K, :d], R[:K, :nb] @ Z[:d, :nb].T, rtol=1e-13)
+    np.testing.assert_allclose(second[:K, :d], R[:K, :nb] @ (Z[:d, :nb] ** 2).T, rtol=1e-13)
+    alone_first, alone_second = np.empty((1, 1)), np.empty((1, 1))
+    for k in range(K):
+        R_k = np.zeros((4, 264))
+        R_k[0] = R[k]
+        for j in range(d):
+            Z_j = np.zeros((2, 264))
+            Z_j[0] = Z[j]
+            moments_about_zero(R_k, Z_j, nb, alone_first, alone_second)
+            assert alone_first[0, 0] == first[k, j] and alone_second[0, 0] == second[k, j]

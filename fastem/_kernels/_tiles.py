@@ -79,17 +79,19 @@ def _sweep_columns(builder, n, step):
         step(loader(builder.mul(done, ir.Constant(intp, 8)), mask))
 
 
-def _lane_sums_intrinsic(n_a, n_b):
+def _lane_sums_intrinsic(n_a, n_b, squares=False):
     """An intrinsic returning the n_a * n_b sums sum_{i < n} A[a0 + u, i] B[b0 + v, i] as a
     tuple in the order (u, v) = (0, 0), (0, 1), ... . A and B are C-contiguous float64 holding
-    those rows and at least n columns; nothing is checked."""
+    those rows and at least n columns; nothing is checked. With `squares`, each u's sums with
+    the squares of the n_b rows of B follow its n_b sums: n_a * 2 n_b sums."""
 
     @intrinsic
     def lane_sums(typingctx, A, B, a0, b0, n):
         if not (_is_row_major(A) and _is_row_major(B)):
             return None
-        sig = types.UniTuple(types.float64, n_a * n_b)(A, B, types.intp, types.intp,
-                                                        types.intp)
+        n_cols = 2 * n_b if squares else n_b
+        sig = types.UniTuple(types.float64, n_a * n_cols)(A, B, types.intp, types.intp,
+                                                           types.intp)
 
         def codegen(context, builder, signature, args):
             a_base, a_stride = array_bytes(context, builder, signature.args[0], args[0])
@@ -103,14 +105,16 @@ def _lane_sums_intrinsic(n_a, n_b):
             fma = vector_fma(builder)
             # Stack slots, promoted to registers by LLVM.
             zero = ir.Constant(VEC, [0.0] * LANES)
-            acc = [cgutils.alloca_once_value(builder, zero) for _ in range(n_a * n_b)]
+            acc = [cgutils.alloca_once_value(builder, zero) for _ in range(n_a * n_cols)]
 
             def step(load):
                 a_vec = [load(a_base, row) for row in a_rows]
                 b_vec = [load(b_base, row) for row in b_rows]
+                if squares:
+                    b_vec += [builder.fmul(b, b) for b in b_vec]
                 for u in range(n_a):
-                    for v in range(n_b):
-                        slot = acc[u * n_b + v]
+                    for v in range(n_cols):
+                        slot = acc[u * n_cols + v]
                         builder.store(
                             builder.call(fma, [a_vec[u], b_vec[v], builder.load(slot)]), slot)
 
@@ -182,6 +186,7 @@ def _row_sums(typingctx, A, a0, n):
 
 
 _tile_sums = _lane_sums_intrinsic(TILE, TILE)
+_moment_tile_sums = _lane_sums_intrinsic(TILE, 2, squares=True)
 _pair_tile_sums = _lane_sums_intrinsic(2, TILE)
 _row_tile_sums = _lane_sums_intrinsic(1, TILE)
 _dot_sums = _lane_sums_intrinsic(1, 1)
@@ -252,7 +257,7 @@ def centred_moments(XT, R, mu, first, second):
     three features in a sweep of two (then one), which at d = 2, K = 4 took half the time of
     a sweep per feature."""
     d, nb = XT.shape
-    K = R.shape[0]
+    K = mu.shape[0]  # R may have more rows, zero
     j = 0
     while j + 4 <= d:
         for k in range(K):
@@ -265,6 +270,31 @@ def centred_moments(XT, R, mu, first, second):
     if j < d:
         for k in range(K):
             _put_moments(_moment_sums_1(XT, j, R, k, mu[k], nb), k, j, first, second)
+
+
+@njit(**JIT)
+def moments_about_zero(R, Z, nb, first, second):
+    """first[k, j] = sum_{i < nb} R[k, i] Z[j, i] and second[k, j] = sum_{i < nb} R[k, i]
+    Z[j, i]^2 for k, j inside first's shape (second's is the same): each component's moments
+    about zero, for rows Z already less the point they are wanted about. R and Z are
+    C-contiguous float64 with at least nb columns, R's rows a multiple of 4 and Z's of 2, zero
+    past the real ones.
+
+    In tiles of 4 components by 2 features, the squares made in registers: two multiply-adds
+    per row, component and feature, against the four of :func:`centred_moments`, and no
+    squares stored (storing them, a block's rows and squares outgrew L1 at d = 16, and the
+    products with them took as long as the centred sums)."""
+    prefer_wide_vectors()
+    K, d = first.shape
+    for k0 in range(0, K, TILE):
+        for j0 in range(0, d, 2):
+            sums = _moment_tile_sums(R, Z, k0, j0, nb)
+            for u in range(TILE):
+                for v in range(2):
+                    k, j = k0 + u, j0 + v
+                    if k < K and j < d:
+                        first[k, j] = sums[u * 4 + v]
+                        second[k, j] = sums[u * 4 + 2 + v]
 
 
 @njit(inline="always", **JIT)

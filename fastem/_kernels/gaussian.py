@@ -42,7 +42,9 @@ SPHERICAL  (K, 1, 1) p_k       (K, d) (mu_k - c) p_k    (K, 1, 1)         (K, d)
 
 ``centre`` (d,) is c, the weighted mean of the means: Mahalanobis terms are computed around it.
 'diag' and 'spherical' load the rows less c, so that their statistics are about the means
-(less c) and each term (x - mu_k) p_k is one multiply-add, (x - c) p_k - (mu_k - c) p_k.
+(less c) and each term (x - mu_k) p_k is one multiply-add, (x - c) p_k - (mu_k - c) p_k; with
+a shift of zeros their statistics are about c itself, in fewer operations
+(:func:`_stats_diagonal`).
 
 ``P`` is the Cholesky factor of the precision (scikit-learn's ``precisions_cholesky_``), and
 ``const[k] = log w_k + log det P_k - d/2 log(2 pi)``, so that
@@ -59,7 +61,8 @@ from ._llvm import LANES
 from ._logsumexp import normalize_columns
 from ._math import fused_multiply_add
 from ._panels import PANEL_ROWS, log_density_product
-from ._tiles import centred_moments, lane_sum, row_dot, row_sums, tile_products
+from ._tiles import (centred_moments, lane_sum, moments_about_zero, row_dot, row_sums,
+                     tile_products)
 from ._transpose import NARROW_MAX, transpose_narrow, transpose_tile
 from ._views import borrowed, keep_alive
 from ._waves import TASK_FAILED, run_waves, task_address
@@ -374,12 +377,27 @@ def _stats_dense(kind, XT, R, shift, p1, p2, DT, WT):
 
 
 @njit(**_jit)
-def _stats_diagonal(kind, XT, R, shift, p1, p2, second):
-    """One block's first and second moments into its slot (p1, p2), 'diag' or 'spherical',
-    by :func:`centred_moments`; `second` (K, d) is the task's scratch."""
-    d = XT.shape[0]
+def _stats_diagonal(kind, XT, R, shift, p1, p2, second, DS):
+    """One block's first and second moments into its slot (p1, p2), 'diag' or 'spherical';
+    `second` (K, d) and `DS` (dp, rows), whose first d rows are XT, are the task's scratch.
+
+    Where every shift is 0 (the moments are about c, whose rows XT holds: ``kernel_layout``
+    asks for that where the M-step loses nothing to it) they are the sums of r x and r x^2,
+    :func:`moments_about_zero`: two multiply-adds per row, component and feature instead of
+    the four of :func:`centred_moments` (``fastem._params.MOMENTS_ABOUT_CENTRE_MIN_COMPONENTS``
+    has the passes' times).
+    """
+    d, nb = XT.shape
     K = shift.shape[0]
-    centred_moments(XT, R, shift, p1, second)
+    about_centre = True
+    for k in range(K):
+        for j in range(d):
+            if shift[k, j] != 0.0:
+                about_centre = False
+    if about_centre:
+        moments_about_zero(R, DS, nb, p1, second)
+    else:
+        centred_moments(XT, R, shift, p1, second)
     for k in range(K):
         if kind == DIAG:
             for j in range(d):
@@ -450,7 +468,7 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows,
         if dense:
             _stats_dense(kind, XT, R, shift, p1, p2, DS, WT)
         else:
-            _stats_diagonal(kind, XT, R, shift, p1, p2, second)
+            _stats_diagonal(kind, XT, R, shift, p1, p2, second, DS)
     return total, -1
 
 
@@ -465,19 +483,22 @@ def _task_scratch(kind, d, K, n_y, rows):
     whole vectors (LANES), logp's columns past rows zero and never written, acc (rows,),
     DT (d, rows; for 'tied' DS's first rows), YT (n_y, rows) ('full' and 'tied': the rows of
     :func:`_precision_rows`, else none), DS and WT (dp, rows) (dp = 4 ceil(d / 4); WT for
-    'full' only) whose rows past d stay zero, second (K, d). 'diag' and 'spherical' read
-    none of acc, DT, DS: theirs are empty."""
+    'full' only) whose rows past d stay zero, second (K, d).
+
+    'diag' and 'spherical' read neither acc nor DT; their XT is DS's first rows (rows past d
+    zero, for :func:`_stats_diagonal`), and R has 4 ceil(K / 4) rows, zero past K."""
     dense = kind == FULL or kind == TIED
     dp = (d + 3) // 4 * 4
-    DS = aligned_zeros(dp if dense else 0, rows)
+    DS = aligned_zeros(dp, rows)
     # 'tied''s statistics are about c too (shift[k] = c): its rows are loaded less c into DS,
     # which the log-densities and the statistics then read as they are; its XT stays empty.
     DT = DS[:d] if kind == TIED else aligned_matrix(d if dense else 0, rows)
+    XT = aligned_matrix(d if kind == FULL else 0, rows) if dense else DS[:d]
     rows_p = (rows + LANES - 1) // LANES * LANES  # the log-sum-exp's whole vectors of rows
-    # 'tied''s R in whole tiles of 4 components (_stats_dense), its rows past K zero
-    K_R = (K + 3) // 4 * 4 if kind == TIED else K
-    return (aligned_matrix(0 if kind == TIED else d, rows), aligned_zeros(K_R, rows_p),
-            aligned_zeros(K, rows_p),
+    # R in whole tiles of 4 components for the products of the statistics (_stats_dense's for
+    # 'tied', _stats_diagonal's), its rows past K zero
+    K_R = K if kind == FULL else (K + 3) // 4 * 4
+    return (XT, aligned_zeros(K_R, rows_p), aligned_zeros(K, rows_p),
             np.empty(rows_p, dtype=np.int64), aligned_empty(rows_p), aligned_matrix(2, rows_p),
             aligned_empty(rows if dense else 0), DT, aligned_matrix(n_y, rows), DS,
             aligned_zeros(dp if kind == FULL else 0, rows), np.empty((K, d)))
