@@ -60,7 +60,8 @@ import numpy as np
 
 from ._kernels.gaussian import DIAG, FULL, SPHERICAL, TIED
 from ._kernels.gaussian_expanded import n_features_expanded, scatter_rows
-from ._params import EXPANDED_FEATURES, EXPANDED_MIN_COMPONENTS, expanded_min_components
+from ._params import (EXPANDED_FEATURES, EXPANDED_MIN_COMPONENTS,
+                      MOMENTS_ABOUT_CENTRE_MIN_COMPONENTS, expanded_min_components)
 
 __all__ = [
     "PEERS", "COVARIANCE_TYPES", "Unavailable", "EarlyStop", "Start", "Ceilings", "PeerTiming",
@@ -530,9 +531,12 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
                   (one product with the shared factor and one     row 2d + Mahalanobis
                   unweighted scatter of x - c: responsibilities   (K < 5 or d > 256); the
                   sum to one)                                     scatter: see below
-    diag          9d + 8: (x - mu) p, square, add 4d; x - mu,     the same
-                  r t, sum, r t^2 and sum 5d
-    spherical     8d + 9: x - mu, square, add 3d, one scale; 5d   9d + 8 (scales per feature)
+    diag          9d + 8: (x - mu) p, square, add 4d; x - mu,     the same; with K >= 3, 8d +
+                  r t, sum, r t^2 and sum 5d                      8: moments about c, r x and
+                                                                  r x^2 summed 4d (and per row
+                                                                  d, the squares)
+    spherical     8d + 9: x - mu, square, add 3d, one scale; 5d   9d + 8 (scales per feature);
+                                                                  with K >= 3, 8d + 8 as diag
     ============  ==============================================  ===========================
 
     Plus ``ROW_FLOPS`` (4) per row, and for 'full' d per row to centre x on c. Where the
@@ -587,12 +591,15 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
     elif covariance_type == "tied":  # the kernel: no scatter after a fit's first pass
         per_component = (5 * d if dense else 6 * d) + NORMALIZE_FLOPS
         per_row = (d if dense else 2 * d) + maha + (scatter if dense else 0) + ROW_FLOPS
-    elif covariance_type == "diag":
-        per_component = 9 * d + NORMALIZE_FLOPS
-        per_row = ROW_FLOPS
-    elif covariance_type == "spherical":
-        per_component = (8 * d + 1 if dense else 9 * d) + NORMALIZE_FLOPS
-        per_row = ROW_FLOPS
+    elif covariance_type in ("diag", "spherical"):
+        # the kernel's moments about c (K >= MOMENTS_ABOUT_CENTRE_MIN_COMPONENTS): r x and
+        # r x^2, 4d, and the squares once a row, against x - mu, r t, r t^2 and sums, 5d
+        about_centre = not dense and K >= MOMENTS_ABOUT_CENTRE_MIN_COMPONENTS
+        if dense and covariance_type == "spherical":
+            per_component = 8 * d + 1 + NORMALIZE_FLOPS
+        else:
+            per_component = (8 * d if about_centre else 9 * d) + NORMALIZE_FLOPS
+        per_row = (d if about_centre else 0) + ROW_FLOPS
     else:
         raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, "
                          f"got {covariance_type!r}")
