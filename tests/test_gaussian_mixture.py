@@ -822,13 +822,13 @@ def _fma(a, b, c):
     return float(Fraction(a) * Fraction(b) + Fraction(c))
 
 
-@pytest.mark.parametrize("n_features", [2, 3])
+@pytest.mark.parametrize("n_features", [2, 3, 4, 5, 9])
 @pytest.mark.parametrize("scaled", [True, False], ids=["diag", "dense"])
-def test_log_densities_of_two_or_three_features_in_one_sweep(n_features, scaled):
-    """With 2 or 3 features the per-component kernel makes each component's log-densities in
-    one sweep (a third feature, at d = 2, the first again times 0), with the multiply-adds of
-    one sweep per feature: each y_j = Z c_j - off_j rounded once, round(y0^2), then y1^2 (and
-    y2^2) added each with one rounding, then c - a / 2; each component reads its own rows of a
+def test_log_densities_in_exact_arithmetic(n_features, scaled):
+    """The per-component kernel's log-densities: each y_j = Z c_j - off_j rounded once,
+    round(y0^2), then each further y_j^2 added in feature order with one rounding, then
+    c - a / 2, whether in one sweep (2 or 3 features; a third, at d = 2, the first again
+    times 0) or four features a sweep and then one; each component reads its own rows of a
     stacked Z ('full')."""
     rng = np.random.default_rng(25)
     d, nb, K = n_features, 37, 3
