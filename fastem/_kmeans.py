@@ -23,6 +23,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from ._kernels._config import BLOCK_ROWS
+from ._kernels._launch import one_at_a_time
 from ._kernels.kmeans import kpp_min_distances, lloyd_chunk
 from ._em import kernel_rows, nonfinite_error, raise_first_nonfinite
 from .data import as_source, check_chunk_size, sample_rows
@@ -84,9 +85,10 @@ class _Lloyd:
         elif labels.shape != (m,) or min_dist.shape != (m,):
             raise ValueError(f"labels and min_dist must have shape ({m},).")
         block = kernel_rows(block, centers.shape[1])
-        return int(lloyd_chunk(block, centers, BLOCK_ROWS, counts, sums, inertia, labels,
-                               min_dist, self.buf_counts, self.buf_sums, self.buf_inertia,
-                               self.buf_bad))
+        with one_at_a_time():
+            return int(lloyd_chunk(block, centers, BLOCK_ROWS, counts, sums, inertia, labels,
+                                   min_dist, self.buf_counts, self.buf_sums, self.buf_inertia,
+                                   self.buf_bad))
 
 
 def nearest_centers(X, centers, *, start: int = 0):
@@ -149,7 +151,8 @@ def _kmeans_plusplus(X, n_clusters: int, rs, n_local_trials: int | None = None):
     centers[0] = X[first]
     X = kernel_rows(X, X.shape[1])
     closest = np.empty((1, n), dtype=np.float64)
-    kpp_min_distances(X, np.array([first], dtype=np.int64), np.full(n, np.inf), closest)
+    with one_at_a_time():
+        kpp_min_distances(X, np.array([first], dtype=np.int64), np.full(n, np.inf), closest)
     closest = closest[0]
     potential = closest.sum()
     trial_dist = np.empty((n_local_trials, n), dtype=np.float64)
@@ -158,7 +161,8 @@ def _kmeans_plusplus(X, n_clusters: int, rs, n_local_trials: int | None = None):
         candidates = np.searchsorted(np.cumsum(closest), rand_vals)
         np.clip(candidates, None, n - 1, out=candidates)
         candidates = candidates.astype(np.int64, copy=False)
-        kpp_min_distances(X, candidates, closest, trial_dist)
+        with one_at_a_time():
+            kpp_min_distances(X, candidates, closest, trial_dist)
         potentials = trial_dist.sum(axis=1)
         best = int(np.argmin(potentials))
         potential = potentials[best]

@@ -57,6 +57,7 @@ from numba import njit
 from ._aligned import aligned_empty, aligned_matrix, aligned_zeros
 from ._atomic import blocks_per_take, take_next
 from ._config import JIT, prefer_wide_vectors
+from ._launch import one_at_a_time
 from ._llvm import LANES
 from ._logsumexp import normalize_columns
 from ._math import fused_multiply_add
@@ -586,8 +587,9 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
             compute_stats, block_rows, rows, blocks_per_take(W), p0, p1, p2, part_ll, part_bad,
             row_loglik, resp_out, labels, next_block)
     task = task_address(_dense_task if dense else _diagonal_task, args)
-    bad = _waves(task, n_blocks, W, max(1, min(n_tasks, W)), np.zeros(1, dtype=np.int64),
-                 *args, loglik, s0, s1, s2)
+    with one_at_a_time():
+        bad = _waves(task, n_blocks, W, max(1, min(n_tasks, W)), np.zeros(1, dtype=np.int64),
+                     *args, loglik, s0, s1, s2)
     if bad == TASK_FAILED:
         raise MemoryError("gaussian_pass: a kernel task could not allocate its scratch buffers")
     return bad

@@ -47,6 +47,7 @@ from numba import njit
 from ._aligned import aligned_array, aligned_empty, aligned_zeros
 from ._atomic import blocks_per_take, take_next
 from ._config import JIT, prefer_wide_vectors
+from ._launch import one_at_a_time
 from ._logsumexp import normalize_columns
 from ._panels import (
     PANEL_ROWS,
@@ -599,9 +600,11 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
     args = (kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
             sub_rows(kind, Fp, Kv, block_rows), blocks_per_take(W), slots, scatter_slots,
             part_ll, part_bad, row_loglik, resp_out, labels, next_block)
-    bad = _waves(task_address(task, args), n_blocks, W, max(1, min(n_tasks, W)),
-                 np.zeros(1, dtype=np.int64), *args, np.empty((W, 0)), np.empty(0), loglik,
-                 stats, scatter)
+    address = task_address(task, args)
+    with one_at_a_time():
+        bad = _waves(address, n_blocks, W, max(1, min(n_tasks, W)),
+                     np.zeros(1, dtype=np.int64), *args, np.empty((W, 0)), np.empty(0), loglik,
+                     stats, scatter)
     if bad == TASK_FAILED:
         raise MemoryError("expanded_pass: a kernel task could not allocate its scratch buffers")
     return bad
