@@ -60,8 +60,8 @@ import numpy as np
 
 from ._kernels.gaussian import DIAG, FULL, SPHERICAL, TIED
 from ._kernels.gaussian_expanded import n_features_expanded, scatter_rows
-from ._params import (EXPANDED_FEATURES, EXPANDED_MIN_COMPONENTS,
-                      MOMENTS_ABOUT_CENTRE_MIN_COMPONENTS, expanded_min_components)
+from ._params import (EXPANDED_FEATURES, MOMENTS_ABOUT_CENTRE_MIN_COMPONENTS,
+                      expanded_min_components)
 
 __all__ = [
     "PEERS", "COVARIANCE_TYPES", "Unavailable", "EarlyStop", "Start", "Ceilings", "PeerTiming",
@@ -171,8 +171,8 @@ def warm_up_fastem(covariance_types=("full", "diag"), dtypes=(np.float64,), thre
                 Xd.setflags(write=writeable)
                 for cov in covariance_types:
                     # both kernels: the per-component one (which every fit's start runs),
-                    # and from EXPANDED_MIN_COMPONENTS components on the expanded one
-                    for k in (2, EXPANDED_MIN_COMPONENTS):
+                    # and with enough components the expanded one
+                    for k in (2, expanded_min_components(cov, X.shape[1], X.shape[0])):
                         GaussianMixture(k, covariance_type=cov, max_iter=2,
                                         n_jobs=threads).fit(Xd)
 

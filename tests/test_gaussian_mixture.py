@@ -140,6 +140,7 @@ def kernel(request, monkeypatch):
                         {ct: range(1, 1000) if expanded else range(0)
                          for ct in COVARIANCE_TYPES})
     monkeypatch.setattr(fastem._params, "EXPANDED_MIN_COMPONENTS", 1)
+    monkeypatch.setattr(fastem._params, "EXPANDED_MIN_DIAG_COMPONENTS", (1, 1))
     return request.param
 
 
@@ -830,13 +831,16 @@ def test_dense_log_densities_the_same_bits_in_whole_and_short_blocks(covariance_
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical", "tied"])
 def test_expanded_kernel_scores_rows_far_from_every_component(covariance_type):
-    """With 5 components, the expanded kernel's panels hold 3 padding components, which the
-    product folds into each row's maximum with the rest; for rows some 60 standard
-    deviations from every component (log-densities below -750) the padding's
-    must stay lower still, or every exp of the log-sum-exp would underflow."""
+    """With the fewest components that run it (5, or 6 for 'diag'), the expanded kernel's
+    panels hold 2 or 3 padding components, which the product folds into each row's maximum
+    with the rest; for rows some 60 standard deviations from every component (log-densities
+    below -750) the padding's must stay lower still, or every exp of the log-sum-exp would
+    underflow."""
     rng = np.random.default_rng(26)
     X = rng.normal(size=(BLOCK_ROWS, 2))
-    weights, means, prec_chol, _ = random_start(X, covariance_type, 5, seed=27)
+    K = fastem._params.expanded_min_components(covariance_type, 2, X.shape[0])
+    assert K % 8 != 0
+    weights, means, prec_chol, _ = random_start(X, covariance_type, K, seed=27)
     params = GaussianParams(covariance_type, weights, means, prec_chol)
     assert params.expanded_layout(X.shape[0]) is not None
     far = X + 60.0
