@@ -48,22 +48,29 @@ _KIND = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
 #   0.91 at d = 8, K = 4. That is per row: below EXPANDED_SMALL_FULL_ROWS rows (a pass of a
 #   millisecond or two) it would not repay loading the expanded kernel, which a fit's start
 #   does not need (about 0.1 s from Numba's cache, 8-10 s to compile).
-# - 'diag', whose per-component kernel sums its statistics about c from 3 components
-#   (MOMENTS_ABOUT_CENTRE_MIN_COMPONENTS), runs the expanded kernel only from
-#   EXPANDED_MIN_DIAG_COMPONENTS components, the first below EXPANDED_DIAG_WIDE features and
-#   the second from it. Per-component passes against expanded ones (1M rows, one process,
-#   alternating): 0.78-0.93 at K = 5 and d = 2 to 16; from d = 16, 0.71-0.89 at K = 5 and
-#   0.82-0.88 at K = 12 (the expanded kernel pads K to 8, then 16); 0.97-0.99 at K = 7 and 8
-#   at d = 16, 0.76-0.85 at d = 32 to 128. With 16 components or more the expanded kernel is
-#   as fast or faster (1.0-1.07 from d = 16, 1.04-1.48 below); with 7 to 12 below d = 16 the
-#   two are within 5-8% either way, and the expanded kernel keeps them.
+# - where the expanded kernel pads a few components to 8 (or 16) and the per-component one
+#   is cheap, more components stay with the per-component kernel: from each number of
+#   features in EXPANDED_MIN_COMPONENTS_FROM, the expanded kernel runs only from that many
+#   components. Per-component passes against expanded ones (1M rows, one process,
+#   alternating):
+#   - 'diag' (whose per-component statistics are sums about c from 3 components,
+#     MOMENTS_ABOUT_CENTRE_MIN_COMPONENTS): 0.78-0.93 at K = 5 and d = 2 to 16; from d = 16,
+#     0.71-0.89 at K = 5 and 0.82-0.88 at K = 12; 0.97-0.99 at K = 7 and 8 at d = 16,
+#     0.76-0.85 at d = 32 to 128. With 16 components or more the expanded kernel is as fast
+#     or faster (1.0-1.07 from d = 16, 1.04-1.48 below); with 7 to 12 below d = 16 the two
+#     are within 5-8% either way, and the expanded kernel keeps them. Predictions took
+#     0.82-0.90 of the time.
+#   - 'full': 0.89 at K = 5, d = 16, and 0.62-0.76 at d = 24 to 64; at K = 6 0.90 at d = 24
+#     and 0.75-0.82 at d = 32 to 64 (1.04 at d = 16); from K = 8, 0.97 at d = 64 and
+#     1.05-1.99 otherwise; 1.16 at d = 12, K = 6.
+#   'spherical''s expanded kernel is ahead everywhere but at d = 2 (0.93-0.98 at K = 5
+#   and 8), and 'tied''s within 2-4% at K = 5.
 EXPANDED_FEATURES = {"full": range(1, 65), "tied": range(1, 257), "diag": range(1, 513),
                      "spherical": range(1, 513)}
 EXPANDED_MIN_COMPONENTS = 5
 EXPANDED_SMALL_FULL = 8
 EXPANDED_SMALL_FULL_ROWS = 100_000
-EXPANDED_MIN_DIAG_COMPONENTS = (6, 13)
-EXPANDED_DIAG_WIDE = 16
+EXPANDED_MIN_COMPONENTS_FROM = {"diag": ((1, 6), (16, 13)), "full": ((16, 6), (24, 7))}
 # ... and only while the expanded quadratic form's rounding error, in log-density units,
 # stays below ~2e-11 for rows within 3 sigma of their component: a bound on it is eps times
 # max_k (|m_k| + 3 sigma_k)' |Lambda_k| (|m_k| + 3 sigma_k), with m_k = mu_k - c, and this
@@ -99,10 +106,11 @@ def expanded_min_components(covariance_type, n_features, n_rows=None):
     if (covariance_type == "full" and n_features <= EXPANDED_SMALL_FULL
             and (n_rows is None or n_rows >= EXPANDED_SMALL_FULL_ROWS)):
         return min(2, EXPANDED_MIN_COMPONENTS)
-    if covariance_type == "diag":
-        return max(EXPANDED_MIN_COMPONENTS,
-                   EXPANDED_MIN_DIAG_COMPONENTS[n_features >= EXPANDED_DIAG_WIDE])
-    return EXPANDED_MIN_COMPONENTS
+    fewest = EXPANDED_MIN_COMPONENTS
+    for features, components in EXPANDED_MIN_COMPONENTS_FROM.get(covariance_type, ()):
+        if n_features >= features:
+            fewest = max(EXPANDED_MIN_COMPONENTS, components)
+    return fewest
 
 
 _ILL_DEFINED = (

@@ -140,7 +140,7 @@ def kernel(request, monkeypatch):
                         {ct: range(1, 1000) if expanded else range(0)
                          for ct in COVARIANCE_TYPES})
     monkeypatch.setattr(fastem._params, "EXPANDED_MIN_COMPONENTS", 1)
-    monkeypatch.setattr(fastem._params, "EXPANDED_MIN_DIAG_COMPONENTS", (1, 1))
+    monkeypatch.setattr(fastem._params, "EXPANDED_MIN_COMPONENTS_FROM", {})
     return request.param
 
 
