@@ -288,6 +288,7 @@ def moments_about_zero(R, Z, nb, first, second):
     K, d = first.shape
     for k0 in range(0, K, TILE):
         for j0 in range(0, d, 2):
+            # each component's 4 sums: with its 2 features, then with their squares
             sums = _moment_tile_sums(R, Z, k0, j0, nb)
             for u in range(TILE):
                 for v in range(2):
