@@ -61,8 +61,9 @@ _KIND = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
 #     are within 5-8% either way, and the expanded kernel keeps them. Predictions took
 #     0.82-0.90 of the time.
 #   - 'full': 0.89 at K = 5, d = 16, and 0.62-0.76 at d = 24 to 64; at K = 6 0.90 at d = 24
-#     and 0.75-0.82 at d = 32 to 64 (1.04 at d = 16); from K = 8, 0.97 at d = 64 and
-#     1.05-1.99 otherwise; 1.16 at d = 12, K = 6. Predictions took 0.58-0.88 of the time.
+#     and 0.75-0.82 at d = 32 to 64 (1.04 at d = 16); at K = 7 0.90 and 0.87 at d = 48 and
+#     64 (0.96 at d = 32); from K = 8, 0.97 at d = 64 and 1.05-1.99 otherwise; 1.16 at
+#     d = 12, K = 6. Predictions took 0.58-0.88 of the time.
 #   'spherical''s expanded kernel is ahead everywhere but at d = 2 (0.93-0.98 at K = 5
 #   and 8), and 'tied''s within 2-4% at K = 5.
 EXPANDED_FEATURES = {"full": range(1, 65), "tied": range(1, 257), "diag": range(1, 513),
@@ -70,7 +71,8 @@ EXPANDED_FEATURES = {"full": range(1, 65), "tied": range(1, 257), "diag": range(
 EXPANDED_MIN_COMPONENTS = 5
 EXPANDED_SMALL_FULL = 8
 EXPANDED_SMALL_FULL_ROWS = 100_000
-EXPANDED_MIN_COMPONENTS_FROM = {"diag": ((1, 6), (16, 13)), "full": ((16, 6), (24, 7))}
+EXPANDED_MIN_COMPONENTS_FROM = {"diag": ((1, 6), (16, 13)),
+                                "full": ((16, 6), (24, 7), (48, 8))}
 # ... and only while the expanded quadratic form's rounding error, in log-density units,
 # stays below ~2e-11 for rows within 3 sigma of their component: a bound on it is eps times
 # max_k (|m_k| + 3 sigma_k)' |Lambda_k| (|m_k| + 3 sigma_k), with m_k = mu_k - c, and this
