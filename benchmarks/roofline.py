@@ -46,8 +46,9 @@ spherical   ``8d + 9``: x - mu, square, sum 3d, one scale; 5d as diag       9d +
 ==========  ==============================================================  =================
 
 An exp counted as one flop understates fastem's vectorized exp (a range reduction and a
-degree-11 polynomial, about 20 operations): at small d, where the K exps per row dominate, both the GF/s and the floor are
-optimistic. For d = 16, K = 16, full: 1,128 flops per row-component, 18,068 per row.
+polynomial, 14 operations with AVX-512 and 17 without): at small d, where the K exps per row
+dominate, both the GF/s and the floor are optimistic. For d = 16, K = 16, full: 1,128 flops
+per row-component, 18,068 per row.
 
 This module is imported by ``test_suite.py`` and can be run on its own::
 

@@ -514,9 +514,9 @@ def flops_per_row(n_features, n_components, covariance_type, count="dense") -> f
     """Floating-point operations per row of one fused pass (E-step and statistics).
 
     A multiply-add counts two; an exp or a log counts one (fastem's vectorized exp is really
-    a range reduction and a degree-11 polynomial, about 17 operations, so at few features,
-    where the exps dominate, both the achieved GF/s and the floor understate the arithmetic
-    done). Per row and component (d features):
+    a range reduction, a polynomial and a scaling, 14 operations with AVX-512 and 17 without,
+    so at few features, where the exps dominate, both the achieved GF/s and the floor
+    understate the arithmetic done). Per row and component (d features):
 
     ============  ==============================================  ===========================
     covariance    ``count='dense'`` (used for the floor)          ``count='kernel'``

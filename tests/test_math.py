@@ -2,27 +2,72 @@
 
 import numpy as np
 import pytest
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from fastem._kernels._config import FASTMATH
-from fastem._kernels._math import exp_nonpositive, log_at_least_one
+from fastem._kernels._llvm import VEC, target_has
+from fastem._kernels._math import (
+    EXP_BY_TABLE,
+    _exp_by_polynomial,
+    _exp_by_polynomial_ir,
+    _exp_by_table,
+    _exp_by_table_ir,
+    exp_nonpositive,
+    log_at_least_one,
+)
+
+# Both exps, whichever this CPU's kernels run (EXP_BY_TABLE): the table's vector form needs
+# AVX-512, its scalar form does not.
+EXPS = {"polynomial": (_exp_by_polynomial, _exp_by_polynomial_ir),
+        "table": (_exp_by_table, _exp_by_table_ir)}
 
 
 @njit(fastmath=FASTMATH, error_model="numpy")
-def _apply(log, x):
-    """exp_nonpositive (or log_at_least_one) over x in a loop, as the kernels use them."""
+def _apply(function, x):
+    """One of the scalar functions over x in a loop, as the kernels compile them."""
     out = np.empty_like(x)
     for i in range(x.shape[0]):
-        out[i] = log_at_least_one(x[i]) if log else exp_nonpositive(x[i])
+        out[i] = function(x[i])
     return out
 
 
+def _vector_exp(exp_ir):
+    """A compiled function applying `exp_ir` to x (a multiple of 8 long), one 8-lane vector
+    at a time."""
+
+    @intrinsic
+    def apply_ir(typingctx, x, out):
+        def codegen(context, builder, signature, args):
+            arrays = [context.make_array(ty)(context, builder, a)
+                      for ty, a in zip(signature.args, args)]
+            n = cgutils.unpack_tuple(builder, arrays[0].shape, 1)[0]
+            x_ptr, out_ptr = (builder.bitcast(a.data, VEC.as_pointer()) for a in arrays)
+            with cgutils.for_range(builder, builder.udiv(n, ir.Constant(n.type, 8))) as loop:
+                value = builder.load(builder.gep(x_ptr, [loop.index]), align=8)
+                builder.store(exp_ir(builder, value), builder.gep(out_ptr, [loop.index]),
+                              align=8)
+            return context.get_dummy_value()
+
+        return types.void(x, out), codegen
+
+    @njit
+    def apply(x):
+        out = np.empty_like(x)
+        apply_ir(x, out)
+        return out
+
+    return apply
+
+
 def _apply_exp(x):
-    return _apply(False, x)
+    return _apply(exp_nonpositive, x)
 
 
 def _apply_log(x):
-    return _apply(True, x)
+    return _apply(log_at_least_one, x)
 
 
 def ulps(actual, desired):
@@ -38,6 +83,41 @@ def test_exp_accuracy_down_to_underflow():
     error = ulps(_apply_exp(x), np.exp(x))
     assert error.max() <= 2
     assert _apply_exp(np.array([0.0]))[0] == 1.0  # the row's largest term is exactly 1
+
+
+@pytest.mark.parametrize("variant", sorted(EXPS))
+def test_each_exp_within_1_ulp(variant):
+    """Both exps, whichever the kernels run here: within 1 ulp measured (the kernels' exp,
+    above, is one of them), exactly 1 at 0 and 0 below -708.75."""
+    rng = np.random.default_rng(2)
+    x = np.r_[0.0, -np.logspace(-12, np.log10(708.0), 100_000), -rng.uniform(0, 40, 100_000),
+              -np.log(2) * np.arange(1, 33) / 32]
+    exp = _apply(EXPS[variant][0], x)
+    assert ulps(exp, np.exp(x)).max() <= 1
+    assert exp[0] == 1.0
+    below = _apply(EXPS[variant][0], np.array([-708.75, -709.0, -1e300, -np.inf]))
+    assert np.all(below == 0.0)
+
+
+@pytest.mark.parametrize("variant", sorted(EXPS))
+def test_vector_exp_is_its_scalar_form_to_the_bit(variant):
+    """The log-sum-exp's vector exp against the scalar function the reference loops use, over
+    the range it serves (down to the responsibility floor and past it)."""
+    if variant == "table" and not target_has("avx512f"):
+        pytest.skip("the table exp's vector form needs AVX-512")
+    scalar, vector_ir = EXPS[variant]
+    rng = np.random.default_rng(3)
+    x = np.r_[0.0, -np.logspace(-14, np.log10(700.0), 40_000), -rng.uniform(0, 1, 40_000),
+              -rng.uniform(0, 600, 40_000), -np.log(2) * np.arange(1, 1601) / 32]
+    x = x[: x.size // 8 * 8]
+    np.testing.assert_array_equal(_vector_exp(vector_ir)(x), _apply(EXPS[variant][0], x))
+
+
+def test_kernels_exp_is_the_table_where_the_cpu_has_avx512():
+    x = -np.linspace(0.0, 700.0, 4001)
+    table, polynomial = _apply(_exp_by_table, x), _apply(_exp_by_polynomial, x)
+    np.testing.assert_array_equal(_apply_exp(x), table if EXP_BY_TABLE else polynomial)
+    assert (table != polynomial).any()  # two different functions, within 1 ulp of each other
 
 
 def test_exp_is_zero_below_minus_708_75_and_for_minus_inf():

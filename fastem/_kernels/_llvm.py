@@ -3,11 +3,13 @@ the lane sums (``_tiles.py``) and the tiled transpose (``_transpose.py``).
 
 Those are written as LLVM vector code because the kernels' fast-math excludes reassociation
 and LLVM's own tuning keeps its vectorizer to 256 bits here; what they share is how to reach a
-Numba array's bytes and how to build 8-lane float64 vectors.
+Numba array's bytes, how to build 8-lane float64 vectors, and which instructions the target
+CPU has (the exp of ``_math.py`` picks by it).
 """
 
 from llvmlite import ir
-from numba.core import cgutils
+from numba.core import cgutils, config
+from numba.core.codegen import get_host_cpu_features
 
 LANES = 8  # float64 per vector
 F64 = ir.DoubleType()
@@ -41,3 +43,11 @@ def vector_fma(builder):
     """LLVM's fused multiply-add on 8-lane float64 vectors (a * b + c, one rounding)."""
     return cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(VEC, [VEC] * 3), "llvm.fma.v8f64")
+
+
+def target_has(feature):
+    """Whether the CPU Numba compiles for has ``feature`` (LLVM's name, such as 'avx512f'):
+    the features in NUMBA_CPU_FEATURES where that is set, as Numba itself reads them, else the
+    host's."""
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return "+" + feature in features.split(",")
