@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/compare_revisions.py HEAD~1
     python benchmarks/compare_revisions.py main --shapes 1000000x16x16 --covs diag --rounds 31
     python benchmarks/compare_revisions.py a7c852e --fits     # whole fits on the benchmark data
+    python benchmarks/compare_revisions.py HEAD --dtype float32 --shapes 1000000x64x4
 
 The revision's ``fastem`` package is extracted (``git archive``) into a temporary folder under
 another name and imported next to the working tree's, so both run in the same process, on the
@@ -94,6 +95,8 @@ def main(argv=None) -> int:
     parser.add_argument("--covs", default="full,diag", help="default: %(default)s")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--dtype", default="float64", choices=("float64", "float32"),
+                        help="of the rows (default: %(default)s)")
     parser.add_argument("--fits", action="store_true",
                         help="time 3-iteration fits on the benchmarks' mixture and start "
                              "instead of passes on normal data")
@@ -108,20 +111,20 @@ def main(argv=None) -> int:
         old = import_revision(args.revision, Path(folder))
         print(f"old: {args.revision} ({old.__file__}); new: working tree ({new.__file__}); "
               f"{args.threads} threads, {args.rounds} rounds, "
-              f"{'fits' if args.fits else 'passes'}", flush=True)
+              f"{'fits' if args.fits else 'passes'}, {args.dtype} rows", flush=True)
         print("\n| N×d×K | cov | old min s | new min s | new / old (median of rounds) |")
         print("|---|---|---:|---:|---:|")
         for shape in (_parse_shape(s) for s in args.shapes.split(",")):
             N, d, K = shape
             for cov in args.covs.split(","):
                 if args.fits:
-                    X = _bench.make_data(N, d, K)
+                    X = _bench.make_data(N, d, K).astype(args.dtype)
                     start = _bench.make_start(X, K, cov, threads=args.threads)
                     runs = {"old": fit_runner(old, X, start, args.threads),
                             "new": fit_runner(new, X, start, args.threads)}
                     t_old, t_new = paired(runs, args.rounds, per_call=3)
                 else:
-                    X = np.random.default_rng(0).normal(size=(N, d))
+                    X = np.random.default_rng(0).normal(size=(N, d)).astype(args.dtype)
                     runs = {"old": pass_runner(old, X, cov, K),
                             "new": pass_runner(new, X, cov, K)}
                     with fastem_threads(args.threads):
