@@ -88,7 +88,7 @@ def test_exp_accuracy_down_to_underflow():
 @pytest.mark.parametrize("variant", sorted(EXPS))
 def test_each_exp_within_1_ulp(variant):
     """Both exps, whichever the kernels run here: within 1 ulp measured (the kernels' exp,
-    above, is one of them), exactly 1 at 0 and 0 below -708.75."""
+    above, is one of them), exactly 1 at 0, 0 below -708.75, NaN for NaN."""
     rng = np.random.default_rng(2)
     x = np.r_[0.0, -np.logspace(-12, np.log10(708.0), 100_000), -rng.uniform(0, 40, 100_000),
               -np.log(2) * np.arange(1, 33) / 32]
@@ -97,6 +97,7 @@ def test_each_exp_within_1_ulp(variant):
     assert exp[0] == 1.0
     below = _apply(EXPS[variant][0], np.array([-708.75, -709.0, -1e300, -np.inf]))
     assert np.all(below == 0.0)
+    assert np.isnan(_apply(EXPS[variant][0], np.array([np.nan]))[0])
 
 
 @pytest.mark.parametrize("variant", sorted(EXPS))

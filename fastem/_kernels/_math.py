@@ -123,6 +123,7 @@ _SIXTEENTHS_PER_LN2 = 23.083120654223414  # 16 / ln 2
 _LN2_16_HI = 0.04332169878489367  # ln(2)/16 in 38 bits: n * hi exact for |n| < 2^15
 _LN2_16_LO = 1.0291218489310676e-13
 _TABLE_ROUNDING = 1.5 * 2.0**52  # as _ROUNDING: n in the low bits, here without a bias
+_TABLE_ROUNDING_BITS = 0x4338000000000000  # _TABLE_ROUNDING's bits
 
 EXP_BY_TABLE = target_has("avx512f")
 
@@ -149,15 +150,18 @@ def _exp_by_table(x):
     q = _EXP_Q_LEADING
     for c in _EXP_Q_REST:
         q = fused_multiply_add(q, r, c)
-    step = _EXP_TABLE[_float64_bits(shifted) & 15]
-    m = np.int64(n) >> 4  # floor(n / 16)
+    # shifted's bits are _TABLE_ROUNDING's plus n: j and n // 16 come from them, not from a
+    # conversion of n, which would be undefined for a NaN.
+    bits = _float64_bits(shifted)
+    step = _EXP_TABLE[bits & 15]
+    m = (bits - _TABLE_ROUNDING_BITS) >> 4  # floor(n / 16)
     return fused_multiply_add(step, q * r, step) * _bits_as_float64((m + 1023) << 52)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def exp_nonpositive(x):
     """exp(x) for x <= 0, within 1 ulp (measured) down to -708; exactly 0 below -708.75 (and
-    for -inf): the scalar form of the kernels' exp (:func:`exp_nonpositive_ir`), bit for bit.
+    for -inf), NaN for NaN: the scalar form of the kernels' exp (:func:`exp_nonpositive_ir`), bit for bit.
 
     The two-part step of ln 2 needs the kernels' fast-math to exclude reassociation, which
     would fold its parts back together (about |n| / 5 ulp) and the rounding constant out of n.
