@@ -161,7 +161,8 @@ def _exp_by_table(x):
 @njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def exp_nonpositive(x):
     """exp(x) for x <= 0, within 1 ulp (measured) down to -708; exactly 0 below -708.75 (and
-    for -inf), NaN for NaN: the scalar form of the kernels' exp (:func:`exp_nonpositive_ir`), bit for bit.
+    for -inf), NaN for NaN: the scalar form of the kernels' exp (:func:`exp_nonpositive_ir`),
+    bit for bit.
 
     The two-part step of ln 2 needs the kernels' fast-math to exclude reassociation, which
     would fold its parts back together (about |n| / 5 ulp) and the rounding constant out of n.
