@@ -47,7 +47,9 @@ def _blas_controller():
 def threads(n_jobs):
     """Run kernels on ``n_jobs`` threads (None: all cores; -1 all; -2 all but one).
 
-    BLAS is held to one thread meanwhile: the kernels call it from each of their own threads.
+    BLAS is held to one thread meanwhile: the kernels never call it, and between passes the
+    M-step's small products and factorizations gain nothing from threads whose idle spinning
+    (OpenBLAS's threads spin for a while after each call) would take cores from the next pass.
     Parallel loops hand out their iterations one at a time (Numba's parallel chunk size 1)
     rather than in equal shares fixed up front: a thread that loses its core for a while (to
     the reader of the next chunk, or to another process) no longer holds every other thread
@@ -244,8 +246,9 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
     """
     # (kind, centre, eta, row_factor), or None for the per-component kernel
     expanded = params.expanded_layout(source.n_samples)
-    kind, shift, centre, prec, aux, const = params.kernel_layout()
-    K = shift.shape[0]
+    if expanded is None:
+        kind, shift, centre, prec, aux, const = params.kernel_layout()
+    K = params.n_components
     no_resp = np.empty((0, K))
     s2 = np.empty((0, 0, 0))
     loglik = np.zeros(1)

@@ -80,7 +80,7 @@ _jit = JIT
 
 # Inside a block the rows are held transposed, XT (d, nb), and `logp` and `R` are (K, nb), so
 # that every loop over the rows of a block is innermost, contiguous and vectorizable, and the
-# products with (d, d) matrices are single BLAS calls on (d, nb) operands.
+# products with (d, d) matrices are single products on (d, nb) operands (``_panels.py``).
 
 
 @njit(**_jit)
