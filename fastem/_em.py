@@ -44,12 +44,14 @@ def _blas_controller():
 
 
 @contextlib.contextmanager
-def threads(n_jobs):
+def threads(n_jobs, limit_blas=True):
     """Run kernels on ``n_jobs`` threads (None: all cores; -1 all; -2 all but one).
 
-    BLAS is held to one thread meanwhile: the kernels never call it, and between passes the
-    M-step's small products and factorizations gain nothing from threads whose idle spinning
-    (OpenBLAS's threads spin for a while after each call) would take cores from the next pass.
+    With ``limit_blas`` BLAS is held to one thread meanwhile: the kernels never call it, and
+    between passes the M-step's small products and factorizations gain nothing from threads
+    whose idle spinning (OpenBLAS's threads spin for a while after each call) would take cores
+    from the next pass. Predictions, one pass and no M-step, skip it: threadpoolctl's limit
+    took 16 of the 25 µs this context costs.
     Parallel loops hand out their iterations one at a time (Numba's parallel chunk size 1)
     rather than in equal shares fixed up front: a thread that loses its core for a while (to
     the reader of the next chunk, or to another process) no longer holds every other thread
@@ -66,7 +68,8 @@ def threads(n_jobs):
     numba.set_num_threads(n)
     previous_chunk = numba.set_parallel_chunksize(1)
     try:
-        with _blas_controller().limit(limits=1, user_api="blas"):
+        with (_blas_controller().limit(limits=1, user_api="blas") if limit_blas
+              else contextlib.nullcontext()):
             yield n
     finally:
         numba.set_parallel_chunksize(previous_chunk)

@@ -290,7 +290,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """(sum of the rows' log-likelihoods, number of rows), in one pass."""
         check_is_fitted(self)
         source = self._source(X, reset=False)
-        with threads(self.n_jobs):
+        with threads(self.n_jobs, limit_blas=False):
             return predict_pass(source, self._params(), chunk_size=check_chunk_size(self.chunk_size))
 
     def _per_row(self, X, out, name, trailing, dtype):
@@ -303,7 +303,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 pass
             n = source.n_samples
         out = allocate_output(out, (n,) + trailing, dtype)
-        with threads(self.n_jobs):
+        with threads(self.n_jobs, limit_blas=False):
             predict_pass(source, self._params(), chunk_size=check_chunk_size(self.chunk_size),
                          **{name: out})
         return out
