@@ -52,6 +52,7 @@ def threads(n_jobs, limit_blas=True):
     whose idle spinning (OpenBLAS's threads spin for a while after each call) would take cores
     from the next pass. Predictions, one pass and no M-step, skip it: threadpoolctl's limit
     took 16 of the 25 µs this context costs.
+
     Parallel loops hand out their iterations one at a time (Numba's parallel chunk size 1)
     rather than in equal shares fixed up front: a thread that loses its core for a while (to
     the reader of the next chunk, or to another process) no longer holds every other thread
