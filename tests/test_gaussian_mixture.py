@@ -33,6 +33,7 @@ import fastem._params
 from fastem import GaussianMixture, reference
 from fastem._em import GIVEN, accumulate, kernel_rows, predict_pass, whole_blocks
 from fastem._kernels._config import BLOCK_ROWS
+from fastem._kernels._prefetch import idle_state
 from fastem._init import _unit_precisions
 from fastem._params import GaussianParams, precisions_cholesky_from_precisions
 from fastem.data import ArraySource
@@ -875,7 +876,7 @@ def test_log_densities_in_exact_arithmetic(n_features, scaled):
     logp = np.full((K, nb), np.nan)
     kernels = fastem._kernels.gaussian
     kernels._log_densities(scaled, kernels.DIAG if scaled else kernels.FULL, Z, d, off,
-                           prec if scaled else prec[:, :, :0], const, logp)
+                           prec if scaled else prec[:, :, :0], const, logp, idle_state())
     for k in range(K):
         factors = prec[k, 0] if scaled else np.ones(d)
         for i in range(nb):
@@ -903,10 +904,11 @@ def test_diagonal_log_densities_are_each_components_own_sum(n_features, covarian
     logp = np.full((K, nb), np.nan)
     p = prec if kind == kernels.DIAG else np.repeat(prec, d, axis=2)
     aux = shift * p[:, 0]
-    kernels._logp_diagonal(kind, XT, aux, prec, const, logp)
+    kernels._logp_diagonal(kind, XT, aux, prec, const, logp, idle_state())
     for k in range(K):
         alone = np.full((1, nb), np.nan)
-        kernels._logp_diagonal(kind, XT, aux[k:k + 1], prec[k:k + 1], const[k:k + 1], alone)
+        kernels._logp_diagonal(kind, XT, aux[k:k + 1], prec[k:k + 1], const[k:k + 1], alone,
+                               idle_state())
         assert_array_equal(logp[k], alone[0])
     expected = const[:, None] - 0.5 * (((XT[None] - shift[:, :, None]) * p.transpose(0, 2, 1))
                                        ** 2).sum(axis=1)

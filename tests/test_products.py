@@ -14,6 +14,7 @@ from fastem._kernels._panels import (
     quadratic_log_density_product,
     scale_rows,
 )
+from fastem._kernels._prefetch import idle_state
 from fastem._kernels._tiles import (TILE, centred_moments, lane_sum, moments_about_zero,
                                    row_dot, row_sums, short_tile_products, tile_products)
 from fastem._params import PADDED_LOG_DENSITY
@@ -291,7 +292,7 @@ def test_moments_about_zero_match_numpy(K, d, nb):
     R = np.zeros(((K + 3) // 4 * 4, 264))
     R[:K] = rng.random(size=(K, 264))
     first, second = np.full((K + 1, d + 1), np.nan), np.full((K + 1, d + 1), np.nan)
-    moments_about_zero(R, Z, nb, first[:K, :d], second[:K, :d])
+    moments_about_zero(R, Z, nb, first[:K, :d], second[:K, :d], idle_state())
     assert np.isnan(first[K]).all() and np.isnan(first[:, d]).all()
     assert np.isnan(second[K]).all() and np.isnan(second[:, d]).all()
     np.testing.assert_allclose(first[:K, :d], R[:K, :nb] @ Z[:d, :nb].T, rtol=1e-13)
@@ -303,5 +304,5 @@ def test_moments_about_zero_match_numpy(K, d, nb):
         for j in range(d):
             Z_j = np.zeros((2, 264))
             Z_j[0] = Z[j]
-            moments_about_zero(R_k, Z_j, nb, alone_first, alone_second)
+            moments_about_zero(R_k, Z_j, nb, alone_first, alone_second, idle_state())
             assert alone_first[0, 0] == first[k, j] and alone_second[0, 0] == second[k, j]

@@ -25,6 +25,7 @@ from numba.extending import intrinsic
 
 from ._config import JIT, prefer_wide_vectors
 from ._llvm import BYTE_PTR, I32, LANES, VEC, array_bytes, load_vector, splat, vector_fma
+from ._prefetch import END, NEXT, PER_CALL, prefetch_lines
 
 TILE = 4  # rows of A and of B per tile
 
@@ -273,7 +274,7 @@ def centred_moments(XT, R, mu, first, second):
 
 
 @njit(**JIT)
-def moments_about_zero(R, Z, nb, first, second):
+def moments_about_zero(R, Z, nb, first, second, pf):
     """first[k, j] = sum_{i < nb} R[k, i] Z[j, i] and second[k, j] = sum_{i < nb} R[k, i]
     Z[j, i]^2 for k, j inside first's shape (second's is the same): each component's moments
     about zero, for rows Z already less the point they are wanted about. R and Z are
@@ -283,19 +284,23 @@ def moments_about_zero(R, Z, nb, first, second):
     In tiles of 4 components by 2 features, the squares made in registers: two multiply-adds
     per row, component and feature, against the four of :func:`centred_moments`, and no
     squares stored (storing them, a block's rows and squares outgrew L1 at d = 16, and the
-    products with them took as long as the centred sums)."""
+    products with them took as long as the centred sums). After each tile, a few lines of the
+    rows the prefetch state `pf` is aimed at (``_prefetch.prefetch_lines``)."""
     prefer_wide_vectors()
     K, d = first.shape
+    p, end, per_call = pf[NEXT], pf[END], pf[PER_CALL]
     for k0 in range(0, K, TILE):
         for j0 in range(0, d, 2):
             # each component's 4 sums: with its 2 features, then with their squares
             sums = _moment_tile_sums(R, Z, k0, j0, nb)
+            p = prefetch_lines(p, end, per_call)
             for u in range(TILE):
                 for v in range(2):
                     k, j = k0 + u, j0 + v
                     if k < K and j < d:
                         first[k, j] = sums[u * 4 + v]
                         second[k, j] = sums[u * 4 + 2 + v]
+    pf[NEXT] = p
 
 
 @njit(inline="always", **JIT)

@@ -62,6 +62,7 @@ from ._llvm import LANES
 from ._logsumexp import normalize_columns
 from ._math import fused_multiply_add
 from ._panels import PANEL_ROWS, log_density_product
+from ._prefetch import END, NEXT, PER_CALL, STATE_SIZE, aim, aim_nowhere, prefetch_lines
 from ._tiles import (centred_moments, lane_sum, moments_about_zero, row_dot, row_sums,
                      tile_products)
 from ._transpose import NARROW_MAX, transpose_narrow, transpose_tile
@@ -151,13 +152,13 @@ def _centre(XT, mu, DT):
 
 
 @njit(**_jit)
-def _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT):
+def _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT, pf):
     """logp[k, i] = log w_k + log N(x_i | mu_k, Sigma_k) for the rows of one block, 'full' or
     'tied'; `prec_rows` is prec's (d, d) matrices stacked (:func:`_precision_rows`).
 
     The rest is the task's scratch: `acc` (nb,), `DT` (d, nb) and `YT` (prec_rows.shape[0],
     nb). For 'tied', DT holds the rows less c already (loaded so, :func:`_block`), and XT
-    is empty.
+    is empty. `pf`: the task's prefetch state, aimed at the next block's rows (``_prefetch``).
     """
     prefer_wide_vectors()
     d, nb = DT.shape
@@ -188,21 +189,21 @@ def _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT):
                     for i in range(nb):
                         YT[row, i] += p * DT[m, i]
     # 'full': component k's rows of YT are its own, from k d; 'tied''s are every component's
-    _log_densities(False, kind, YT, d if kind == FULL else 0, aux, aux[:, :0], const, logp)
+    _log_densities(False, kind, YT, d if kind == FULL else 0, aux, aux[:, :0], const, logp, pf)
 
 
 @njit(**_jit)
-def _logp_diagonal(kind, XT, aux, prec, const, logp):
+def _logp_diagonal(kind, XT, aux, prec, const, logp, pf):
     """logp as :func:`_logp_dense` does, for 'diag' or 'spherical', from XT, the rows less c
-    (:func:`_log_densities`)."""
+    (:func:`_log_densities`), prefetching as it does."""
     prefer_wide_vectors()
-    _log_densities(True, kind, XT, 0, aux, prec, const, logp)
+    _log_densities(True, kind, XT, 0, aux, prec, const, logp, pf)
 
 
 # Inlined into the two functions above with `scaled` a constant: without a scale, each factor
 # is the constant 1, and LLVM makes each multiply-add the subtraction it is exactly.
 @njit(inline="always", **_jit)
-def _log_densities(scaled, kind, Z, stride, off, prec, const, logp):
+def _log_densities(scaled, kind, Z, stride, off, prec, const, logp, pf):
     """logp[k, i] = const[k] - 1/2 sum_j (Z[k stride + j, i] c_kj - off[k, j])^2 for every
     component k, over the d = off.shape[1] rows of Z from k stride (0: rows every component
     shares), with c_kj = prec[k, 0, j] ('diag'), prec[k, 0, 0] ('spherical') if `scaled`,
@@ -222,6 +223,9 @@ def _log_densities(scaled, kind, Z, stride, off, prec, const, logp):
     feature are faster. Each square is added by a multiply-add, in feature order, rather than
     as (y0^2 + y1^2) + (y2^2 + y3^2): two operations a feature instead of two and a half, and
     passes took 0.977-0.991 of the time at d = 5 to 64 with 3 or 4 components ('full' 0.98-1.0).
+
+    After each component's sweep, a few lines of the next block's rows, as `pf` says
+    (``_prefetch.prefetch_lines``).
     """
     d, nb = off.shape[1], Z.shape[1]
     K = off.shape[0]
@@ -240,6 +244,7 @@ def _log_densities(scaled, kind, Z, stride, off, prec, const, logp):
         row = logp[k]
         for i in range(nb):
             row[i] = 0.0
+    p, end, per_call = pf[NEXT], pf[END], pf[PER_CALL]
     j = 0
     while j + 4 <= d:
         for k in range(K):
@@ -258,6 +263,7 @@ def _log_densities(scaled, kind, Z, stride, off, prec, const, logp):
                 y3 = fused_multiply_add(Z[r + 3, i], c3, -o3)
                 row[i] = fused_multiply_add(y3, y3, fused_multiply_add(
                     y2, y2, fused_multiply_add(y1, y1, fused_multiply_add(y0, y0, row[i]))))
+            p = prefetch_lines(p, end, per_call)
         j += 4
     while j < d:
         for k in range(K):
@@ -267,7 +273,9 @@ def _log_densities(scaled, kind, Z, stride, off, prec, const, logp):
             for i in range(nb):
                 y = fused_multiply_add(Z[r, i], c, -o)
                 row[i] = fused_multiply_add(y, y, row[i])
+            p = prefetch_lines(p, end, per_call)
         j += 1
+    pf[NEXT] = p
     for k in range(K):
         row, ck = logp[k], const[k]
         for i in range(nb):
@@ -381,9 +389,10 @@ def _stats_dense(kind, XT, R, shift, p1, p2, DT, WT):
 
 
 @njit(**_jit)
-def _stats_diagonal(kind, XT, R, shift, p1, p2, second, DS):
+def _stats_diagonal(kind, XT, R, shift, p1, p2, second, DS, pf):
     """One block's first and second moments into its slot (p1, p2), 'diag' or 'spherical';
-    `second` (K, d) and `DS` (dp, rows), whose first d rows are XT, are the task's scratch.
+    `second` (K, d) and `DS` (dp, rows), whose first d rows are XT, are the task's scratch;
+    `pf`: the task's prefetch state (``_prefetch``).
 
     Where every shift is 0 (the moments are about c, whose rows XT holds: ``kernel_layout``
     asks for that where the M-step loses nothing to it) they are the sums of r x and r x^2,
@@ -399,7 +408,7 @@ def _stats_diagonal(kind, XT, R, shift, p1, p2, second, DS):
             if shift[k, j] != 0.0:
                 about_centre = False
     if about_centre:
-        moments_about_zero(R, DS, nb, p1, second)
+        moments_about_zero(R, DS, nb, p1, second, pf)
     else:
         centred_moments(XT, R, shift, p1, second)
     for k in range(K):
@@ -418,13 +427,14 @@ def _stats_diagonal(kind, XT, R, shift, p1, p2, second, DS):
 # compile. There `dense` is a constant, and Numba compiles only its covariances' functions.
 @njit(inline="always", **_jit)
 def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows, aux, const,
-           resp_in, compute_stats, p0, p1, p2, row_loglik, resp_out, labels, scratch):
+           resp_in, compute_stats, p0, p1, p2, row_loglik, resp_out, labels, scratch, pf):
     """Process rows r0:r1 into slot (p0, p1, p2) and the per-row outputs; `dense`: whether
     `kind` is 'full' or 'tied', whose `prec_rows` are :func:`_precision_rows`; `origin` is
     d zeros.
 
     `scratch` is the calling task's buffers (:func:`_task_scratch`), of the block's size and
-    reused block after block. Returns (sum of the rows' log-likelihoods, first non-finite row
+    reused block after block; `pf`, its prefetch state, aimed at the next block's rows
+    (``_prefetch``). Returns (sum of the rows' log-likelihoods, first non-finite row
     or -1).
     """
     prefer_wide_vectors()
@@ -450,9 +460,9 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows,
                 R[k, i] = resp_in[r0 + i, k]
     else:
         if dense:
-            _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT)
+            _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT, pf)
         else:
-            _logp_diagonal(kind, XT, aux, prec, const, logp)
+            _logp_diagonal(kind, XT, aux, prec, const, logp, pf)
         # Over the columns padded to whole vectors: the padding's log-densities stay 0.
         best = best_buf[: nbp if mode == HARD or labels.shape[0] > 0 else 0]
         _largest(logp, work[0], best)
@@ -472,7 +482,7 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows,
         if dense:
             _stats_dense(kind, XT, R, shift, p1, p2, DS, WT)
         else:
-            _stats_diagonal(kind, XT, R, shift, p1, p2, second, DS)
+            _stats_diagonal(kind, XT, R, shift, p1, p2, second, DS, pf)
     return total, -1
 
 
@@ -640,6 +650,19 @@ def _diagonal_task(w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows
                  part_bad, row_loglik, resp_out, labels, next_block)
 
 
+@njit(inline="always", **_jit)
+def _prefetch_calls(dense, K, d):
+    """How often a block calls ``_prefetch.prefetch_lines``: after each component's sweep of
+    :func:`_log_densities`, and for 'diag' and 'spherical' after each tile of
+    ``_tiles.moments_about_zero``. Below 4 features, 0: a row is 16 or 24 bytes, and the one
+    tile's call would ask for all of the next block at once (passes took 1.02-1.03 of the time
+    at d = 2, K = 4 with it)."""
+    if d < 4:
+        return 0
+    tiles = 0 if dense else ((K + 3) // 4) * ((d + 1) // 2)
+    return K * (d // 4 + d % 4) + tiles
+
+
 # Inlined into the two tasks above with `dense` a constant, by which Numba prunes the other
 # covariances' functions before compiling.
 @njit(inline="always", **_jit)
@@ -666,15 +689,27 @@ def _task(dense, w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, 
                borrowed(owned[4]), borrowed(owned[5]), borrowed(owned[6]), borrowed(owned[7]),
                borrowed(owned[8]), borrowed(owned[9]), borrowed(owned[10]),
                borrowed(owned[11]))
+    pf = np.zeros(STATE_SIZE, dtype=np.int64)
+    calls = _prefetch_calls(dense, K, d)
+    # The next take is claimed before this one runs, so that every block knows the rows to
+    # fetch while it computes (``_prefetch``).
     first = take_next(next_block) * take
     while first < nw:
-        for w in range(first, min(first + take, nw)):
+        then = take_next(next_block) * take
+        last = min(first + take, nw)
+        for w in range(first, last):
             r0 = (w0 + w) * block_rows
+            following = w + 1 if w + 1 < last else then
+            if following < nw:
+                r_next = (w0 + following) * block_rows
+                aim(pf, X, r_next, min(r_next + rows, X.shape[0]), calls)
+            else:
+                aim_nowhere(pf)
             part_ll[w], part_bad[w] = _block(
                 dense, kind, mode, X_, r0, r0 + rows, shift_, centre_, origin_, prec_,
                 prec_rows_, aux_, const_, resp_in_, compute_stats, p0_[w], p1_[w], p2_[w],
-                row_loglik_, resp_out_, labels_, scratch,
+                row_loglik_, resp_out_, labels_, scratch, pf,
             )
-        first = take_next(next_block) * take
+        first = then
     keep_alive(owned)
     return 0

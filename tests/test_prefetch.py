@@ -1,0 +1,80 @@
+"""The prefetching of the next block's rows: every line of them asked for over the calls a
+block makes, none past them, and nothing it changes in a block's results."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+import fastem._kernels.gaussian as kernels
+from fastem._kernels._prefetch import END, LINE, NEXT, PER_CALL, aim, idle_state, prefetch_lines
+
+
+def _aim_and_call(X, r0, r1, calls, made):
+    """(first address, next address, end, lines a call) after aiming at rows r0:r1 for
+    `calls` calls and making `made` of them."""
+    state = idle_state()
+    _aim(state, X, r0, r1, calls)
+    start = state[NEXT]
+    _call(state, made)
+    return start, state[NEXT], state[END], state[PER_CALL]
+
+
+@njit
+def _aim(state, X, r0, r1, calls):
+    aim(state, X, r0, r1, calls)
+
+
+@njit
+def _call(state, times):
+    """`times` calls, as a kernel's loops make them."""
+    p, end, per_call = state[NEXT], state[END], state[PER_CALL]
+    for _ in range(times):
+        p = prefetch_lines(p, end, per_call)
+    state[NEXT] = p
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("d, calls", [(4, 16), (5, 7), (16, 24), (64, 96), (9, 1)])
+def test_calls_ask_for_every_line_of_the_rows_once(dtype, d, calls):
+    X = np.zeros((600, d), dtype=dtype)
+    r0, r1 = 256, 512
+    start, after, end, per_call = _aim_and_call(X, r0, r1, calls, calls)
+    row_bytes = d * X.itemsize
+    assert end - start == (r1 - r0) * row_bytes
+    lines = -(-(end - start) // LINE)
+    assert per_call == -(-lines // calls)
+    # all of the rows asked for by the last call, and nothing past their last line
+    assert after >= end
+    assert after - start == lines * LINE
+    # one call fewer leaves lines for the read, unless the last call had none to ask for
+    _, short, _, _ = _aim_and_call(X, r0, r1, calls, calls - 1)
+    assert short - start == min(lines, (calls - 1) * per_call) * LINE
+
+
+def test_no_calls_ask_for_nothing():
+    X = np.zeros((600, 16))
+    start, after, end, per_call = _aim_and_call(X, 0, 256, 0, 5)
+    assert per_call == 0 and after == start < end
+
+
+@pytest.mark.parametrize("n_features", [4, 5, 16])
+def test_prefetching_changes_no_log_density(n_features):
+    """A block's log-densities and moments, prefetching rows of its own X on the way, equal
+    those with the prefetching aimed nowhere, to the bit."""
+    rng = np.random.default_rng(3)
+    d, nb, K = n_features, 64, 3
+    X = rng.normal(size=(4 * nb, d))
+    XT = np.ascontiguousarray(X[:nb].T)
+    aux, prec = rng.normal(size=(K, d)), rng.random(size=(K, 1, d)) + 0.5
+    const = rng.normal(size=K)
+    results = []
+    for aimed in (False, True):
+        pf = idle_state()
+        if aimed:
+            _aim(pf, X, nb, 2 * nb, K * (d // 4 + d % 4))
+        logp = np.full((K, nb), np.nan)
+        kernels._logp_diagonal(kernels.DIAG, XT, aux, prec, const, logp, pf)
+        results.append(logp)
+        if aimed:
+            assert pf[NEXT] >= pf[END]  # the sweeps asked for all of the rows
+    np.testing.assert_array_equal(results[0], results[1])
