@@ -6,7 +6,10 @@ import pytest
 from numba import njit
 
 import fastem._kernels.gaussian as kernels
-from fastem._kernels._prefetch import END, LINE, NEXT, PER_CALL, aim, idle_state, prefetch_lines
+from fastem._kernels._panels import log_density_product, panel_calls, panel_product
+from fastem._kernels._tiles import short_tile_products
+from fastem._kernels._prefetch import (END, LINE, NEXT, PER_CALL, UNLIMITED, aim, idle_state,
+                                       prefetch_lines)
 
 
 def _aim_and_call(X, r0, r1, calls, made):
@@ -21,7 +24,7 @@ def _aim_and_call(X, r0, r1, calls, made):
 
 @njit
 def _aim(state, X, r0, r1, calls):
-    aim(state, X, r0, r1, calls)
+    aim(state, X, r0, r1, calls, UNLIMITED)
 
 
 @njit
@@ -78,3 +81,32 @@ def test_prefetching_changes_no_log_density(n_features):
         if aimed:
             assert pf[NEXT] >= pf[END]  # the sweeps asked for all of the rows
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_prefetching_changes_no_product():
+    """The expanded kernel's products, prefetching rows of an array on the way, equal those
+    with the prefetching aimed nowhere, to the bit; the log-density product's panels ask for
+    every line they were aimed at."""
+    rng = np.random.default_rng(4)
+    F, K, nb = 13, 16, 64
+    A = rng.normal(size=(K, F))
+    B = rng.normal(size=(F, nb))
+    X = rng.normal(size=(4 * nb, 5))
+    results = []
+    for aimed in (False, True):
+        pf = idle_state()
+        out, mx = np.empty((K, nb)), np.empty(nb)
+        if aimed:
+            _aim(pf, X, nb, 2 * nb, panel_calls(K, nb))
+        log_density_product(A, B, out, F, mx, K, 0, pf)
+        if aimed:
+            assert pf[NEXT] >= pf[END]
+            _aim(pf, X, nb, 2 * nb, 3)
+        padded_B = np.vstack([B, np.zeros((3, nb))])  # whole panels and tiles of rows
+        stats = np.zeros((16, K))
+        panel_product(padded_B, np.ascontiguousarray(out.T), stats, F, nb, pf)
+        tiles = np.zeros((F, K))
+        short_tile_products(padded_B, out, nb, tiles, pf)
+        results.append((out, mx, stats, tiles))
+    for plain, fetching in zip(*results):
+        np.testing.assert_array_equal(plain, fetching)

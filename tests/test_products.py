@@ -31,7 +31,7 @@ def test_panel_product_adds_the_matrix_product(n_cols, a_transposed):
     B = rng.normal(size=(n_full, n_cols))
     start = rng.normal(size=(M, n_cols))
     out = start.copy()
-    panel_product(A, B, out, M, n)
+    panel_product(A, B, out, M, n, idle_state())
     np.testing.assert_allclose(out, start + A[:, :n] @ B[:n], rtol=1e-13, atol=1e-13)
 
 
@@ -53,7 +53,7 @@ def test_log_density_product_writes_the_product_and_each_columns_max(n_cols, k):
     B[0] = 1.0  # the constant feature
     out = np.full((M, n_cols), np.nan)
     mx = np.full(n_cols + 3, np.nan)
-    log_density_product(A, B, out, n, mx, k, 0)
+    log_density_product(A, B, out, n, mx, k, 0, idle_state())
     expected = A[:, :n] @ B[:n]
     np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
     assert np.array_equal(mx[:n_cols], out[:k].max(axis=0))
@@ -73,9 +73,9 @@ def test_log_density_product_over_stacked_triangles_skips_only_zeros(d):
     A[: n_mats * d] = np.vstack([np.tril(rng.normal(size=(d, d))) for _ in range(n_mats)])
     B = rng.normal(size=(d, 3 * LANES))
     whole, whole_mx = np.empty((M, 3 * LANES)), np.empty(3 * LANES)
-    log_density_product(A, B, whole, d, whole_mx, n_mats * d, 0)
+    log_density_product(A, B, whole, d, whole_mx, n_mats * d, 0, idle_state())
     out, mx = np.full((M, 3 * LANES), np.nan), np.full(3 * LANES, np.nan)
-    log_density_product(A, B, out, d, mx, n_mats * d, d)
+    log_density_product(A, B, out, d, mx, n_mats * d, d, idle_state())
     assert np.array_equal(out, whole) and np.array_equal(mx, whole_mx)
     np.testing.assert_allclose(out, A @ B, rtol=1e-13, atol=1e-13)
 
@@ -89,12 +89,12 @@ def test_log_density_product_max_treats_nan_like_the_sweep():
     out, mx = np.empty((M, LANES)), np.empty(LANES)
     A = rng.normal(size=(M, n))
     A[[3, 11], 0] = np.nan
-    log_density_product(A, B, out, n, mx, M, 0)
+    log_density_product(A, B, out, n, mx, M, 0, idle_state())
     np.testing.assert_allclose(out, A @ B, rtol=1e-13, atol=1e-13)
     # the maximum of the kernel's own products: NumPy's BLAS may round them otherwise
     assert np.array_equal(mx, np.nanmax(out, axis=0))
     A[0, 0] = np.nan
-    log_density_product(A, B, out, n, mx, M, 0)
+    log_density_product(A, B, out, n, mx, M, 0, idle_state())
     assert np.all(np.isnan(mx))
 
 
@@ -113,7 +113,7 @@ def test_panel_product_adds_the_first_rows(m, n_cols):
     B = rng.normal(size=(29, n_cols))
     start = rng.normal(size=(M, n_cols))
     out = start.copy()
-    panel_product(A, B, out, m, 29)
+    panel_product(A, B, out, m, 29, idle_state())
     np.testing.assert_allclose(out[:m], start[:m] + A[:m] @ B, rtol=1e-13, atol=1e-13)
     assert np.array_equal(out[m:], start[m:])
 
@@ -148,9 +148,9 @@ def test_quadratic_log_density_product_is_the_stored_features_product(d, n_cols)
     Phi = np.vstack([Y, Y[1 + a] * Y[1 + b]])
     A = rng.normal(size=(M, F + 3))
     expected, expected_mx = np.empty((M, n_cols)), np.empty(n_cols)
-    log_density_product(A, Phi, expected, F, expected_mx, M - 3, 0)
+    log_density_product(A, Phi, expected, F, expected_mx, M - 3, 0, idle_state())
     out, mx = np.full((M, n_cols), np.nan), np.full(n_cols, np.nan)
-    quadratic_log_density_product(A, Y, out, d, mx, M - 3)
+    quadratic_log_density_product(A, Y, out, d, mx, M - 3, idle_state())
     assert np.array_equal(out, expected) and np.array_equal(mx, expected_mx)
     np.testing.assert_allclose(out, A[:, :F] @ Phi, rtol=1e-12, atol=1e-12)
 
@@ -162,10 +162,11 @@ def test_panel_product_sums_in_index_order():
     A = rng.integers(-50, 50, size=(PANEL_ROWS, 40)).astype(np.float64)
     B = rng.integers(-50, 50, size=(40, 2 * LANES)).astype(np.float64)
     out = np.zeros((PANEL_ROWS, 2 * LANES))
-    panel_product(A, B, out, PANEL_ROWS, 40)
+    panel_product(A, B, out, PANEL_ROWS, 40, idle_state())
     assert np.array_equal(out, A @ B)
     narrow = np.zeros((PANEL_ROWS, LANES))
-    panel_product(A, np.ascontiguousarray(B[:, :LANES]), narrow, PANEL_ROWS, 40)
+    panel_product(A, np.ascontiguousarray(B[:, :LANES]), narrow, PANEL_ROWS, 40,
+                  idle_state())
     assert np.array_equal(narrow, out[:, :LANES])
 
 
@@ -219,7 +220,7 @@ def test_short_tile_products_have_the_bits_of_whole_tiles(rows):
     tile_products(A, B, 253, whole, False, False)
     buffer = np.full(2 * TILE * (2 * TILE - 1), np.nan)
     out = buffer[: rows * (2 * TILE - 1)].reshape(rows, 2 * TILE - 1)
-    short_tile_products(A, B, 253, out)
+    short_tile_products(A, B, 253, out, idle_state())
     assert np.array_equal(out, whole[:rows])
     assert np.isnan(buffer[out.size:]).all()
 

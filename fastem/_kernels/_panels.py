@@ -35,6 +35,7 @@ from ._llvm import (
     splat,
     vector_fma,
 )
+from ._prefetch import END, NEXT, PER_CALL, prefetch_lines
 
 PANEL_ROWS = 8  # rows of A (and of the output) per panel
 
@@ -180,8 +181,9 @@ MAX_SINGLE_ROWS = 4
 
 
 @njit(**JIT)
-def panel_product(A, B, out, m, n):
-    """out[:m] += A[:m, :n] @ B[:n], float64 throughout.
+def panel_product(A, B, out, m, n, pf):
+    """out[:m] += A[:m, :n] @ B[:n], float64 throughout; after each panel, a few lines of the
+    rows the prefetch state `pf` is aimed at (``_prefetch``).
 
     Rows run in panels of 8; up to MAX_SINGLE_ROWS rows past the last whole panel run one at
     a time (the statistics of 'diag' at d = 16, F = 33 features padded to 40, and of 'full'
@@ -196,6 +198,7 @@ def panel_product(A, B, out, m, n):
     m_panels = m - m % PANEL_ROWS
     if m - m_panels > MAX_SINGLE_ROWS:
         m_panels = min(M, m_panels + PANEL_ROWS)
+    p, end, per_call = pf[NEXT], pf[END], pf[PER_CALL]
     m0 = 0
     while m0 < max(m, m_panels):
         single = m0 >= m_panels
@@ -205,17 +208,20 @@ def panel_product(A, B, out, m, n):
                 _add_1x16(A, B, out, m0, j0, n)
             else:
                 _add_8x16(A, B, out, m0, j0, n)
+            p = prefetch_lines(p, end, per_call)
             j0 += 2 * LANES
         if j0 < N:
             if single:
                 _add_1x8(A, B, out, m0, j0, n)
             else:
                 _add_8x8(A, B, out, m0, j0, n)
+            p = prefetch_lines(p, end, per_call)
         m0 += 1 if single else PANEL_ROWS
+    pf[NEXT] = p
 
 
 @njit(**JIT)
-def log_density_product(A, B, out, n, mx, k, triangles):
+def log_density_product(A, B, out, n, mx, k, triangles, pf):
     """out = A[:, :n] @ B[:n] (written, all M rows) and mx[j] = the maximum of out[:k, j]:
     the log-densities of a block and each row's largest.
 
@@ -238,20 +244,24 @@ def log_density_product(A, B, out, n, mx, k, triangles):
     log-sum-exp's own sweep, which it spares (6% of a pass at d = 2, K = 8).
 
     Shapes as for :func:`panel_product`, with every row of out written; mx is C-contiguous
-    with at least N entries, and 1 <= k <= M."""
+    with at least N entries, and 1 <= k <= M. Prefetches as :func:`panel_product` does."""
     M, N = out.shape
+    p, end, per_call = pf[NEXT], pf[END], pf[PER_CALL]
     for m0 in range(0, M, PANEL_ROWS):
         steps = n if triangles <= 0 else min(n, m0 % triangles + PANEL_ROWS)
         j0 = 0
         while j0 + 2 * LANES <= N:
             _set_max_8x16(A, B, out, m0, j0, steps, mx, k)
+            p = prefetch_lines(p, end, per_call)
             j0 += 2 * LANES
         if j0 < N:
             _set_max_8x8(A, B, out, m0, j0, steps, mx, k)
+            p = prefetch_lines(p, end, per_call)
+    pf[NEXT] = p
 
 
 @njit(**JIT)
-def quadratic_log_density_product(A, B, out, d, mx, k):
+def quadratic_log_density_product(A, B, out, d, mx, k, pf):
     """:func:`log_density_product` of A and the 'full' features of the rows y of B: out =
     A[:, :F] @ Phi with Phi[f] = B[f] for f <= d (the constant row and y) and then
     Phi[f] = B[1 + a] * B[1 + b] for a <= b, in that order, F = 1 + d + d (d + 1) / 2.
@@ -259,15 +269,26 @@ def quadratic_log_density_product(A, B, out, d, mx, k):
     The same bits as writing Phi out and calling :func:`log_density_product` (the products
     rounded alike, the terms summed in the same order), without Phi's F rows going through
     memory: B's d + 1 rows stay in the core's first cache. Shapes as there, B with at least
-    d + 1 rows."""
+    d + 1 rows; prefetches as there."""
     M, N = out.shape
+    p, end, per_call = pf[NEXT], pf[END], pf[PER_CALL]
     for m0 in range(0, M, PANEL_ROWS):
         j0 = 0
         while j0 + 2 * LANES <= N:
             _quadratic_max_8x16(A, B, out, m0, j0, d, mx, k)
+            p = prefetch_lines(p, end, per_call)
             j0 += 2 * LANES
         if j0 < N:
             _quadratic_max_8x8(A, B, out, m0, j0, d, mx, k)
+            p = prefetch_lines(p, end, per_call)
+    pf[NEXT] = p
+
+
+@njit(inline="always", **JIT)
+def panel_calls(M, N):
+    """How many panels :func:`log_density_product` (and its quadratic form) run for an
+    (M, N) output: the calls it makes to ``_prefetch.prefetch_lines``."""
+    return (M + PANEL_ROWS - 1) // PANEL_ROWS * ((N + 2 * LANES - 1) // (2 * LANES))
 
 
 @intrinsic

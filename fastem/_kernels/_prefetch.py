@@ -15,9 +15,14 @@ waits for them. Earlier attempts that asked for a whole block at once, or touche
 page for the L2 streamer to follow, gained nothing for that reason.
 
 The per-component kernel (``gaussian._prefetch_calls``) asks after each component's
-log-density sweep and each tile of its moments: with 4 components, about 22 lines a call, a
-sweep or a tile apart. Its passes took 0.84-0.90 of the time for 'diag' and 'spherical' at
-d = 8 to 64, 0.94 for 'tied' at d = 8 to 32, the same for 'full' (whose read is a small part).
+log-density sweep, each tile of its moments and each panel of its (d, d) products: with 4
+components, about 22 lines a call, a sweep or a tile apart. Its passes took 0.84-0.90 of the
+time for 'diag' and 'spherical' at d = 8 to 64, 0.89-0.94 for 'tied' and 'full' at d = 16
+and 0.92-0.96 at d = 64. The expanded kernel (``gaussian_expanded._prefetch_calls``) asks
+after each panel and tile of its two products, for the next sub-block's rows: passes took
+0.86-0.96 of the time at d = 5 to 16 with 8 to 64 components ('full' at d = 16, K = 64: 1.0),
+0.91-0.98 at d = 2 with 16 and 64, 0.93-0.99 at d = 64 ('full' there, whose read is a small
+part, 1.0).
 The lines go to L2 (LLVM's locality 2, ``prefetcht1``): the block's working set fills L1.
 A prefetch is a hint: it never faults and changes no result.
 """
@@ -32,6 +37,7 @@ from ._config import JIT
 from ._llvm import BYTE_PTR, I32
 
 LINE = 64  # bytes per cache line
+UNLIMITED = 1 << 62  # lines a call, for aim's `most`: as many as the calls' spread gives
 
 # Fields of a task's prefetch state (an int64 array of STATE_SIZE): the address of the next
 # byte to ask for, the end of the rows, and the lines to ask for at each call of
@@ -78,16 +84,17 @@ def _address(typingctx, X):
 
 
 @njit(inline="always", **JIT)
-def aim(state, X, r0, r1, calls):
+def aim(state, X, r0, r1, calls, most):
     """Set `state` to fetch rows r0:r1 of X (C-contiguous) over `calls` calls of
-    :func:`prefetch_lines`; `calls` 0 fetches nothing. The last line of rows that do not
-    end on a line's boundary may be left to the read. X must outlive the calls."""
+    :func:`prefetch_lines`, at most `most` lines a call (the rest left to the read); `calls`
+    0 fetches nothing. The last line of rows that do not end on a line's boundary may be left
+    to the read. X must outlive the calls."""
     row_bytes = X.strides[0]
     base = _address(X)
     state[NEXT] = base + r0 * row_bytes
     state[END] = base + r1 * row_bytes
     lines = (state[END] - state[NEXT] + LINE - 1) // LINE
-    state[PER_CALL] = (lines + calls - 1) // calls if calls > 0 else 0
+    state[PER_CALL] = min(most, (lines + calls - 1) // calls) if calls > 0 else 0
 
 
 @njit(inline="always", **JIT)
@@ -103,8 +110,8 @@ def prefetch_lines(p, end, n):
     A caller reads its state into these scalars once (``state[NEXT]``, ``state[END]``,
     ``state[PER_CALL]``), calls this between its loops, and stores the address back once, so
     that its loops see no stores but their own."""
-    for _ in range(n):
-        if p < end:
-            _prefetch_at(p)
-            p += LINE
+    stop = min(end, p + n * LINE)
+    while p < stop:
+        _prefetch_at(p)
+        p += LINE
     return p

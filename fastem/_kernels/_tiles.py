@@ -356,7 +356,7 @@ def tile_products(A, B, nb, out, upper, add):
 
 
 @njit(**JIT)
-def short_tile_products(A, B, nb, out):
+def short_tile_products(A, B, nb, out, pf):
     """out[a, b] = sum_{i < nb} A[a, i] * B[b, i] as :func:`tile_products` does, but where out
     ends one or two rows into a group of 4 rows of A, that group in tiles of 1 x 4 or 2 x 4
     (each sum the bits of its 4 x 4 tile's). For the expanded kernel's whole blocks: their
@@ -365,8 +365,10 @@ def short_tile_products(A, B, nb, out):
     time at d = 2, K = 8 to 64 ('full', 'diag', 'tied') and at d = 5, K = 16 ('full',
     'tied'; 'diag' 1.0), for 0.3-0.5 s more of that kernel's cold compile. A function of its
     own: the short tiles in :func:`tile_products`, which the per-component kernel compiles
-    for two sets of flags, cost that kernel 0.6-1 s."""
+    for two sets of flags, cost that kernel 0.6-1 s. After each tile, a few lines of the rows
+    the prefetch state `pf` is aimed at (``_prefetch``)."""
     prefer_wide_vectors()
+    p, end, per_call = pf[NEXT], pf[END], pf[PER_CALL]
     for a0 in range(0, min(A.shape[0], out.shape[0]), TILE):
         rows = out.shape[0] - a0
         for b0 in range(0, B.shape[0], TILE):
@@ -376,6 +378,8 @@ def short_tile_products(A, B, nb, out):
                 _put_tile(_pair_tile_sums(A, B, a0, b0, nb), 2, a0, b0, out, False)
             else:
                 _put_tile(_tile_sums(A, B, a0, b0, nb), TILE, a0, b0, out, False)
+            p = prefetch_lines(p, end, per_call)
+    pf[NEXT] = p
 
 
 @njit(inline="always", **JIT)

@@ -61,8 +61,9 @@ from ._launch import one_at_a_time
 from ._llvm import LANES
 from ._logsumexp import normalize_columns
 from ._math import fused_multiply_add
-from ._panels import PANEL_ROWS, log_density_product
-from ._prefetch import END, NEXT, PER_CALL, STATE_SIZE, aim, aim_nowhere, prefetch_lines
+from ._panels import PANEL_ROWS, log_density_product, panel_calls
+from ._prefetch import (END, NEXT, PER_CALL, STATE_SIZE, UNLIMITED, aim, aim_nowhere,
+                        prefetch_lines)
 from ._tiles import (centred_moments, lane_sum, moments_about_zero, row_dot, row_sums,
                      tile_products)
 from ._transpose import NARROW_MAX, transpose_narrow, transpose_tile
@@ -177,7 +178,7 @@ def _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT, pf):
         # d = 16, 'tied' at d = 12, K = 2 1.04. Each panel then stopped at its diagonal
         # (`triangles`): passes with K = 4 took 0.93-0.97 of the time at d = 16, 0.83-0.85 at
         # 64, 0.77-0.79 at 128. The maxima of YT's first row go to `acc`, unused.
-        log_density_product(prec_rows, DT, YT, d, acc, 1, d)
+        log_density_product(prec_rows, DT, YT, d, acc, 1, d, pf)
     else:
         for q in range(n_mats):
             for j in range(d):
@@ -651,16 +652,20 @@ def _diagonal_task(w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows
 
 
 @njit(inline="always", **_jit)
-def _prefetch_calls(dense, K, d):
-    """How often a block calls ``_prefetch.prefetch_lines``: after each component's sweep of
-    :func:`_log_densities`, and for 'diag' and 'spherical' after each tile of
-    ``_tiles.moments_about_zero``. Below 4 features, 0: a row is 16 or 24 bytes, and the one
-    tile's call would ask for all of the next block at once (passes took 1.02-1.03 of the time
-    at d = 2, K = 4 with it)."""
+def _prefetch_calls(dense, K, d, n_prec_rows, rows):
+    """How often a block of `rows` rows calls ``_prefetch.prefetch_lines``: after each
+    component's sweep of :func:`_log_densities`; for 'full' and 'tied' from SMALL_D features,
+    after each panel of the product with their `n_prec_rows` precision rows; for 'diag' and
+    'spherical' after each tile of ``_tiles.moments_about_zero``. Below 4 features, 0: a row
+    is 16 or 24 bytes, and the one tile's call would ask for all of the next block at once
+    (passes took 1.02-1.03 of the time at d = 2, K = 4 with it)."""
     if d < 4:
         return 0
-    tiles = 0 if dense else ((K + 3) // 4) * ((d + 1) // 2)
-    return K * (d // 4 + d % 4) + tiles
+    if dense:
+        products = panel_calls(n_prec_rows, rows) if d >= SMALL_D else 0
+    else:
+        products = ((K + 3) // 4) * ((d + 1) // 2)
+    return K * (d // 4 + d % 4) + products
 
 
 # Inlined into the two tasks above with `dense` a constant, by which Numba prunes the other
@@ -690,7 +695,7 @@ def _task(dense, w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, 
                borrowed(owned[8]), borrowed(owned[9]), borrowed(owned[10]),
                borrowed(owned[11]))
     pf = np.zeros(STATE_SIZE, dtype=np.int64)
-    calls = _prefetch_calls(dense, K, d)
+    calls = _prefetch_calls(dense, K, d, prec_rows.shape[0], rows)
     # The next take is claimed before this one runs, so that every block knows the rows to
     # fetch while it computes (``_prefetch``).
     first = take_next(next_block) * take
@@ -702,7 +707,7 @@ def _task(dense, w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, 
             following = w + 1 if w + 1 < last else then
             if following < nw:
                 r_next = (w0 + following) * block_rows
-                aim(pf, X, r_next, min(r_next + rows, X.shape[0]), calls)
+                aim(pf, X, r_next, min(r_next + rows, X.shape[0]), calls, UNLIMITED)
             else:
                 aim_nowhere(pf)
             part_ll[w], part_bad[w] = _block(

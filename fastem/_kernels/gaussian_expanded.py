@@ -53,10 +53,12 @@ from ._math import fused_multiply_add
 from ._panels import (
     PANEL_ROWS,
     log_density_product,
+    panel_calls,
     panel_product,
     quadratic_log_density_product,
     scale_rows,
 )
+from ._prefetch import STATE_SIZE, aim, aim_nowhere
 from ._tiles import TILE, short_tile_products
 from ._transpose import diag_features_tile, transpose_tile
 from ._views import borrowed, flat, keep_alive, matrix
@@ -73,6 +75,14 @@ from .gaussian import (
 )
 
 _jit = JIT
+
+# The products ask for the next (sub-)block's rows (``_prefetch``) at most this many lines a
+# call; the rest is left to the read. At 'diag' d = 64, K = 16 (sub-blocks of 128 rows, 33
+# calls, 31 lines each) passes took 1.03-1.04 of the time without the prefetching, 0.98 with
+# this limit. The per-component kernel's calls, 22 lines each at K = 4, keep their lines:
+# with the limit its passes there took 0.99-1.07 of the time without the prefetching,
+# against 0.84-0.90.
+MOST_LINES_A_CALL = 16
 
 
 @njit(**_jit)
@@ -244,12 +254,12 @@ TIED_SWEEP_MAX_FEATURES = 5
 
 
 @njit(**_jit)
-def _tied_terms(Phi, phi, d, nb, row_factor, Z, acc, ll, compute_stats, scatter):
+def _tied_terms(Phi, phi, d, nb, row_factor, Z, acc, ll, compute_stats, scatter, pf):
     """What 'tied' adds to a whole block whose y fill Phi's rows 1..d (``phi`` its buffer):
     the term no component changes, ll[i] -= |U^T y_i|^2 / 2, left out of the log-sum-exp;
     with `compute_stats`, the one unweighted scatter sum_i y_i y_i^T written into `scatter`
     (d, d). `row_factor` is U^T (padded(d), padded(d)), zero past d; Z (padded(d), Phi's row
-    length) and acc (as long) are scratch.
+    length) and acc (as long) are scratch; `pf` is the block's prefetch state.
 
     Both products are called with arguments of the types of the block's own calls, so that
     one compiled copy of each serves both: Numba compiles a function again for every
@@ -273,7 +283,7 @@ def _tied_terms(Phi, phi, d, nb, row_factor, Z, acc, ll, compute_stats, scatter)
         # Z = U^T Y by the log-densities' own product, whose maxima go unused (k from a
         # shape); U^T is one lower triangle, whose panels stop at their diagonal.
         log_density_product(row_factor, Phi[1:], Z, d, acc, row_factor.shape[0],
-                            row_factor.shape[0])
+                            row_factor.shape[0], pf)
     for i in range(nbp):
         acc[i] = 0.0
     for j in range(d):
@@ -283,7 +293,7 @@ def _tied_terms(Phi, phi, d, nb, row_factor, Z, acc, ll, compute_stats, scatter)
         ll[i] -= 0.5 * acc[i]
     if compute_stats:  # with the block's own flags (see above): the whole product, written
         Y = matrix(phi[nbp:], scatter_rows(d), nbp)
-        short_tile_products(Y, Y, nb, scatter)
+        short_tile_products(Y, Y, nb, scatter, pf)
 
 
 # With this many features or more and at most this many padded components, 'full' sub-blocks
@@ -314,12 +324,12 @@ def _stores_features(kind, d, Kv):
 
 
 @njit(**_jit)
-def _full_stats(Phi, RT, W, slot, d, nb):
+def _full_stats(Phi, RT, W, slot, d, nb, pf):
     """slot += Phi' RT for the 'full' features Phi' of the rows y in Phi's rows 1..d (row 0
     ones, rows past d zero), without Phi': its rows 0..d directly, then for each a the rows
     (a, b >= a) as sum_i y_b (y_a r): one panel product of y's rows a..d-1 with W = RT scaled
     by y_a row by row. Each segment's last panel may run over zero rows of Phi, adding zeros
-    to the next segment's rows of slot. W has RT's shape."""
+    to the next segment's rows of slot. W has RT's shape; `pf` the prefetch state."""
     Fp = slot.shape[0]
     r0 = 0
     for a in range(-1, d):  # a = -1: the constant row and y, weighted by R itself
@@ -328,34 +338,34 @@ def _full_stats(Phi, RT, W, slot, d, nb):
         n_rows = d - a
         rows = min(Fp - r0, (n_rows + PANEL_ROWS - 1) // PANEL_ROWS * PANEL_ROWS)
         # One call for all: each call site of the product costs compile time of its own.
-        panel_product(Phi[1 + a:], RT if a < 0 else W, slot[r0:r0 + rows], n_rows, nb)
+        panel_product(Phi[1 + a:], RT if a < 0 else W, slot[r0:r0 + rows], n_rows, nb, pf)
         r0 += n_rows
 
 
 @njit(**_jit)
 def _stored_sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik,
-                      resp_out, labels, scratch):
+                      resp_out, labels, scratch, pf):
     """:func:`_sub_block` for layouts that store all their features."""
     return _sub_block(True, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot,
-                      row_loglik, resp_out, labels, scratch)
+                      row_loglik, resp_out, labels, scratch, pf)
 
 
 @njit(**_jit)
 def _unstored_sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik,
-                        resp_out, labels, scratch):
+                        resp_out, labels, scratch, pf):
     """:func:`_sub_block` for 'full' layouts that never store their quadratic features."""
     return _sub_block(False, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot,
-                      row_loglik, resp_out, labels, scratch)
+                      row_loglik, resp_out, labels, scratch, pf)
 
 
 # Inlined into the two functions above with `stored` a constant, by which Numba prunes the
 # other path: each sub-block kernel compiles one of them.
 @njit(inline="always", **_jit)
 def _sub_block(stored, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik,
-               resp_out, labels, scratch):
+               resp_out, labels, scratch, pf):
     """Rows s0:s1 of a block, both products in panels: their statistics added into `slot`,
     their per-row outputs written; `stored`: whether the layout writes all its features to
-    Phi (:func:`_stores_features`). Returns (sum of the rows' log-likelihoods, first
+    Phi (:func:`_stores_features`); the products prefetch as `pf` says. Returns (sum of the rows' log-likelihoods, first
     non-finite row or -1)."""
     prefer_wide_vectors()
     phi, logp_buf, r_buf, rt_buf, best_buf, ll_buf, work_buf, zeroed, _ = scratch
@@ -394,9 +404,9 @@ def _sub_block(stored, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, 
     # eta is no stack of triangles; np.intp(0), not a literal 0, which Numba would compile
     # the product again for ('tied''s own call passes a variable).
     if stored:
-        log_density_product(eta, Phi, logp, F, work[0], K, np.intp(0))
+        log_density_product(eta, Phi, logp, F, work[0], K, np.intp(0), pf)
     else:
-        quadratic_log_density_product(eta, Phi, logp, d, work[0], K)
+        quadratic_log_density_product(eta, Phi, logp, d, work[0], K, pf)
     normalize_columns(logp_K, R, ll, work[0], K, inverses)
     if best.shape[0] > 0:  # the labels are wanted
         _largest(logp_K, work[1], best)
@@ -415,9 +425,9 @@ def _sub_block(stored, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, 
         if stored:
             if scaled:
                 _scale_features(Phi, F, inverses)
-            panel_product(Phi, RT, slot, F, nb)
+            panel_product(Phi, RT, slot, F, nb, pf)
         else:
-            _full_stats(Phi, RT, matrix(logp_buf, nb, Kv), slot, d, nb)  # logp is spent
+            _full_stats(Phi, RT, matrix(logp_buf, nb, Kv), slot, d, nb, pf)  # logp is spent
     return total, -1
 
 
@@ -426,7 +436,7 @@ def _sub_block(stored, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, 
 # level cost 1.3 s of the cold compile.
 @njit(inline="always", **_jit)
 def _block(kind, X, r0, r1, centre, eta, K, stored, compute_stats, slot, row_loglik, resp_out,
-           labels, scratch):
+           labels, scratch, pf, r_next, calls):
     """Process rows r0:r1 into `slot` (zeroed here) and the per-row outputs, one sub-block
     at a time (`stored` as for :func:`_sub_block`).
 
@@ -435,6 +445,10 @@ def _block(kind, X, r0, r1, centre, eta, K, stored, compute_stats, slot, row_log
     pass at small d. `rt`'s columns past K are zero and are never written; `zeroed` holds the
     row length of the layout whose padding is zero (:func:`_zero_padding`), -1 at first; `z`
     is 'tied''s, which runs whole blocks only (:func:`_small_block`).
+
+    Each sub-block prefetches the next one's rows, in this block or from `r_next`, the next
+    block's first (-1: none), over `calls` calls (:func:`_prefetch_calls`) with the task's
+    prefetch state `pf`.
 
     Returns (sum of the rows' log-likelihoods, first non-finite row or -1).
     """
@@ -449,12 +463,17 @@ def _block(kind, X, r0, r1, centre, eta, K, stored, compute_stats, slot, row_log
     S = scratch[5].shape[0]  # the sub-block's rows, as the caller sized the scratch
     for s0 in range(r0, r1, S):
         s1 = min(r1, s0 + S)
+        following = s1 if s1 < r1 else r_next
+        if following >= 0:
+            aim(pf, X, following, min(following + S, X.shape[0]), calls, MOST_LINES_A_CALL)
+        else:
+            aim_nowhere(pf)
         if stored:
             part, bad = _stored_sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats,
-                                          slot, row_loglik, resp_out, labels, scratch)
+                                          slot, row_loglik, resp_out, labels, scratch, pf)
         else:
             part, bad = _unstored_sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats,
-                                            slot, row_loglik, resp_out, labels, scratch)
+                                            slot, row_loglik, resp_out, labels, scratch, pf)
         if bad >= 0:
             return 0.0, bad
         total += part
@@ -463,10 +482,11 @@ def _block(kind, X, r0, r1, centre, eta, K, stored, compute_stats, slot, row_log
 
 @njit(inline="always", **_jit)
 def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slot, scatter,
-                 row_loglik, resp_out, labels, scratch):
+                 row_loglik, resp_out, labels, scratch, pf):
     """:func:`_block` where sub-blocks do not pay (:func:`uses_sub_blocks`): the whole block
     at once, log-densities in panels, statistics in `_tiles`, and 'tied''s own terms
-    (:func:`_tied_terms`) into `scatter`. Kept apart from the sub-block path: sharing its
+    (:func:`_tied_terms`) into `scatter`; both products prefetch as `pf`, aimed at the next
+    block, says. Kept apart from the sub-block path: sharing its
     function cost this one 4-5% at d = 2 and at 'diag' d = 16, K = 16 on 2 threads."""
     prefer_wide_vectors()
     phi, logp_buf, r_buf, _, best_buf, ll_buf, work_buf, zeroed, z_buf = scratch
@@ -498,13 +518,13 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
         _features(kind, Phi, d, nb)
     _zero_padding(Phi, F, nb, zeroed)
     # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
-    log_density_product(eta, Phi, logp, F, work[0], K, np.intp(0))
+    log_density_product(eta, Phi, logp, F, work[0], K, np.intp(0), pf)
     normalize_columns(logp_K, R_K, ll, work[0], K, inverses)
     if best.shape[0] > 0:  # the labels are wanted
         _largest(logp_K, work[1], best)
     if kind == TIED:
         _tied_terms(Phi, phi, d, nb, row_factor, matrix(z_buf, row_factor.shape[0], nbp),
-                    work[1], ll, compute_stats and scatter.shape[0] > 0, scatter)
+                    work[1], ll, compute_stats and scatter.shape[0] > 0, scatter, pf)
     total, bad = _total_loglik(X, r0, r1, ll_buf[:nb])
     if bad >= 0:
         return 0.0, bad
@@ -521,7 +541,7 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
             _scale_features(Phi, F, inverses)
         # into slot's first F rows, so that the last tiles stop at F
         short_tile_products(matrix(phi, F4, nbp), matrix(r_buf, K4, nbp), nb,
-                            matrix(flat(slot), F, slot.shape[1]))
+                            matrix(flat(slot), F, slot.shape[1]), pf)
     return total, -1
 
 
@@ -682,6 +702,20 @@ def _unstored_sub_block_task(w0, nw, kind, X, centre, eta, row_factor, K, comput
 # Inlined into the three tasks above with `whole_blocks` and `stored` constants, by which
 # Numba then prunes the other paths before compiling: each task holds one block function.
 @njit(inline="always", **_jit)
+def _prefetch_calls(whole_blocks, stored, F, Kv, K, d, rows):
+    """How often the products of a block (`whole_blocks`) or sub-block of `rows` rows call
+    ``_prefetch.prefetch_lines``: the log-densities' panels, then the statistics' tiles (whole
+    blocks) or panels (sub-blocks; for 'full''s unstored features, those of its first segment,
+    the constant row and y). 'tied''s own product and scatter call it too, uncounted: they
+    only fetch the lines sooner."""
+    calls = panel_calls(Kv, padded(rows))
+    if whole_blocks:
+        return calls + (F + TILE - 1) // TILE * ((K + TILE - 1) // TILE)
+    n_rows = F if stored else 1 + d
+    return calls + (n_rows + PANEL_ROWS - 1) // PANEL_ROWS * ((Kv + 15) // 16)
+
+
+@njit(inline="always", **_jit)
 def _task(whole_blocks, stored, w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
           block_rows, S, take, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out,
           labels, next_block):
@@ -703,21 +737,34 @@ def _task(whole_blocks, stored, w0, nw, kind, X, centre, eta, row_factor, K, com
     scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]), borrowed(owned[3]),
                borrowed(owned[4]), borrowed(owned[5]), borrowed(owned[6]), borrowed(owned[7]),
                borrowed(owned[8]))
+    pf = np.zeros(STATE_SIZE, dtype=np.int64)
+    F = n_features_expanded(kind, d)
+    calls = _prefetch_calls(whole_blocks, stored, F, Kv, K, d, min(S, block_rows))
+    # The next take is claimed before this one runs, so that every block knows the rows to
+    # fetch while it computes (``_prefetch``).
     first = take_next(next_block) * take
     while first < nw:
-        for w in range(first, min(first + take, nw)):
+        then = take_next(next_block) * take
+        last = min(first + take, nw)
+        for w in range(first, last):
             r0 = (w0 + w) * block_rows
             r1 = min(n, r0 + block_rows)
+            following = w + 1 if w + 1 < last else then
+            r_next = (w0 + following) * block_rows if following < nw else -1
             if whole_blocks:
+                if r_next >= 0:
+                    aim(pf, X, r_next, min(r_next + block_rows, n), calls, MOST_LINES_A_CALL)
+                else:
+                    aim_nowhere(pf)
                 part_ll[w], part_bad[w] = _small_block(
                     kind, X_, r0, r1, centre_, eta_, row_factor_, K, compute_stats, slots_[w],
-                    scatter_slots_[w, 0], row_loglik_, resp_out_, labels_, scratch,
+                    scatter_slots_[w, 0], row_loglik_, resp_out_, labels_, scratch, pf,
                 )
             else:
                 part_ll[w], part_bad[w] = _block(
                     kind, X_, r0, r1, centre_, eta_, K, stored, compute_stats, slots_[w],
-                    row_loglik_, resp_out_, labels_, scratch,
+                    row_loglik_, resp_out_, labels_, scratch, pf, r_next, calls,
                 )
-        first = take_next(next_block) * take
+        first = then
     keep_alive(owned)
     return 0
