@@ -80,8 +80,7 @@ _jit = JIT
 # call; the rest is left to the read. At 'diag' d = 64, K = 16 (sub-blocks of 128 rows, 33
 # calls, 31 lines each) passes took 1.03-1.04 of the time without the prefetching, 0.98 with
 # this limit. The per-component kernel's calls, 22 lines each at K = 4, keep their lines:
-# with the limit its passes there took 0.99-1.07 of the time without the prefetching,
-# against 0.84-0.90.
+# with the limit its passes there took 1.03-1.07 of the time they take without it.
 MOST_LINES_A_CALL = 16
 
 
@@ -365,8 +364,8 @@ def _sub_block(stored, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, 
                resp_out, labels, scratch, pf):
     """Rows s0:s1 of a block, both products in panels: their statistics added into `slot`,
     their per-row outputs written; `stored`: whether the layout writes all its features to
-    Phi (:func:`_stores_features`); the products prefetch as `pf` says. Returns (sum of the rows' log-likelihoods, first
-    non-finite row or -1)."""
+    Phi (:func:`_stores_features`); the products prefetch as `pf` says. Returns (sum of the
+    rows' log-likelihoods, first non-finite row or -1)."""
     prefer_wide_vectors()
     phi, logp_buf, r_buf, rt_buf, best_buf, ll_buf, work_buf, zeroed, _ = scratch
     d = X.shape[1]
@@ -486,8 +485,8 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
     """:func:`_block` where sub-blocks do not pay (:func:`uses_sub_blocks`): the whole block
     at once, log-densities in panels, statistics in `_tiles`, and 'tied''s own terms
     (:func:`_tied_terms`) into `scatter`; both products prefetch as `pf`, aimed at the next
-    block, says. Kept apart from the sub-block path: sharing its
-    function cost this one 4-5% at d = 2 and at 'diag' d = 16, K = 16 on 2 threads."""
+    block, says. Kept apart from the sub-block path: sharing its function cost this one 4-5%
+    at d = 2 and at 'diag' d = 16, K = 16 on 2 threads."""
     prefer_wide_vectors()
     phi, logp_buf, r_buf, _, best_buf, ll_buf, work_buf, zeroed, z_buf = scratch
     nb = r1 - r0
@@ -699,8 +698,6 @@ def _unstored_sub_block_task(w0, nw, kind, X, centre, eta, row_factor, K, comput
                  resp_out, labels, next_block)
 
 
-# Inlined into the three tasks above with `whole_blocks` and `stored` constants, by which
-# Numba then prunes the other paths before compiling: each task holds one block function.
 @njit(inline="always", **_jit)
 def _prefetch_calls(whole_blocks, stored, F, Kv, K, d, rows):
     """How often the products of a block (`whole_blocks`) or sub-block of `rows` rows call
@@ -712,9 +709,11 @@ def _prefetch_calls(whole_blocks, stored, F, Kv, K, d, rows):
     if whole_blocks:
         return calls + (F + TILE - 1) // TILE * ((K + TILE - 1) // TILE)
     n_rows = F if stored else 1 + d
-    return calls + (n_rows + PANEL_ROWS - 1) // PANEL_ROWS * ((Kv + 15) // 16)
+    return calls + panel_calls(n_rows, Kv)
 
 
+# Inlined into the three tasks above with `whole_blocks` and `stored` constants, by which
+# Numba then prunes the other paths before compiling: each task holds one block function.
 @njit(inline="always", **_jit)
 def _task(whole_blocks, stored, w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
           block_rows, S, take, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out,
