@@ -60,7 +60,7 @@ def test_no_calls_ask_for_nothing():
     assert per_call == 0 and after == start < end
 
 
-@pytest.mark.parametrize("n_features", [4, 5, 16])
+@pytest.mark.parametrize("n_features", [2, 3, 4, 5, 16])
 def test_prefetching_changes_no_log_density(n_features):
     """A block's log-densities and moments, prefetching rows of its own X on the way, equal
     those with the prefetching aimed nowhere, to the bit."""
@@ -74,7 +74,7 @@ def test_prefetching_changes_no_log_density(n_features):
     for aimed in (False, True):
         pf = idle_state()
         if aimed:
-            _aim(pf, X, nb, 2 * nb, K * (d // 4 + d % 4))
+            _aim(pf, X, nb, 2 * nb, K if d < 4 else K * (d // 4 + d % 4))
         logp = np.full((K, nb), np.nan)
         kernels._logp_diagonal(kernels.DIAG, XT, aux, prec, const, logp, pf)
         results.append(logp)

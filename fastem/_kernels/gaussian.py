@@ -230,6 +230,7 @@ def _log_densities(scaled, kind, Z, stride, off, prec, const, logp, pf):
     """
     d, nb = off.shape[1], Z.shape[1]
     K = off.shape[0]
+    p, end, per_call = pf[NEXT], pf[END], pf[PER_CALL]
     if d == 2 or d == 3:
         for k in range(K):
             c0 = c1 = 1.0
@@ -240,12 +241,13 @@ def _log_densities(scaled, kind, Z, stride, off, prec, const, logp, pf):
                 if d == 3:
                     c2 = prec[k, 0, 2] if kind == DIAG else c0
             _small_squares(Z, k * stride, d, off[k], c0, c1, c2, const[k], logp, k)
+            p = prefetch_lines(p, end, per_call)
+        pf[NEXT] = p
         return
     for k in range(K):
         row = logp[k]
         for i in range(nb):
             row[i] = 0.0
-    p, end, per_call = pf[NEXT], pf[END], pf[PER_CALL]
     j = 0
     while j + 4 <= d:
         for k in range(K):
@@ -654,18 +656,16 @@ def _diagonal_task(w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows
 @njit(inline="always", **_jit)
 def _prefetch_calls(dense, K, d, n_prec_rows, rows):
     """How often a block of `rows` rows calls ``_prefetch.prefetch_lines``: after each
-    component's sweep of :func:`_log_densities`; for 'full' and 'tied' from SMALL_D features,
-    after each panel of the product with their `n_prec_rows` precision rows; for 'diag' and
-    'spherical' after each tile of ``_tiles.moments_about_zero``. Below 4 features, 0: a row
-    is 16 or 24 bytes, and the one tile's call would ask for all of the next block at once
-    (passes took 1.02-1.03 of the time at d = 2, K = 4 with it)."""
-    if d < 4:
-        return 0
+    component's sweep of :func:`_log_densities` (one sweep a component below 4 features);
+    for 'full' and 'tied' from SMALL_D features, after each panel of the product with their
+    `n_prec_rows` precision rows; for 'diag' and 'spherical' after each tile of
+    ``_tiles.moments_about_zero``."""
     if dense:
         products = panel_calls(n_prec_rows, rows) if d >= SMALL_D else 0
     else:
         products = ((K + 3) // 4) * ((d + 1) // 2)
-    return K * (d // 4 + d % 4) + products
+    sweeps = K if d < 4 else K * (d // 4 + d % 4)
+    return sweeps + products
 
 
 # Inlined into the two tasks above with `dense` a constant, by which Numba prunes the other
