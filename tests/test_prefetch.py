@@ -7,9 +7,9 @@ from numba import njit
 
 import fastem._kernels.gaussian as kernels
 from fastem._kernels._panels import log_density_product, panel_calls, panel_product
-from fastem._kernels._tiles import short_tile_products
 from fastem._kernels._prefetch import (END, LINE, NEXT, PER_CALL, UNLIMITED, aim, idle_state,
                                        prefetch_lines)
+from fastem._kernels._tiles import short_tile_products
 
 
 def _aim_and_call(X, r0, r1, calls, made):
@@ -24,7 +24,7 @@ def _aim_and_call(X, r0, r1, calls, made):
 
 @njit
 def _aim(state, X, r0, r1, calls):
-    aim(state, X, r0, r1, calls, UNLIMITED)
+    aim(state, X, r0, r1 - r0, calls, UNLIMITED)
 
 
 @njit
@@ -62,8 +62,8 @@ def test_no_calls_ask_for_nothing():
 
 @pytest.mark.parametrize("n_features", [2, 3, 4, 5, 16])
 def test_prefetching_changes_no_log_density(n_features):
-    """A block's log-densities and moments, prefetching rows of its own X on the way, equal
-    those with the prefetching aimed nowhere, to the bit."""
+    """A block's log-densities, prefetching rows of its own X on the way, equal those with
+    the prefetching aimed nowhere, to the bit."""
     rng = np.random.default_rng(3)
     d, nb, K = n_features, 64, 3
     X = rng.normal(size=(4 * nb, d))

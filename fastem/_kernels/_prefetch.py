@@ -84,23 +84,20 @@ def _address(typingctx, X):
 
 
 @njit(inline="always", **JIT)
-def aim(state, X, r0, r1, calls, most):
-    """Set `state` to fetch rows r0:r1 of X (C-contiguous) over `calls` calls of
-    :func:`prefetch_lines`, at most `most` lines a call (the rest left to the read); `calls`
-    0 fetches nothing. The last line of rows that do not end on a line's boundary may be left
-    to the read. X must outlive the calls."""
+def aim(state, X, r0, rows, calls, most):
+    """Set `state` to fetch rows r0:r0 + rows of X (C-contiguous; those inside X) over `calls`
+    calls of :func:`prefetch_lines`, at most `most` lines a call (the rest left to the read).
+    r0 < 0 (no next block) or `calls` 0 fetches nothing. The last line of rows that do not end
+    on a line's boundary may be left to the read. X must outlive the calls."""
+    if r0 < 0:
+        state[NEXT] = state[END] = 0
+        return
     row_bytes = X.strides[0]
     base = _address(X)
     state[NEXT] = base + r0 * row_bytes
-    state[END] = base + r1 * row_bytes
+    state[END] = base + min(r0 + rows, X.shape[0]) * row_bytes
     lines = (state[END] - state[NEXT] + LINE - 1) // LINE
     state[PER_CALL] = min(most, (lines + calls - 1) // calls) if calls > 0 else 0
-
-
-@njit(inline="always", **JIT)
-def aim_nowhere(state):
-    """Set `state` to fetch nothing (no next block)."""
-    state[NEXT] = state[END] = 0
 
 
 @njit(inline="always", **JIT)

@@ -62,8 +62,7 @@ from ._llvm import LANES
 from ._logsumexp import normalize_columns
 from ._math import fused_multiply_add
 from ._panels import PANEL_ROWS, log_density_product, panel_calls
-from ._prefetch import (END, NEXT, PER_CALL, STATE_SIZE, UNLIMITED, aim, aim_nowhere,
-                        prefetch_lines)
+from ._prefetch import END, NEXT, PER_CALL, STATE_SIZE, UNLIMITED, aim, prefetch_lines
 from ._tiles import (centred_moments, lane_sum, moments_about_zero, row_dot, row_sums,
                      tile_products)
 from ._transpose import NARROW_MAX, transpose_narrow, transpose_tile
@@ -705,11 +704,8 @@ def _task(dense, w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, 
         for w in range(first, last):
             r0 = (w0 + w) * block_rows
             following = w + 1 if w + 1 < last else then
-            if following < nw:
-                r_next = (w0 + following) * block_rows
-                aim(pf, X, r_next, min(r_next + rows, X.shape[0]), calls, UNLIMITED)
-            else:
-                aim_nowhere(pf)
+            r_next = (w0 + following) * block_rows if following < nw else -1
+            aim(pf, X, r_next, rows, calls, UNLIMITED)
             part_ll[w], part_bad[w] = _block(
                 dense, kind, mode, X_, r0, r0 + rows, shift_, centre_, origin_, prec_,
                 prec_rows_, aux_, const_, resp_in_, compute_stats, p0_[w], p1_[w], p2_[w],

@@ -58,7 +58,7 @@ from ._panels import (
     quadratic_log_density_product,
     scale_rows,
 )
-from ._prefetch import STATE_SIZE, aim, aim_nowhere
+from ._prefetch import STATE_SIZE, aim
 from ._tiles import TILE, short_tile_products
 from ._transpose import diag_features_tile, transpose_tile
 from ._views import borrowed, flat, keep_alive, matrix
@@ -462,11 +462,7 @@ def _block(kind, X, r0, r1, centre, eta, K, stored, compute_stats, slot, row_log
     S = scratch[5].shape[0]  # the sub-block's rows, as the caller sized the scratch
     for s0 in range(r0, r1, S):
         s1 = min(r1, s0 + S)
-        following = s1 if s1 < r1 else r_next
-        if following >= 0:
-            aim(pf, X, following, min(following + S, X.shape[0]), calls, MOST_LINES_A_CALL)
-        else:
-            aim_nowhere(pf)
+        aim(pf, X, s1 if s1 < r1 else r_next, S, calls, MOST_LINES_A_CALL)
         if stored:
             part, bad = _stored_sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats,
                                           slot, row_loglik, resp_out, labels, scratch, pf)
@@ -751,10 +747,7 @@ def _task(whole_blocks, stored, w0, nw, kind, X, centre, eta, row_factor, K, com
             following = w + 1 if w + 1 < last else then
             r_next = (w0 + following) * block_rows if following < nw else -1
             if whole_blocks:
-                if r_next >= 0:
-                    aim(pf, X, r_next, min(r_next + block_rows, n), calls, MOST_LINES_A_CALL)
-                else:
-                    aim_nowhere(pf)
+                aim(pf, X, r_next, block_rows, calls, MOST_LINES_A_CALL)
                 part_ll[w], part_bad[w] = _small_block(
                     kind, X_, r0, r1, centre_, eta_, row_factor_, K, compute_stats, slots_[w],
                     scatter_slots_[w, 0], row_loglik_, resp_out_, labels_, scratch, pf,
