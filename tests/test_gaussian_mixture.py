@@ -917,8 +917,8 @@ def test_diagonal_log_densities_are_each_components_own_sum(n_features, covarian
 
 def test_each_kernel_refuses_the_layouts_of_the_other(overlapping):
     """The per-component kernel's tasks are compiled as two functions, chosen in Python by
-    covariance type, and the expanded kernel's as three, by block layout; called directly with
-    another's, a task raises rather than run code it was compiled without."""
+    covariance type, and the expanded kernel's as four, by block layout and for 'tied'; called
+    directly with another's, a task raises rather than run code it was compiled without."""
     X = overlapping[:BLOCK_ROWS]
     K, d = 3, X.shape[1]
     weights, means, _, precisions = random_start(X, "diag", K, seed=23)
@@ -947,9 +947,15 @@ def test_each_kernel_refuses_the_layouts_of_the_other(overlapping):
                             precisions_cholesky_from_precisions(precisions, "full"))
     eta = params.expanded_layout()[2]
     assert not gx.uses_sub_blocks(gx.FULL, *eta.shape[::-1])  # the whole-block kernel's
-    for wrong in (gx._sub_block_task, gx._unstored_sub_block_task):
+    for wrong in (gx._sub_block_task, gx._unstored_sub_block_task, gx._tied_block_task):
         with pytest.raises(ValueError, match="layout's blocks"):
             expanded_task(wrong, params, X)
+    # 'tied': whole blocks too, but with its own terms
+    weights, means, _, precisions = random_start(X, "tied", 8, seed=24)
+    params = GaussianParams("tied", weights, means,
+                            precisions_cholesky_from_precisions(precisions, "tied"))
+    with pytest.raises(ValueError, match="layout's blocks"):
+        expanded_task(gx._whole_block_task, params, X)
     # 'full' at d = 64, K = 16: sub-blocks that never store their quadratic features
     X = np.random.default_rng(25).normal(size=(BLOCK_ROWS, 64))
     weights, means, _, precisions = random_start(X, "full", 16, seed=26)

@@ -7,6 +7,7 @@ import pytest
 
 from fastem import GaussianMixture
 from fastem._em import kernel_rows, threads
+from fastem._kernels._atomic import following_block
 from fastem._kernels._config import BLOCK_ROWS
 from fastem._kernels._waves import TASK_FAILED, task_address
 from fastem._kernels.gaussian import HARD, _dense_task, _diagonal_task, _waves, gaussian_pass
@@ -121,3 +122,22 @@ def test_the_expanded_pass_checks_its_padded_layout_before_any_task_runs():
     assert expanded_pass(kind, X, centre, eta, row_factor, K, True, BLOCK_ROWS, 16, 2,
                          *outputs) == -1
     assert outputs[0][0] != 0 and stats[0, :K].sum() == pytest.approx(BLOCK_ROWS)
+
+
+@pytest.mark.parametrize(("nw", "take"), [(1, 1), (7, 1), (3, 4), (12, 4), (10, 4)])
+def test_each_block_knows_the_block_its_task_runs_next(nw, take):
+    """A task alone in a wave, taking `take` blocks at a time and claiming its next take
+    before it runs the current one, as the kernels' tasks do: each block's following block
+    (whose rows it prefetches) is the one the task runs next, and the last block's is none."""
+    taken = iter(range(0, nw + 2 * take, take))
+    order, following = [], []
+    first = next(taken)
+    while first < nw:
+        then = next(taken)
+        last = min(first + take, nw)
+        for w in range(first, last):
+            order.append(w)
+            following.append(following_block(w, last, then, nw))
+        first = then
+    assert order == list(range(nw))
+    assert following == order[1:] + [-1]

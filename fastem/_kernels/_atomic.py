@@ -17,8 +17,10 @@ the expanded kernel's 0.95 at 'full' d = 2, K = 4 and 0.98-1.0 at d = 2 and 5, K
 neighbouring blocks, whose slots share lines, now mostly go to the same task.
 """
 
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic
+
+from ._config import JIT
 
 
 # Waves of at least TAKE_MIN_WAVE blocks are handed out TAKE_BLOCKS at a time: a task then
@@ -46,3 +48,12 @@ def take_next(typingctx, counter):
         return builder.atomic_rmw("add", array.data, one, "monotonic")
 
     return types.int64(counter), codegen
+
+
+@njit(inline="always", **JIT)
+def following_block(w, last, then, nw):
+    """The block a task runs after block w of its take, which ends before `last`: w + 1, or the
+    first of its next take (`then`, claimed before this one ran); -1 if that is past the
+    wave's `nw` blocks. The kernels prefetch its rows while block w computes."""
+    following = w + 1 if w + 1 < last else then
+    return following if following < nw else -1

@@ -127,20 +127,20 @@ def merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2):
         if part_bad[w] >= 0:
             return part_bad[w]
         loglik[0] += part_ll[w]
-        if compute_stats:
-            _add_into(s0, p0[w])
-            _add_into(s1, p1[w])
-            _add_into(s2, p2[w])
+        if compute_stats:  # as flat rows, so that one compiled _add_into serves them all
+            _add_into(flat(s0), flat(p0[w]))
+            _add_into(flat(s1), flat(p1[w]))
+            _add_into(flat(s2), flat(p2[w]))
     return -1
 
 
 @njit(cache=CACHE, nogil=True, fastmath=False, no_cfunc_wrapper=True)
 def _add_into(dst, src):
-    """dst += src for C-contiguous arrays of one shape, as a flat loop (array expressions
-    cost seconds of cold compile) over :func:`flat` views: with ``reshape``, two calls into
-    Numba's helper per block made the merge of a wave 10 times slower at d = 2, K = 8 (0.49
-    ms a pass against 0.05: 7% of it, while the other threads wait)."""
-    flat_dst = flat(dst)
-    flat_src = flat(src)
-    for i in range(flat_dst.shape[0]):
-        flat_dst[i] += flat_src[i]
+    """dst += src for two rows of one length, as a loop (array expressions cost seconds of
+    cold compile). :func:`merge` passes every slot as a :func:`flat` view: with
+    ``reshape``, two calls into Numba's helper per block made the merge of a wave 10 times
+    slower at d = 2, K = 8 (0.49 ms a pass against 0.05: 7% of it, while the other threads
+    wait), and one compiled copy serves the statistics of every shape (one per shape took
+    0.15-0.17 s each of a kernel's cold compile)."""
+    for i in range(dst.shape[0]):
+        dst[i] += src[i]

@@ -55,7 +55,7 @@ import numpy as np
 from numba import njit
 
 from ._aligned import aligned_empty, aligned_matrix, aligned_zeros
-from ._atomic import blocks_per_take, take_next
+from ._atomic import blocks_per_take, following_block, take_next
 from ._config import JIT, prefer_wide_vectors
 from ._launch import one_at_a_time
 from ._llvm import LANES
@@ -151,7 +151,7 @@ def _centre(XT, mu, DT):
             DT[j, i] = XT[j, i] - m
 
 
-@njit(**_jit)
+@njit(inline="always", **_jit)
 def _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT, pf):
     """logp[k, i] = log w_k + log N(x_i | mu_k, Sigma_k) for the rows of one block, 'full' or
     'tied'; `prec_rows` is prec's (d, d) matrices stacked (:func:`_precision_rows`).
@@ -189,19 +189,86 @@ def _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT, pf):
                     for i in range(nb):
                         YT[row, i] += p * DT[m, i]
     # 'full': component k's rows of YT are its own, from k d; 'tied''s are every component's
-    _log_densities(False, kind, YT, d if kind == FULL else 0, aux, aux[:, :0], const, logp, pf)
+    _unit_log_densities(kind, YT, d if kind == FULL else 0, aux, aux[:, :0], const, logp, pf)
 
 
-@njit(**_jit)
+@njit(inline="always", **_jit)
 def _logp_diagonal(kind, XT, aux, prec, const, logp, pf):
     """logp as :func:`_logp_dense` does, for 'diag' or 'spherical', from XT, the rows less c
     (:func:`_log_densities`), prefetching as it does."""
-    prefer_wide_vectors()
-    _log_densities(True, kind, XT, 0, aux, prec, const, logp, pf)
+    _scaled_log_densities(kind, XT, 0, aux, prec, const, logp, pf)
 
 
-# Inlined into the two functions above with `scaled` a constant: without a scale, each factor
-# is the constant 1, and LLVM makes each multiply-add the subtraction it is exactly.
+def _compiled_log_densities(name, scaled):
+    """:func:`_log_densities` compiled for one value of `scaled`, a constant of the compiled
+    function (its closure's variable): without a scale, each factor is the constant 1, and
+    LLVM makes each multiply-add the subtraction it is exactly. Compiled apart rather than
+    inlined into its callers, whose cold compile spent 0.4-0.6 s in Numba's inliner copying
+    this body (81 blocks, each copy with all of its 730 variables)."""
+
+    def log_densities(kind, Z, stride, off, prec, const, logp, pf):
+        prefer_wide_vectors()
+        d, nb = off.shape[1], Z.shape[1]
+        K = off.shape[0]
+        p, end, per_call = pf[NEXT], pf[END], pf[PER_CALL]
+        if d == 2 or d == 3:
+            for k in range(K):
+                c0 = c1 = 1.0
+                c2 = 1.0 if d == 3 else 0.0
+                if scaled:
+                    c0 = prec[k, 0, 0]
+                    c1 = prec[k, 0, 1] if kind == DIAG else c0
+                    if d == 3:
+                        c2 = prec[k, 0, 2] if kind == DIAG else c0
+                _small_squares(Z, k * stride, d, off[k], c0, c1, c2, const[k], logp, k)
+                p = prefetch_lines(p, end, per_call)
+            pf[NEXT] = p
+            return
+        for k in range(K):
+            row = logp[k]
+            for i in range(nb):
+                row[i] = 0.0
+        j = 0
+        while j + 4 <= d:
+            for k in range(K):
+                row, r = logp[k], k * stride + j
+                o0, o1, o2, o3 = off[k, j], off[k, j + 1], off[k, j + 2], off[k, j + 3]
+                c0 = c1 = c2 = c3 = 1.0
+                if scaled:
+                    c0 = prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
+                    c1 = prec[k, 0, j + 1] if kind == DIAG else c0
+                    c2 = prec[k, 0, j + 2] if kind == DIAG else c0
+                    c3 = prec[k, 0, j + 3] if kind == DIAG else c0
+                for i in range(nb):
+                    y0 = fused_multiply_add(Z[r, i], c0, -o0)
+                    y1 = fused_multiply_add(Z[r + 1, i], c1, -o1)
+                    y2 = fused_multiply_add(Z[r + 2, i], c2, -o2)
+                    y3 = fused_multiply_add(Z[r + 3, i], c3, -o3)
+                    row[i] = fused_multiply_add(y3, y3, fused_multiply_add(
+                        y2, y2, fused_multiply_add(y1, y1, fused_multiply_add(y0, y0, row[i]))))
+                p = prefetch_lines(p, end, per_call)
+            j += 4
+        while j < d:
+            for k in range(K):
+                row, r, o, c = logp[k], k * stride + j, off[k, j], 1.0
+                if scaled:
+                    c = prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
+                for i in range(nb):
+                    y = fused_multiply_add(Z[r, i], c, -o)
+                    row[i] = fused_multiply_add(y, y, row[i])
+                p = prefetch_lines(p, end, per_call)
+            j += 1
+        pf[NEXT] = p
+        for k in range(K):
+            row, ck = logp[k], const[k]
+            for i in range(nb):
+                row[i] = ck - 0.5 * row[i]
+
+    log_densities.__name__ = log_densities.__qualname__ = name  # Numba's cache files, profiles
+    log_densities.__doc__ = _log_densities.py_func.__doc__
+    return njit(**_jit)(log_densities)
+
+
 @njit(inline="always", **_jit)
 def _log_densities(scaled, kind, Z, stride, off, prec, const, logp, pf):
     """logp[k, i] = const[k] - 1/2 sum_j (Z[k stride + j, i] c_kj - off[k, j])^2 for every
@@ -227,61 +294,14 @@ def _log_densities(scaled, kind, Z, stride, off, prec, const, logp, pf):
     After each component's sweep, a few lines of the next block's rows, as `pf` says
     (``_prefetch.prefetch_lines``).
     """
-    d, nb = off.shape[1], Z.shape[1]
-    K = off.shape[0]
-    p, end, per_call = pf[NEXT], pf[END], pf[PER_CALL]
-    if d == 2 or d == 3:
-        for k in range(K):
-            c0 = c1 = 1.0
-            c2 = 1.0 if d == 3 else 0.0
-            if scaled:
-                c0 = prec[k, 0, 0]
-                c1 = prec[k, 0, 1] if kind == DIAG else c0
-                if d == 3:
-                    c2 = prec[k, 0, 2] if kind == DIAG else c0
-            _small_squares(Z, k * stride, d, off[k], c0, c1, c2, const[k], logp, k)
-            p = prefetch_lines(p, end, per_call)
-        pf[NEXT] = p
-        return
-    for k in range(K):
-        row = logp[k]
-        for i in range(nb):
-            row[i] = 0.0
-    j = 0
-    while j + 4 <= d:
-        for k in range(K):
-            row, r = logp[k], k * stride + j
-            o0, o1, o2, o3 = off[k, j], off[k, j + 1], off[k, j + 2], off[k, j + 3]
-            c0 = c1 = c2 = c3 = 1.0
-            if scaled:
-                c0 = prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
-                c1 = prec[k, 0, j + 1] if kind == DIAG else c0
-                c2 = prec[k, 0, j + 2] if kind == DIAG else c0
-                c3 = prec[k, 0, j + 3] if kind == DIAG else c0
-            for i in range(nb):
-                y0 = fused_multiply_add(Z[r, i], c0, -o0)
-                y1 = fused_multiply_add(Z[r + 1, i], c1, -o1)
-                y2 = fused_multiply_add(Z[r + 2, i], c2, -o2)
-                y3 = fused_multiply_add(Z[r + 3, i], c3, -o3)
-                row[i] = fused_multiply_add(y3, y3, fused_multiply_add(
-                    y2, y2, fused_multiply_add(y1, y1, fused_multiply_add(y0, y0, row[i]))))
-            p = prefetch_lines(p, end, per_call)
-        j += 4
-    while j < d:
-        for k in range(K):
-            row, r, o, c = logp[k], k * stride + j, off[k, j], 1.0
-            if scaled:
-                c = prec[k, 0, j] if kind == DIAG else prec[k, 0, 0]
-            for i in range(nb):
-                y = fused_multiply_add(Z[r, i], c, -o)
-                row[i] = fused_multiply_add(y, y, row[i])
-            p = prefetch_lines(p, end, per_call)
-        j += 1
-    pf[NEXT] = p
-    for k in range(K):
-        row, ck = logp[k], const[k]
-        for i in range(nb):
-            row[i] = ck - 0.5 * row[i]
+    if scaled:
+        _scaled_log_densities(kind, Z, stride, off, prec, const, logp, pf)
+    else:
+        _unit_log_densities(kind, Z, stride, off, prec, const, logp, pf)
+
+
+_scaled_log_densities = _compiled_log_densities("_scaled_log_densities", True)
+_unit_log_densities = _compiled_log_densities("_unit_log_densities", False)
 
 
 @njit(inline="always", **_jit)
@@ -632,26 +652,6 @@ def _precision_rows(prec):
     return rows
 
 
-@njit(**_jit)
-def _dense_task(w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, aux, const,
-                resp_in, compute_stats, block_rows, rows, take, p0, p1, p2, part_ll, part_bad,
-                row_loglik, resp_out, labels, next_block):
-    """One task of :func:`gaussian_pass` for 'full' and 'tied' (:func:`_task`)."""
-    return _task(True, w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, aux,
-                 const, resp_in, compute_stats, block_rows, rows, take, p0, p1, p2, part_ll,
-                 part_bad, row_loglik, resp_out, labels, next_block)
-
-
-@njit(**_jit)
-def _diagonal_task(w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, aux, const,
-                   resp_in, compute_stats, block_rows, rows, take, p0, p1, p2, part_ll,
-                   part_bad, row_loglik, resp_out, labels, next_block):
-    """One task of :func:`gaussian_pass` for 'diag' and 'spherical' (:func:`_task`)."""
-    return _task(False, w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, aux,
-                 const, resp_in, compute_stats, block_rows, rows, take, p0, p1, p2, part_ll,
-                 part_bad, row_loglik, resp_out, labels, next_block)
-
-
 @njit(inline="always", **_jit)
 def _prefetch_calls(dense, K, d, n_prec_rows, rows):
     """How often a block of `rows` rows calls ``_prefetch.prefetch_lines``: after each
@@ -667,50 +667,67 @@ def _prefetch_calls(dense, K, d, n_prec_rows, rows):
     return sweeps + products
 
 
-# Inlined into the two tasks above with `dense` a constant, by which Numba prunes the other
-# covariances' functions before compiling.
-@njit(inline="always", **_jit)
-def _task(dense, w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, aux, const,
-          resp_in, compute_stats, block_rows, rows, take, p0, p1, p2, part_ll, part_bad,
-          row_loglik, resp_out, labels, next_block):
-    """Blocks w0 + w of a wave (w < nw), taken `take` at a time from `next_block` until none
-    is left, each into its slot w of (p0, p1, p2, part_ll, part_bad). Makes its scratch once,
-    for blocks of `rows` rows. Returns 0."""
-    if dense != (kind == FULL or kind == TIED):
-        raise ValueError("gaussian_pass: this kernel does not run this covariance type")
-    K = shift.shape[0]
-    d = X.shape[1]
-    owned = _task_scratch(kind, d, K, prec_rows.shape[0], rows)
-    # The blocks see the arrays through borrowed views (``_views``): the caller holds the
-    # arrays for the whole call, and this task its scratch. Every block unpacks them and makes
-    # views of them, and their reference counts took 7% of a pass at d = 16, K = 4 'diag'.
-    X_, shift_, centre_, prec_ = borrowed(X), borrowed(shift), borrowed(centre), borrowed(prec)
-    origin_, prec_rows_ = borrowed(origin), borrowed(prec_rows)
-    aux_, const_, resp_in_ = borrowed(aux), borrowed(const), borrowed(resp_in)
-    p0_, p1_, p2_ = borrowed(p0), borrowed(p1), borrowed(p2)
-    row_loglik_, resp_out_, labels_ = borrowed(row_loglik), borrowed(resp_out), borrowed(labels)
-    scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]), borrowed(owned[3]),
-               borrowed(owned[4]), borrowed(owned[5]), borrowed(owned[6]), borrowed(owned[7]),
-               borrowed(owned[8]), borrowed(owned[9]), borrowed(owned[10]),
-               borrowed(owned[11]))
-    pf = np.zeros(STATE_SIZE, dtype=np.int64)
-    calls = _prefetch_calls(dense, K, d, prec_rows.shape[0], rows)
-    # The next take is claimed before this one runs, so that every block knows the rows to
-    # fetch while it computes (``_prefetch``).
-    first = take_next(next_block) * take
-    while first < nw:
-        then = take_next(next_block) * take
-        last = min(first + take, nw)
-        for w in range(first, last):
-            r0 = (w0 + w) * block_rows
-            following = w + 1 if w + 1 < last else then
-            r_next = (w0 + following) * block_rows if following < nw else -1
-            aim(pf, X, r_next, rows, calls, UNLIMITED)
-            part_ll[w], part_bad[w] = _block(
-                dense, kind, mode, X_, r0, r0 + rows, shift_, centre_, origin_, prec_,
-                prec_rows_, aux_, const_, resp_in_, compute_stats, p0_[w], p1_[w], p2_[w],
-                row_loglik_, resp_out_, labels_, scratch, pf,
-            )
-        first = then
-    keep_alive(owned)
-    return 0
+def _compiled_task(name, dense):
+    """A task of :func:`gaussian_pass`, compiled for 'full' and 'tied' (`dense`) or for 'diag'
+    and 'spherical'.
+
+    `dense` is a constant of the compiled function (its closure's variable), by which Numba
+    prunes the other covariances' functions before compiling. The body is written once here
+    rather than inlined into a small function per task: Numba's inliner copies an inlined body
+    block by block, each block's copy with all of the body's variables, and copying this one
+    took 0.45 s of each task's cold compile.
+    """
+
+    def task(w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, aux, const, resp_in,
+             compute_stats, block_rows, rows, take, p0, p1, p2, part_ll, part_bad, row_loglik,
+             resp_out, labels, next_block):
+        """Blocks w0 + w of a wave (w < nw), taken `take` at a time from `next_block` until
+        none is left, each into its slot w of (p0, p1, p2, part_ll, part_bad). Makes its
+        scratch once, for blocks of `rows` rows. Returns 0."""
+        if dense != (kind == FULL or kind == TIED):
+            raise ValueError("gaussian_pass: this kernel does not run this covariance type")
+        K = shift.shape[0]
+        d = X.shape[1]
+        owned = _task_scratch(kind, d, K, prec_rows.shape[0], rows)
+        # The blocks see the arrays through borrowed views (``_views``): the caller holds the
+        # arrays for the whole call, and this task its scratch and prefetch state. Every block
+        # unpacks them and makes views of them, and their reference counts took 7% of a pass
+        # at d = 16, K = 4 'diag' (the prefetch state's, 10% at d = 2, K = 4).
+        X_, shift_, centre_ = borrowed(X), borrowed(shift), borrowed(centre)
+        prec_, origin_, prec_rows_ = borrowed(prec), borrowed(origin), borrowed(prec_rows)
+        aux_, const_, resp_in_ = borrowed(aux), borrowed(const), borrowed(resp_in)
+        p0_, p1_, p2_ = borrowed(p0), borrowed(p1), borrowed(p2)
+        row_loglik_, resp_out_ = borrowed(row_loglik), borrowed(resp_out)
+        labels_ = borrowed(labels)
+        scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]),
+                   borrowed(owned[3]), borrowed(owned[4]), borrowed(owned[5]),
+                   borrowed(owned[6]), borrowed(owned[7]), borrowed(owned[8]),
+                   borrowed(owned[9]), borrowed(owned[10]), borrowed(owned[11]))
+        pf_owned = np.zeros(STATE_SIZE, dtype=np.int64)
+        pf = borrowed(pf_owned)
+        calls = _prefetch_calls(dense, K, d, prec_rows.shape[0], rows)
+        # The next take is claimed before this one runs (``_atomic.following_block``).
+        first = take_next(next_block) * take
+        while first < nw:
+            then = take_next(next_block) * take
+            last = min(first + take, nw)
+            for w in range(first, last):
+                r0 = (w0 + w) * block_rows
+                following = following_block(w, last, then, nw)
+                r_next = (w0 + following) * block_rows if following >= 0 else -1
+                aim(pf, X, r_next, rows, calls, UNLIMITED)
+                part_ll[w], part_bad[w] = _block(
+                    dense, kind, mode, X_, r0, r0 + rows, shift_, centre_, origin_, prec_,
+                    prec_rows_, aux_, const_, resp_in_, compute_stats, p0_[w], p1_[w], p2_[w],
+                    row_loglik_, resp_out_, labels_, scratch, pf,
+                )
+            first = then
+        keep_alive((owned, pf_owned))
+        return 0
+
+    task.__name__ = task.__qualname__ = name  # for Numba's cache files, and profiles
+    return njit(**_jit)(task)
+
+
+_dense_task = _compiled_task("_dense_task", True)  # 'full' and 'tied'
+_diagonal_task = _compiled_task("_diagonal_task", False)  # 'diag' and 'spherical'

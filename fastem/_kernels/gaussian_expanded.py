@@ -37,15 +37,16 @@ metric of the component's precision) where the per-component form loses eps * |m
 ``expanded_layout`` offers this form only where that error is negligible; elsewhere
 ``gaussian.gaussian_pass`` runs. Blocks, their fixed-order merge and the per-row outputs are as
 in ``gaussian.py``; within a block, sub-blocks are added in order. As there, the tasks' one
-body is compiled as several functions, here three: for layouts whose blocks run whole, for
-sub-blocks that store their features, and for 'full''s sub-blocks that do not.
+body is compiled as several functions, here four: for layouts whose blocks run whole, for
+'tied''s (whole blocks with its own terms), for sub-blocks that store their features, and for
+'full''s sub-blocks that do not.
 """
 
 import numpy as np
 from numba import njit
 
 from ._aligned import aligned_array, aligned_empty, aligned_zeros
-from ._atomic import blocks_per_take, take_next
+from ._atomic import blocks_per_take, following_block, take_next
 from ._config import JIT, prefer_wide_vectors
 from ._launch import one_at_a_time
 from ._logsumexp import normalize_columns
@@ -341,24 +342,9 @@ def _full_stats(Phi, RT, W, slot, d, nb, pf):
         r0 += n_rows
 
 
-@njit(**_jit)
-def _stored_sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik,
-                      resp_out, labels, scratch, pf):
-    """:func:`_sub_block` for layouts that store all their features."""
-    return _sub_block(True, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot,
-                      row_loglik, resp_out, labels, scratch, pf)
-
-
-@njit(**_jit)
-def _unstored_sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik,
-                        resp_out, labels, scratch, pf):
-    """:func:`_sub_block` for 'full' layouts that never store their quadratic features."""
-    return _sub_block(False, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot,
-                      row_loglik, resp_out, labels, scratch, pf)
-
-
-# Inlined into the two functions above with `stored` a constant, by which Numba prunes the
-# other path: each sub-block kernel compiles one of them.
+# Inlined into :func:`_block`, and so into the sub-block tasks, with `stored` a constant, by
+# which Numba prunes the other path: each sub-block task compiles one of them. Called as a
+# function of its own, its code was optimized again inside each task (0.4 s of cold compile).
 @njit(inline="always", **_jit)
 def _sub_block(stored, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, row_loglik,
                resp_out, labels, scratch, pf):
@@ -392,11 +378,15 @@ def _sub_block(stored, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, 
         for k in range(K, Kv):
             for i in range(nbp):
                 R_all[k, i] = 0.0
-    if _diag_tiles_fit(kind, d, nb):
+    if not stored:  # 'full', whose products form its quadratic features: 1 and y only
+        _load_columns(X, s0, s1, matrix(phi[nbp:], d, nbp), centre)
+        for i in range(nb):
+            Phi[0, i] = 1.0
+    elif _diag_tiles_fit(kind, d, nb):
         _diag_features_from_rows(X, s0, s1, centre, Phi)
     else:
         _load_columns(X, s0, s1, matrix(phi[nbp:], d, nbp), centre)
-        _features(kind if stored else TIED, Phi, d, nb)  # 'tied': 1 and y only
+        _features(kind, Phi, d, nb)
     # Rows past those written stay zero, as the panels need.
     _zero_padding(Phi, F if stored else 1 + d, nb, zeroed)
     # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
@@ -463,12 +453,8 @@ def _block(kind, X, r0, r1, centre, eta, K, stored, compute_stats, slot, row_log
     for s0 in range(r0, r1, S):
         s1 = min(r1, s0 + S)
         aim(pf, X, s1 if s1 < r1 else r_next, S, calls, MOST_LINES_A_CALL)
-        if stored:
-            part, bad = _stored_sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats,
-                                          slot, row_loglik, resp_out, labels, scratch, pf)
-        else:
-            part, bad = _unstored_sub_block(kind, X, s0, s1, centre, eta, K, F, compute_stats,
-                                            slot, row_loglik, resp_out, labels, scratch, pf)
+        part, bad = _sub_block(stored, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot,
+                               row_loglik, resp_out, labels, scratch, pf)
         if bad >= 0:
             return 0.0, bad
         total += part
@@ -476,13 +462,14 @@ def _block(kind, X, r0, r1, centre, eta, K, stored, compute_stats, slot, row_log
 
 
 @njit(inline="always", **_jit)
-def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slot, scatter,
-                 row_loglik, resp_out, labels, scratch, pf):
+def _small_block(tied, kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slot,
+                 scatter, row_loglik, resp_out, labels, scratch, pf):
     """:func:`_block` where sub-blocks do not pay (:func:`uses_sub_blocks`): the whole block
-    at once, log-densities in panels, statistics in `_tiles`, and 'tied''s own terms
-    (:func:`_tied_terms`) into `scatter`; both products prefetch as `pf`, aimed at the next
-    block, says. Kept apart from the sub-block path: sharing its function cost this one 4-5%
-    at d = 2 and at 'diag' d = 16, K = 16 on 2 threads."""
+    at once, log-densities in panels, statistics in `_tiles`, and, if `tied` (a constant,
+    true when `kind` is 'tied'), 'tied''s own terms (:func:`_tied_terms`) into `scatter`;
+    both products prefetch as `pf`, aimed at the next block, says. Kept apart from the
+    sub-block path: sharing its function cost this one 4-5% at d = 2 and at 'diag' d = 16,
+    K = 16 on 2 threads."""
     prefer_wide_vectors()
     phi, logp_buf, r_buf, _, best_buf, ll_buf, work_buf, zeroed, z_buf = scratch
     nb = r1 - r0
@@ -517,7 +504,7 @@ def _small_block(kind, X, r0, r1, centre, eta, row_factor, K, compute_stats, slo
     normalize_columns(logp_K, R_K, ll, work[0], K, inverses)
     if best.shape[0] > 0:  # the labels are wanted
         _largest(logp_K, work[1], best)
-    if kind == TIED:
+    if tied:
         _tied_terms(Phi, phi, d, nb, row_factor, matrix(z_buf, row_factor.shape[0], nbp),
                     work[1], ll, compute_stats and scatter.shape[0] > 0, scatter, pf)
     total, bad = _total_loglik(X, r0, r1, ll_buf[:nb])
@@ -552,15 +539,19 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
                   n_tasks, loglik, stats, scatter, row_loglik, resp_out, labels):
     """One pass over a chunk of rows, soft responsibilities.
 
-    Runs its waves of blocks (``_waves.run_waves``) with one of three compiled tasks:
-    :func:`_whole_block_task` where blocks run whole, else :func:`_sub_block_task`, or
-    :func:`_unstored_sub_block_task` for 'full''s sub-blocks that never store their quadratic
-    features (:func:`uses_sub_blocks`, :func:`_stores_features`). A fit needs only one of them.
-    Each, with the parallel loop and every helper, in a fresh process with an empty cache,
-    took 7.0-7.1 s (whole blocks), 8.0-8.3 s (sub-blocks) and 8.3-8.4 s ('full''s unstored
-    sub-blocks), against 11.4-11.5, 11.6-11.9 and 11.7-11.8 s when the tasks were the parallel
-    loop's own body (alternating runs, on a machine that compiles slowly). One kernel holding
-    every path had taken 11.3-11.6 s on a faster one.
+    Runs its waves of blocks (``_waves.run_waves``) with one of four compiled tasks:
+    :func:`_whole_block_task` where blocks run whole (:func:`_tied_block_task` for 'tied'),
+    else :func:`_sub_block_task`, or :func:`_unstored_sub_block_task` for 'full''s sub-blocks
+    that never store their quadratic features (:func:`uses_sub_blocks`,
+    :func:`_stores_features`). A fit needs only one of them. Each, with the parallel loop and
+    every helper, in a fresh process with an empty cache, took 7.0-7.1 s (whole blocks),
+    8.0-8.3 s (sub-blocks) and 8.3-8.4 s ('full''s unstored sub-blocks), against 11.4-11.5,
+    11.6-11.9 and 11.7-11.8 s when the tasks were the parallel loop's own body (alternating
+    runs, on a machine that compiles slowly). One kernel holding every path had taken
+    11.3-11.6 s on a faster one. Since then, with the tasks compiled from one body each
+    (:func:`_compiled_task`) and 'tied''s whole blocks a task of their own: 7.1-7.3 s (whole
+    blocks), 7.7-7.8 s ('tied'), 7.3-7.5 s (sub-blocks) and 6.9-7.3 s (unstored), against
+    9.0-9.3, 8.7-9.2, 9.3-9.7 and 9.2-9.6 s before, alternating runs on one machine.
 
     Parameters
     ----------
@@ -605,7 +596,7 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
     n, d = X.shape
     whole_blocks = not uses_sub_blocks(kind, Fp, Kv)
     if whole_blocks:
-        task = _whole_block_task
+        task = _tied_block_task if kind == TIED else _whole_block_task
     elif _stores_features(kind, d, Kv):
         task = _sub_block_task
     else:
@@ -649,7 +640,7 @@ def _waves(task, n_blocks, wave_blocks, n_tasks, failed, kind, X, centre, eta, r
            compute_stats, block_rows, S, take, slots, scatter_slots, part_ll, part_bad,
            row_loglik, resp_out, labels, next_block, no_slots, no_stats, loglik, stats,
            scatter):
-    """``_waves.run_waves`` over the task at address `task` (one of the three below), its
+    """``_waves.run_waves`` over the task at address `task` (one of the four below), its
     arguments passed one by one (see there). The shared merge adds up to three statistics:
     this kernel's in the middle place (`no_slots` and `no_stats` empty in the first), and
     'tied''s scatter in the last."""
@@ -659,39 +650,6 @@ def _waves(task, n_blocks, wave_blocks, n_tasks, failed, kind, X, centre, eta, r
                       next_block),
                      part_ll, part_bad, no_slots, slots, scatter_slots, compute_stats, loglik,
                      no_stats, stats, scatter)
-
-
-@njit(**_jit)
-def _whole_block_task(w0, nw, kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
-                      S, take, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out,
-                      labels, next_block):
-    """One task of :func:`expanded_pass` for layouts whose blocks run whole
-    (:func:`_small_block`)."""
-    return _task(True, True, w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
-                 block_rows, S, take, slots, scatter_slots, part_ll, part_bad, row_loglik,
-                 resp_out, labels, next_block)
-
-
-@njit(**_jit)
-def _sub_block_task(w0, nw, kind, X, centre, eta, row_factor, K, compute_stats, block_rows,
-                    S, take, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out,
-                    labels, next_block):
-    """One task of :func:`expanded_pass` for layouts whose blocks run in sub-blocks
-    (:func:`_block`) that store their features."""
-    return _task(False, True, w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
-                 block_rows, S, take, slots, scatter_slots, part_ll, part_bad, row_loglik,
-                 resp_out, labels, next_block)
-
-
-@njit(**_jit)
-def _unstored_sub_block_task(w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
-                             block_rows, S, take, slots, scatter_slots, part_ll, part_bad,
-                             row_loglik, resp_out, labels, next_block):
-    """One task of :func:`expanded_pass` for 'full' layouts whose sub-blocks never store their
-    quadratic features (:func:`_stores_features`)."""
-    return _task(False, False, w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
-                 block_rows, S, take, slots, scatter_slots, part_ll, part_bad, row_loglik,
-                 resp_out, labels, next_block)
 
 
 @njit(inline="always", **_jit)
@@ -708,55 +666,77 @@ def _prefetch_calls(whole_blocks, stored, F, Kv, K, d, rows):
     return calls + panel_calls(n_rows, Kv)
 
 
-# Inlined into the three tasks above with `whole_blocks` and `stored` constants, by which
-# Numba then prunes the other paths before compiling: each task holds one block function.
-@njit(inline="always", **_jit)
-def _task(whole_blocks, stored, w0, nw, kind, X, centre, eta, row_factor, K, compute_stats,
-          block_rows, S, take, slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out,
-          labels, next_block):
-    """Blocks w0 + w of a wave (w < nw), taken `take` at a time from `next_block` until none
-    is left, each into its slot w of (slots, scatter_slots, part_ll, part_bad), in sub-blocks
-    of S rows. Makes its scratch once. Returns 0."""
-    n = X.shape[0]
-    d = X.shape[1]
-    Kv, Fp = eta.shape
-    if (whole_blocks == uses_sub_blocks(kind, Fp, Kv)
-            or (not whole_blocks and stored != _stores_features(kind, d, Kv))):
-        raise ValueError("expanded_pass: this kernel does not run this layout's blocks")
-    owned = _task_buffers(Fp, Kv, row_factor.shape[0], S)
-    # The blocks see the arrays only through borrowed views (``_views``): the caller holds the
-    # arrays for the whole call, and this task its scratch.
-    X_, centre_, eta_, slots_ = borrowed(X), borrowed(centre), borrowed(eta), borrowed(slots)
-    row_factor_, scatter_slots_ = borrowed(row_factor), borrowed(scatter_slots)
-    row_loglik_, resp_out_, labels_ = borrowed(row_loglik), borrowed(resp_out), borrowed(labels)
-    scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]), borrowed(owned[3]),
-               borrowed(owned[4]), borrowed(owned[5]), borrowed(owned[6]), borrowed(owned[7]),
-               borrowed(owned[8]))
-    pf = np.zeros(STATE_SIZE, dtype=np.int64)
-    F = n_features_expanded(kind, d)
-    calls = _prefetch_calls(whole_blocks, stored, F, Kv, K, d, min(S, block_rows))
-    # The next take is claimed before this one runs, so that every block knows the rows to
-    # fetch while it computes (``_prefetch``).
-    first = take_next(next_block) * take
-    while first < nw:
-        then = take_next(next_block) * take
-        last = min(first + take, nw)
-        for w in range(first, last):
-            r0 = (w0 + w) * block_rows
-            r1 = min(n, r0 + block_rows)
-            following = w + 1 if w + 1 < last else then
-            r_next = (w0 + following) * block_rows if following < nw else -1
-            if whole_blocks:
-                aim(pf, X, r_next, block_rows, calls, MOST_LINES_A_CALL)
-                part_ll[w], part_bad[w] = _small_block(
-                    kind, X_, r0, r1, centre_, eta_, row_factor_, K, compute_stats, slots_[w],
-                    scatter_slots_[w, 0], row_loglik_, resp_out_, labels_, scratch, pf,
-                )
-            else:
-                part_ll[w], part_bad[w] = _block(
-                    kind, X_, r0, r1, centre_, eta_, K, stored, compute_stats, slots_[w],
-                    row_loglik_, resp_out_, labels_, scratch, pf, r_next, calls,
-                )
-        first = then
-    keep_alive(owned)
-    return 0
+def _compiled_task(name, whole_blocks, stored, tied):
+    """A task of :func:`expanded_pass`, compiled for one kind of block: blocks that run whole
+    (`whole_blocks`), with 'tied''s own terms if `tied`, or sub-blocks that store their
+    features (`stored`) or not.
+
+    The flags are constants of the compiled function (its closure's variables), by which Numba
+    prunes the other paths before compiling: each task holds one block function. The body is
+    written once here rather than inlined into a small function per task: Numba's inliner
+    copies an inlined body block by block, each block's copy with all of the body's
+    variables, and copying this one (144 blocks, 1,700 variables) took 1.2-1.35 s of each
+    task's cold compile.
+    """
+
+    def task(w0, nw, kind, X, centre, eta, row_factor, K, compute_stats, block_rows, S, take,
+             slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out, labels, next_block):
+        """Blocks w0 + w of a wave (w < nw), taken `take` at a time from `next_block` until
+        none is left, each into its slot w of (slots, scatter_slots, part_ll, part_bad), in
+        sub-blocks of S rows. Makes its scratch once. Returns 0."""
+        n = X.shape[0]
+        d = X.shape[1]
+        Kv, Fp = eta.shape
+        if (whole_blocks == uses_sub_blocks(kind, Fp, Kv) or tied != (kind == TIED)
+                or (not whole_blocks and stored != _stores_features(kind, d, Kv))):
+            raise ValueError("expanded_pass: this kernel does not run this layout's blocks")
+        owned = _task_buffers(Fp, Kv, row_factor.shape[0], S)
+        # The blocks see the arrays only through borrowed views (``_views``): the caller holds
+        # the arrays for the whole call, and this task its scratch.
+        X_, centre_, eta_ = borrowed(X), borrowed(centre), borrowed(eta)
+        slots_, scatter_slots_ = borrowed(slots), borrowed(scatter_slots)
+        row_factor_, row_loglik_ = borrowed(row_factor), borrowed(row_loglik)
+        resp_out_, labels_ = borrowed(resp_out), borrowed(labels)
+        scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]),
+                   borrowed(owned[3]), borrowed(owned[4]), borrowed(owned[5]),
+                   borrowed(owned[6]), borrowed(owned[7]), borrowed(owned[8]))
+        pf_owned = np.zeros(STATE_SIZE, dtype=np.int64)
+        pf = borrowed(pf_owned)
+        F = n_features_expanded(kind, d)
+        calls = _prefetch_calls(whole_blocks, stored, F, Kv, K, d, min(S, block_rows))
+        # The next take is claimed before this one runs (``_atomic.following_block``).
+        first = take_next(next_block) * take
+        while first < nw:
+            then = take_next(next_block) * take
+            last = min(first + take, nw)
+            for w in range(first, last):
+                r0 = (w0 + w) * block_rows
+                r1 = min(n, r0 + block_rows)
+                following = following_block(w, last, then, nw)
+                r_next = (w0 + following) * block_rows if following >= 0 else -1
+                if whole_blocks:
+                    aim(pf, X, r_next, block_rows, calls, MOST_LINES_A_CALL)
+                    part_ll[w], part_bad[w] = _small_block(
+                        tied, kind, X_, r0, r1, centre_, eta_, row_factor_, K, compute_stats,
+                        slots_[w], scatter_slots_[w, 0], row_loglik_, resp_out_, labels_,
+                        scratch, pf,
+                    )
+                else:
+                    part_ll[w], part_bad[w] = _block(
+                        kind, X_, r0, r1, centre_, eta_, K, stored, compute_stats, slots_[w],
+                        row_loglik_, resp_out_, labels_, scratch, pf, r_next, calls,
+                    )
+            first = then
+        keep_alive((owned, pf_owned))
+        return 0
+
+    task.__name__ = task.__qualname__ = name  # for Numba's cache files, and profiles
+    return njit(**_jit)(task)
+
+
+# The tasks; a model needs only one of them.
+_whole_block_task = _compiled_task("_whole_block_task", True, True, False)  # but 'tied''s
+_tied_block_task = _compiled_task("_tied_block_task", True, True, True)
+_sub_block_task = _compiled_task("_sub_block_task", False, True, False)
+# 'full''s sub-blocks that never store their quadratic features (:func:`_stores_features`)
+_unstored_sub_block_task = _compiled_task("_unstored_sub_block_task", False, False, False)
