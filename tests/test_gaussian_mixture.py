@@ -916,7 +916,7 @@ def test_diagonal_log_densities_are_each_components_own_sum(n_features, covarian
 
 
 def test_each_kernel_refuses_the_layouts_of_the_other(overlapping):
-    """The per-component kernel's tasks are compiled as two functions, chosen in Python by
+    """The per-component kernel's tasks are compiled as three functions, chosen in Python by
     covariance type, and the expanded kernel's as four, by block layout and for 'tied'; called
     directly with another's, a task raises rather than run code it was compiled without."""
     X = overlapping[:BLOCK_ROWS]
@@ -925,12 +925,13 @@ def test_each_kernel_refuses_the_layouts_of_the_other(overlapping):
     params = GaussianParams("diag", weights, means,
                             precisions_cholesky_from_precisions(precisions, "diag"))
     kind, shift, centre, prec, aux, const = params.kernel_layout()
-    with pytest.raises(ValueError, match="covariance type"):
-        fastem._kernels.gaussian._dense_task(
-            0, 1, kind, 0, kernel_rows(X, d), shift, centre, np.zeros(d), prec, np.empty((0, 0)),
-            aux, const, np.empty((0, K)), True, BLOCK_ROWS, BLOCK_ROWS, 1, np.zeros((1, K)),
-            np.zeros((1, K, d)), np.zeros((1, K, 1, d)), np.zeros(1), np.zeros(1, np.int64),
-            np.empty(0), np.empty((0, K)), np.empty(0, dtype=np.int64), np.zeros(1, np.int64))
+    for wrong in (fastem._kernels.gaussian._full_task, fastem._kernels.gaussian._tied_task):
+        with pytest.raises(ValueError, match="covariance type"):
+            wrong(0, 1, kind, 0, kernel_rows(X, d), shift, centre, np.zeros(d), prec,
+                  np.empty((0, 0)), aux, const, np.empty((0, K)), True, BLOCK_ROWS, BLOCK_ROWS,
+                  1, np.zeros((1, K)), np.zeros((1, K, d)), np.zeros((1, K, 1, d)), np.zeros(1),
+                  np.zeros(1, np.int64), np.empty(0), np.empty((0, K)),
+                  np.empty(0, dtype=np.int64), np.zeros(1, np.int64))
     gx = fastem._kernels.gaussian_expanded
 
     def expanded_task(task, params, X):

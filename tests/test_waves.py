@@ -10,7 +10,7 @@ from fastem._em import kernel_rows, threads
 from fastem._kernels._atomic import following_block
 from fastem._kernels._config import BLOCK_ROWS
 from fastem._kernels._waves import TASK_FAILED, task_address
-from fastem._kernels.gaussian import HARD, _dense_task, _diagonal_task, _waves, gaussian_pass
+from fastem._kernels.gaussian import HARD, _diagonal_task, _full_task, _waves, gaussian_pass
 from fastem._kernels.gaussian_expanded import expanded_pass
 from fastem._params import GaussianParams, precisions_cholesky_from_covariances
 
@@ -38,23 +38,23 @@ def _task_args(layout, X, wave):
 def test_task_address_is_one_per_task_and_argument_types():
     X = kernel_rows(np.random.default_rng(0).normal(size=(BLOCK_ROWS, 3)), 3)
     args = _task_args(_layout("full", 2, 3, 1), X, 1)
-    address = task_address(_dense_task, args)
-    assert address == task_address(_dense_task, args)
+    address = task_address(_full_task, args)
+    assert address == task_address(_full_task, args)
     assert address != task_address(_diagonal_task, args)
     as_float32 = (*args[:2], X.astype(np.float32), *args[3:])
-    assert task_address(_dense_task, as_float32) != address
+    assert task_address(_full_task, as_float32) != address
     assert not X.flags.writeable  # as the kernels get every chunk
-    assert task_address(_dense_task, (*args[:2], X.copy(), *args[3:])) != address
+    assert task_address(_full_task, (*args[:2], X.copy(), *args[3:])) != address
 
 
 def test_a_task_that_raises_makes_the_pass_fail():
-    """A 'diag' layout handed to the dense task: the task raises (it was compiled without
+    """A 'diag' layout handed to the 'full' task: the task raises (it was compiled without
     'diag''s code), and the loop returns TASK_FAILED rather than merge unwritten slots."""
     X = kernel_rows(np.random.default_rng(2).normal(size=(4 * BLOCK_ROWS, 3)), 3)
     args = _task_args(_layout("diag", 2, 3, 3), X, 4)
     s0, s1, s2, loglik = np.zeros(2), np.zeros((2, 3)), np.zeros((2, 1, 3)), np.zeros(1)
     with threads(2):
-        bad = _waves(task_address(_dense_task, args), 4, 4, 2, np.zeros(1, dtype=np.int64),
+        bad = _waves(task_address(_full_task, args), 4, 4, 2, np.zeros(1, dtype=np.int64),
                      *args, loglik, s0, s1, s2)
     assert bad == TASK_FAILED
     assert loglik[0] == 0 and not s0.any()

@@ -151,6 +151,8 @@ def _centre(XT, mu, DT):
             DT[j, i] = XT[j, i] - m
 
 
+# Inlined into the task (through _block), which then calls the compiled log-densities itself: a
+# function of its own between them would optimize their code once more.
 @njit(inline="always", **_jit)
 def _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT, pf):
     """logp[k, i] = log w_k + log N(x_i | mu_k, Sigma_k) for the rows of one block, 'full' or
@@ -375,7 +377,9 @@ def _write_rows(r0, ll, R, best, row_loglik, resp_out, labels):
                 resp_out[r0 + i, k] = R[k, i]
 
 
-@njit(**_jit)
+# Inlined into the task (through _block), whose kind is a constant for 'full' and 'tied': Numba
+# then compiles only that kind's branch and products.
+@njit(inline="always", **_jit)
 def _stats_dense(kind, XT, R, shift, p1, p2, DT, WT):
     """One block's first and second moments into its slot (p1, p2), 'full' or 'tied' (whose
     DT holds the rows less c, as they were loaded; its XT is empty).
@@ -545,13 +549,13 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
                   labels):
     """One pass over a chunk of rows.
 
-    The blocks run in waves (``_waves.run_waves``), each wave's parallel tasks one of two
-    compiled functions: :func:`_dense_task` for 'full' and 'tied', whose log-densities go
-    through (d, d) products, :func:`_diagonal_task` for 'diag' and 'spherical'. A model needs
-    only one of them. Each, with the parallel loop and every helper, in a fresh process with
-    an empty cache, took 8.1-8.4 s ('full'/'tied') and 6.8-7.1 s ('diag'/'spherical'), against
-    12.3-13.0 and 10.1-10.3 s when the tasks were the parallel loop's own body (alternating
-    runs, on a machine that compiles slowly).
+    The blocks run in waves (``_waves.run_waves``), each wave's parallel tasks one of three
+    compiled functions: :func:`_full_task` and :func:`_tied_task`, whose log-densities go
+    through (d, d) products, and :func:`_diagonal_task` for 'diag' and 'spherical'. A model
+    needs only one of them. Each, with the parallel loop and every helper, in a fresh process
+    with an empty cache, took 8.1-8.4 s ('full' and 'tied' were then one task) and 6.8-7.1 s
+    ('diag'/'spherical'), against 12.3-13.0 and 10.1-10.3 s when the tasks were the parallel
+    loop's own body (alternating runs, on a machine that compiles slowly).
 
     Parameters
     ----------
@@ -618,7 +622,8 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
     args = (kind, mode, X, shift, centre, np.zeros(d), prec, prec_rows, aux, const, resp_in,
             compute_stats, block_rows, rows, blocks_per_take(W), p0, p1, p2, part_ll, part_bad,
             row_loglik, resp_out, labels, next_block)
-    task = task_address(_dense_task if dense else _diagonal_task, args)
+    task = task_address(_full_task if kind == FULL else _tied_task if kind == TIED
+                        else _diagonal_task, args)
     with one_at_a_time():
         bad = _waves(task, n_blocks, W, max(1, min(n_tasks, W)), np.zeros(1, dtype=np.int64),
                      *args, loglik, s0, s1, s2)
@@ -634,8 +639,9 @@ _NO_PRECISION_ROWS = np.empty((0, 0))
 def _waves(task, n_blocks, wave_blocks, n_tasks, failed, kind, mode, X, shift, centre, origin,
            prec, prec_rows, aux, const, resp_in, compute_stats, block_rows, rows, take, p0, p1,
            p2, part_ll, part_bad, row_loglik, resp_out, labels, next_block, loglik, s0, s1, s2):
-    """``_waves.run_waves`` over the task at address `task` (:func:`_dense_task` or
-    :func:`_diagonal_task`), its arguments passed one by one (see there)."""
+    """``_waves.run_waves`` over the task at address `task` (:func:`_full_task`,
+    :func:`_tied_task` or :func:`_diagonal_task`), its arguments passed one by one (see
+    there)."""
     return run_waves(task, n_blocks, wave_blocks, n_tasks, next_block, failed,
                      (kind, mode, X, shift, centre, origin, prec, prec_rows, aux, const,
                       resp_in, compute_stats, block_rows, rows, take, p0, p1, p2, part_ll,
@@ -667,16 +673,19 @@ def _prefetch_calls(dense, K, d, n_prec_rows, rows):
     return sweeps + products
 
 
-def _compiled_task(name, dense):
-    """A task of :func:`gaussian_pass`, compiled for 'full' and 'tied' (`dense`) or for 'diag'
-    and 'spherical'.
+def _compiled_task(name, only):
+    """A task of :func:`gaussian_pass`, compiled for covariance `only`, FULL or TIED, or for
+    'diag' and 'spherical' (DIAG).
 
-    `dense` is a constant of the compiled function (its closure's variable), by which Numba
-    prunes the other covariances' functions before compiling. The body is written once here
-    rather than inlined into a small function per task: Numba's inliner copies an inlined body
-    block by block, each block's copy with all of the body's variables, and copying this one
-    took 0.45 s of each task's cold compile.
+    `only` is a constant of the compiled function (its closure's variable), by which Numba
+    prunes the other covariances' functions before compiling: the 'full' and 'tied' tasks each
+    compile only their own kind's code (the default fit's kernel, 'full' at d = 2, K = 3, took
+    8.1-8.6 s of cold compile against 8.7-9.8 s when the two were one task; 'tied' the same).
+    The body is written once here rather than inlined into a small function per task: Numba's
+    inliner copies an inlined body block by block, each block's copy with all of the body's
+    variables, and copying this one took 0.45 s of each task's cold compile.
     """
+    dense = only != DIAG
 
     def task(w0, nw, kind, mode, X, shift, centre, origin, prec, prec_rows, aux, const, resp_in,
              compute_stats, block_rows, rows, take, p0, p1, p2, part_ll, part_bad, row_loglik,
@@ -684,8 +693,10 @@ def _compiled_task(name, dense):
         """Blocks w0 + w of a wave (w < nw), taken `take` at a time from `next_block` until
         none is left, each into its slot w of (p0, p1, p2, part_ll, part_bad). Makes its
         scratch once, for blocks of `rows` rows. Returns 0."""
-        if dense != (kind == FULL or kind == TIED):
+        own_kind = kind == only if dense else kind == DIAG or kind == SPHERICAL
+        if not own_kind:
             raise ValueError("gaussian_pass: this kernel does not run this covariance type")
+        kind = only if dense else kind  # a constant, but for 'diag' and 'spherical'
         K = shift.shape[0]
         d = X.shape[1]
         owned = _task_scratch(kind, d, K, prec_rows.shape[0], rows)
@@ -729,5 +740,6 @@ def _compiled_task(name, dense):
     return njit(**_jit)(task)
 
 
-_dense_task = _compiled_task("_dense_task", True)  # 'full' and 'tied'
-_diagonal_task = _compiled_task("_diagonal_task", False)  # 'diag' and 'spherical'
+_full_task = _compiled_task("_full_task", FULL)
+_tied_task = _compiled_task("_tied_task", TIED)
+_diagonal_task = _compiled_task("_diagonal_task", DIAG)  # 'diag' and 'spherical'
