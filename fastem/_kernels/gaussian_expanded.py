@@ -378,15 +378,15 @@ def _sub_block(stored, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, 
         for k in range(K, Kv):
             for i in range(nbp):
                 R_all[k, i] = 0.0
-    if not stored:  # 'full', whose products form its quadratic features: 1 and y only
-        _load_columns(X, s0, s1, matrix(phi[nbp:], d, nbp), centre)
-        for i in range(nb):
-            Phi[0, i] = 1.0
-    elif _diag_tiles_fit(kind, d, nb):
+    if stored and _diag_tiles_fit(kind, d, nb):
         _diag_features_from_rows(X, s0, s1, centre, Phi)
     else:
         _load_columns(X, s0, s1, matrix(phi[nbp:], d, nbp), centre)
-        _features(kind, Phi, d, nb)
+        if stored:
+            _features(kind, Phi, d, nb)
+        else:  # 'full', whose products form its quadratic features: 1 and y only
+            for i in range(nb):
+                Phi[0, i] = 1.0
     # Rows past those written stay zero, as the panels need.
     _zero_padding(Phi, F if stored else 1 + d, nb, zeroed)
     # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
