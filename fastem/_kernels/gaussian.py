@@ -450,7 +450,8 @@ def _stats_diagonal(kind, XT, R, shift, p1, p2, second, DS, pf):
 
 # Inlined (at Numba's level) into the task, its one caller: Numba optimizes a called
 # function's code again inside every function above it, and this level cost 1 s of the cold
-# compile. There `dense` is a constant, and Numba compiles only its covariances' functions.
+# compile. There `dense` is a constant, and so is `kind` for 'full' and 'tied': Numba compiles
+# only their covariances' functions.
 @njit(inline="always", **_jit)
 def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows, aux, const,
            resp_in, compute_stats, p0, p1, p2, row_loglik, resp_out, labels, scratch, pf):
