@@ -96,6 +96,65 @@ def prepare(peer, X, start: Start, n_iter=N_ITER, threads=THREADS):
     return _bench.prepare(peer, X, start, n_iter=n_iter, threads=threads)
 
 
+def _matmul_run(threads, n=2048):
+    """A run callable: numpy's ``matmul`` of two (n, n) float64 matrices, BLAS on ``threads``
+    threads (``fastem._bench.matmul_rate``'s product)."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n)), rng.standard_normal((n, n))
+    out = np.empty((n, n))
+
+    def run():
+        with threadpool_limits(limits=threads, user_api="blas"):
+            np.matmul(a, b, out=out)
+
+    return run
+
+
+def thread_scaling(X, start: Start, threads=THREADS, n_iter=N_ITER, repeats=5,
+                   budget=float("inf"), log=None) -> dict:
+    """fastem on 1 thread and on ``threads`` threads, and the machine's own matrix product
+    on each, one run of each in turn, ``repeats`` rounds (:func:`fastem._bench.time_peers`:
+    the same pause and warm-up before every run).
+
+    The speed-up of a round is its 1-thread time over its ``threads``-thread time: the runs
+    of a round are neighbours, so a burst of load on a shared machine hits them alike, and
+    the median of the rounds' speed-ups is steadier than the ratio of two medians. The matrix
+    product (2048 x 2048, OpenBLAS) is the machine's own reference: what its cores give a
+    code that is all multiply-adds and scales perfectly on dedicated cores.
+
+    Returns
+    -------
+    dict
+        ``s_per_iter`` ({1: ..., threads: ...}), ``speedups`` (a round's each) and
+        ``speedup`` (their median) for fastem; ``matmul_speedups`` and ``matmul_speedup``
+        for the product; ``identical``: whether fastem gave the same bits on both.
+    """
+    if threads < 2:
+        raise ValueError(f"threads must be at least 2 to compare with 1 thread, got {threads}")
+    counts = (1, threads)
+    labels = {t: f"{t} thread{'s' if t > 1 else ''}" for t in counts}
+    factories = {labels[t]: (lambda t=t: prepare("fastem", X, start, n_iter=n_iter, threads=t))
+                 for t in counts}
+    for t in counts:
+        run = _matmul_run(t)  # its operands made once, outside every timing
+        factories[f"matmul {labels[t]}"] = lambda run=run: run
+    timings = time_peers(factories, n_iter=n_iter, repeats=repeats, budget=budget, log=log)
+
+    def speedups(prefix):
+        one, many = (timings[prefix + labels[t]].times for t in counts)
+        return [a / b for a, b in zip(one, many)]
+
+    fastem_speedups, matmul_speedups = speedups(""), speedups("matmul ")
+    one, many = (timings[labels[t]].result for t in counts)
+    return {"s_per_iter": {t: timings[labels[t]].seconds_per_iter for t in counts},
+            "speedups": fastem_speedups, "speedup": float(np.median(fastem_speedups)),
+            "matmul_speedups": matmul_speedups,
+            "matmul_speedup": float(np.median(matmul_speedups)),
+            "identical": all(np.array_equal(a, b) for a, b in zip(one, many))}
+
+
 def check_sklearn_loop(X, start: Start, n_iter=2) -> None:
     """Assert that the timed loop of ``_e_step``/``_m_step`` equals a warm-started ``fit``."""
     weights, means = prepare("sklearn", X, start, n_iter=n_iter)()

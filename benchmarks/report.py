@@ -5,6 +5,7 @@ Run from the repository root (no pytest needed)::
     python benchmarks/report.py            # the 1M-row shapes: several minutes
     python benchmarks/report.py --quick    # 20k rows, 3 repeats: well under a minute
     python benchmarks/report.py --shapes 1000000x16x16 --covs full --peers fastem,sklearn
+    python benchmarks/report.py --scaling  # fastem on 1 thread against --threads (2)
 
 Tables go to stdout; progress goes to stderr. Each s/iter is the median over ``--repeats``
 runs (fewer for a peer whose runs exceed ``--budget`` seconds in all) of ``--n-iter``
@@ -160,6 +161,50 @@ def run_report(args):
     return peers, rows, notes, records, compile_times
 
 
+def run_scaling(args):
+    """fastem on 1 thread against ``--threads`` threads at every shape and covariance type."""
+    log("compiling fastem (or loading its cache)...")
+    _peers.warm_up_fastem()
+    records = []
+    for shape in args.shapes:
+        log(f"data {shape_label(shape)}...")
+        X = _peers.make_data(*shape)
+        for cov in args.covs:
+            log(f"  {cov}")
+            result = _peers.thread_scaling(X, _peers.make_start(shape, cov),
+                                           threads=args.threads, n_iter=args.n_iter,
+                                           repeats=args.repeats, budget=args.budget, log=log)
+            records.append({"shape": shape, "covariance_type": cov, **result})
+    return records
+
+
+def print_scaling(args, records):
+    print(f"### fastem on 1 thread against {args.threads} (up to {args.repeats} rounds of "
+          f"{args.n_iter} iterations)")
+    print()
+    for line in machine_header(args.threads):
+        print(line)
+    print()
+    print(f"| N×d×K | cov | 1 thread s/iter | {args.threads} threads s/iter | fastem speed-up "
+          "| rounds' range | matmul speed-up | rounds' range | same bits |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for r in records:
+        n, d, k = r["shape"]
+        times = r["s_per_iter"]
+        print(f"| {n:,}×{d}×{k} | {r['covariance_type']} | {_fmt_seconds(times[1])} | "
+              f"{_fmt_seconds(times[args.threads])} | {r['speedup']:.2f} | "
+              f"{min(r['speedups']):.2f}-{max(r['speedups']):.2f} | "
+              f"{r['matmul_speedup']:.2f} | "
+              f"{min(r['matmul_speedups']):.2f}-{max(r['matmul_speedups']):.2f} | "
+              f"{'yes' if r['identical'] else 'NO'} |")
+    print()
+    print("Speed-up: the median over the rounds of a round's 1-thread time over its "
+          f"{args.threads}-thread time. Each round runs fastem on 1 thread, then on "
+          f"{args.threads}, then numpy's 2048×2048 matmul on each (the machine's own "
+          "reference), each run after the same pause and warm-up: the runs of a round are "
+          "neighbours, which a burst of load on a shared machine hits alike.")
+
+
 def print_tables(args, peers, rows, notes, compile_times):
     others = [p for p in peers if p != "fastem"]
     print(f"### EM iteration, float64, {args.threads} threads "
@@ -234,6 +279,8 @@ def main(argv=None):
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the cold-compile and warm-start probes")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--scaling", action="store_true",
+                        help="instead of the peers: fastem on 1 thread against --threads")
     args = parser.parse_args(argv)
     if args.shapes is None:
         args.shapes = list(_peers.SMALL_SHAPES if args.quick else _peers.BIG_SHAPES)
@@ -241,6 +288,17 @@ def main(argv=None):
         args.repeats = 3 if args.quick else 5
     if args.repeats < 1 or args.n_iter < 1 or args.threads < 1:
         parser.error("--repeats, --n-iter and --threads must be at least 1")
+    if args.scaling:
+        if args.threads < 2:
+            parser.error("--scaling compares 1 thread with --threads: give at least 2")
+        records = run_scaling(args)
+        print_scaling(args, records)
+        if args.json:
+            args.json.write_text(json.dumps({
+                "args": {k: (str(v) if isinstance(v, Path) else v)
+                         for k, v in vars(args).items()},
+                "machine": machine_header(args.threads), "scaling": records}, indent=2))
+        return 0
     peers, rows, notes, records, compile_times = run_report(args)
     print_tables(args, peers, rows, notes, compile_times)
     if args.json:
