@@ -11,8 +11,9 @@ from fastem._kernels._aligned import (
     aligned_empty,
     aligned_matrix,
     aligned_zeros,
+    row_length,
 )
-from fastem._kernels.gaussian import DIAG, FULL, _task_scratch
+from fastem._kernels.gaussian import DIAG, FULL, SPREAD_ROWS_MIN_FEATURES, _task_scratch
 from fastem._kernels.gaussian_expanded import _task_buffers
 
 
@@ -52,20 +53,35 @@ def test_negative_sizes_make_empty_buffers():
     assert n == 0 and shape == (0, 5)
 
 
+@pytest.mark.parametrize("n", list(range(1, 70)) + [127, 128, 255, 256, 257, 512, 1000])
+def test_row_length_is_whole_lines_an_odd_number_of_them(n):
+    L = row_length(n)
+    lines, rest = divmod(L, VECTOR_BYTES // 8)
+    assert rest == 0 and lines % 2 == 1
+    assert n <= L < n + 2 * VECTOR_BYTES // 8
+
+
 @pytest.mark.parametrize("kind", [FULL, DIAG])
-def test_per_component_task_scratch_is_aligned_with_its_zeros(kind):
-    scratch = _task_scratch(kind, 5, 3, 10, 256)
+@pytest.mark.parametrize("rows", [256, 61])
+@pytest.mark.parametrize("d", [5, SPREAD_ROWS_MIN_FEATURES + 1])
+def test_per_component_task_scratch_is_aligned_with_its_zeros(kind, rows, d):
+    scratch = _task_scratch(kind, d, 3, 10, rows)
+    # whole vectors of rows; from SPREAD_ROWS_MIN_FEATURES on, an odd number of them
+    L = row_length(rows) if d >= SPREAD_ROWS_MIN_FEATURES else -(-rows // 8) * 8
+    assert L % 8 == 0 and rows <= L < rows + 16
+    dp = -(-d // 4) * 4
     # The buffers of a block's rows (the small (d,) and (K, d) ones are not swept by rows).
-    rows = [a for a in scratch if a.dtype == np.float64 and a.shape[-1] == 256 and a.size]
+    by_rows = [a for a in scratch if a.dtype == np.float64 and a.shape[-1] == L and a.size]
     # 'diag' and 'spherical' read no acc or DT; their XT is DS's first rows
-    assert len(rows) == (10 if kind == FULL else 7)
-    assert all(_starts_on_a_line(a) for a in rows)
+    assert len(by_rows) == (10 if kind == FULL else 7)
+    assert all(_starts_on_a_line(a) for a in by_rows)
     XT, R, acc, dt, ds, wt = (scratch[i] for i in (0, 1, 6, 7, 9, 10))
-    assert ds.shape == (8, 256) and not ds.any()
-    assert wt.shape == ((8, 256) if kind == FULL else (0, 256)) and not wt.any()
-    assert (acc.size, dt.size) == ((256, 5 * 256) if kind == FULL else (0, 0))
-    assert XT.shape == (5, 256) and (kind == FULL) != np.shares_memory(XT, ds)
-    assert R.shape == ((3, 256) if kind == FULL else (4, 256)) and not R.any()
+    assert ds.shape == (dp, L) and not ds.any()
+    assert wt.shape == ((dp, L) if kind == FULL else (0, L)) and not wt.any()
+    assert (acc.size, dt.size) == ((L, d * L) if kind == FULL else (0, 0))
+    # The padding past the block's rows is never loaded: zero from the start.
+    assert XT.shape == (d, L) and not XT.any() and (kind == FULL) != np.shares_memory(XT, ds)
+    assert R.shape == ((3, L) if kind == FULL else (4, L)) and not R.any()
 
 
 def test_expanded_task_buffers_are_aligned_and_rt_is_zero():

@@ -258,26 +258,29 @@ def test_row_sums_are_each_rows_lane_sum(n_rows):
                          ids=["one-feature", "two", "three", "four", "four+three"])
 @pytest.mark.parametrize("nb", [256, 61], ids=["whole-vectors", "tail"])
 def test_centred_moments_match_numpy(d, nb):
-    """Each component's sum r (x - mu) and sum r (x - mu)^2, four features per sweep, then two,
-    then one; a feature's sums are the same bits whichever sweep it is in; and the single
-    dot product."""
+    """Each component's sum r (x - mu) and sum r (x - mu)^2 over the first nb columns (the
+    scratch's padding past them is not read), four features per sweep, then two, then one; a
+    feature's sums are the same bits whichever sweep it is in; and the single dot product."""
     rng = np.random.default_rng(4)
     K = 3
-    XT = rng.normal(size=(d, nb)) + 5.0
-    R = rng.random(size=(K, nb))
+    padding = 11
+    XT_padded = np.hstack([rng.normal(size=(d, nb)) + 5.0, np.full((d, padding), 1e300)])
+    R_padded = np.hstack([rng.random(size=(K, nb)), np.ones((K, padding))])
+    XT, R = XT_padded[:, :nb], R_padded[:, :nb]
     mu = rng.normal(size=(K, d)) + 5.0
     first, second = np.full((K, d), np.nan), np.full((K, d), np.nan)
-    centred_moments(XT, R, mu, first, second)
+    centred_moments(XT_padded, R_padded, mu, nb, first, second)
     t = XT[None, :, :] - mu[:, :, None]  # (K, d, nb)
     np.testing.assert_allclose(first, np.einsum("ki,kji->kj", R, t), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(second, np.einsum("ki,kji->kj", R, t**2), rtol=1e-12, atol=1e-12)
     alone_first, alone_second = np.empty((K, 1)), np.empty((K, 1))
     for j in range(d):
-        centred_moments(np.ascontiguousarray(XT[j:j + 1]), R, np.ascontiguousarray(mu[:, j:j + 1]),
-                        alone_first, alone_second)
+        centred_moments(np.ascontiguousarray(XT_padded[j:j + 1]), R_padded,
+                        np.ascontiguousarray(mu[:, j:j + 1]), nb, alone_first, alone_second)
         assert np.array_equal(alone_first[:, 0], first[:, j])
         assert np.array_equal(alone_second[:, 0], second[:, j])
-    assert row_dot(R, 1, XT, d - 1, nb) == pytest.approx(R[1] @ XT[d - 1], rel=1e-13)
+    assert row_dot(R_padded, 1, XT_padded, d - 1, nb) == pytest.approx(R[1] @ XT[d - 1],
+                                                                        rel=1e-13)
 
 
 @pytest.mark.parametrize(("K", "d"), [(1, 1), (3, 2), (4, 5), (5, 7), (8, 16)])

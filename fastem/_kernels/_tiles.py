@@ -249,15 +249,15 @@ _moment_sums_1 = _moment_sums_intrinsic(1)
 
 
 @njit(**JIT)
-def centred_moments(XT, R, mu, first, second):
-    """first[k, j] = sum_i r_ki t_kij and second[k, j] = sum_i r_ki t_kij^2 for every component
-    k and feature j, with t_kij = XT[j, i] - mu[k, j] and r_ki = R[k, i]: the components' first
-    and second moments around mu. Four features per sweep, and every component's sweep over
-    them before the next four, so that their rows are read from L1 (at d = 64 XT is 128 KiB,
-    and a component-first order read it from L2, which took twice as long); the last two or
-    three features in a sweep of two (then one), which at d = 2, K = 4 took half the time of
-    a sweep per feature."""
-    d, nb = XT.shape
+def centred_moments(XT, R, mu, nb, first, second):
+    """first[k, j] = sum_{i < nb} r_ki t_kij and second[k, j] = sum_{i < nb} r_ki t_kij^2 for
+    every component k and feature j, with t_kij = XT[j, i] - mu[k, j] and r_ki = R[k, i]
+    (both with at least nb columns): the components' first and second moments around mu.
+    Four features per sweep, and every component's sweep over them before the next four, so
+    that their rows are read from L1 (at d = 64 XT is 128 KiB, and a component-first order
+    read it from L2, which took twice as long); the last two or three features in a sweep of
+    two (then one), which at d = 2, K = 4 took half the time of a sweep per feature."""
+    d = XT.shape[0]
     K = mu.shape[0]  # R may have more rows, zero
     j = 0
     while j + 4 <= d:

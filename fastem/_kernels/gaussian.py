@@ -54,7 +54,7 @@ a shift of zeros their statistics are about c itself, in fewer operations
 import numpy as np
 from numba import njit
 
-from ._aligned import aligned_empty, aligned_matrix, aligned_zeros
+from ._aligned import aligned_empty, aligned_matrix, aligned_zeros, row_length
 from ._atomic import blocks_per_take, following_block, take_next
 from ._config import JIT, prefer_wide_vectors
 from ._launch import one_at_a_time
@@ -76,6 +76,15 @@ SOFT, HARD, GIVEN = 0, 1, 2  # responsibilities: posterior, one-hot argmax, supp
 # matrix product; from it on, the per-block work of 'full' and 'tied' is shaped as matrix
 # products.
 SMALL_D = 8
+
+# From this many features, the rows of a block's scratch matrices are an odd number of cache
+# lines long (``_aligned.row_length``: 264 float64 for 256 rows), so that walking down a
+# column of the transposed rows spreads over the L1 cache's sets: passes with 4 components
+# took 0.88 of the time at d = 64 ('diag', 'spherical'; 'tied' 0.96, 'full' 0.98), 0.93-0.96
+# at d = 32 and 0.95-0.99 at d = 16, 0.98-0.99 at d = 8 and 12. Below it the rows are just
+# whole vectors: a few transposed rows do not crowd the sets, and the padding's columns, which
+# the log-sum-exp sweeps too, cost 2-3% at d = 2 ('diag', 'spherical').
+SPREAD_ROWS_MIN_FEATURES = 8
 
 _jit = JIT
 
@@ -170,15 +179,17 @@ def _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT, pf):
     if kind == FULL:
         _centre(XT, centre, DT)
     n_mats = K if kind == FULL else 1
-    if d >= SMALL_D and nb % LANES == 0:
-        # In register panels, the terms in the order of the loops below: the same bits (the
-        # zeros above the diagonal add exactly nothing). Against a BLAS call (np.dot, whose
-        # code took 1 s of the kernel's cold compile) the product alone took 0.71-0.91 of the
-        # time from d = 32 on, 1.0-1.05 at d = 16 and 1.35 at d = 12, K = 1 (a quarter of the
-        # panels' rows zero), and passes with K = 4 0.88-0.90 at d = 64 and 128, 1.0 at
-        # d = 16, 'tied' at d = 12, K = 2 1.04. Each panel then stopped at its diagonal
-        # (`triangles`): passes with K = 4 took 0.93-0.97 of the time at d = 16, 0.83-0.85 at
-        # 64, 0.77-0.79 at 128. The maxima of YT's first row go to `acc`, unused.
+    if d >= SMALL_D:  # nb, the scratch's row length, is whole vectors
+        # In register panels, the terms in the order of the loops below (the zeros above the
+        # diagonal add exactly nothing), each with one rounding; the loops' may round twice
+        # where LLVM does not fuse them, a last-bit difference. Every block of a model with
+        # SMALL_D features or more takes the panels, whatever its rows. Against a BLAS call
+        # (np.dot, whose code took 1 s of the kernel's cold compile) the product alone took
+        # 0.71-0.91 of the time from d = 32 on, 1.0-1.05 at d = 16 and 1.35 at d = 12, K = 1
+        # (a quarter of the panels' rows zero), and passes with K = 4 0.88-0.90 at d = 64 and
+        # 128, 1.0 at d = 16, 'tied' at d = 12, K = 2 1.04. Each panel then stopped at its
+        # diagonal (`triangles`): passes with K = 4 took 0.93-0.97 of the time at d = 16,
+        # 0.83-0.85 at 64, 0.77-0.79 at 128. The maxima of YT's first row go to `acc`, unused.
         log_density_product(prec_rows, DT, YT, d, acc, 1, d, pf)
     else:
         for q in range(n_mats):
@@ -380,9 +391,9 @@ def _write_rows(r0, ll, R, best, row_loglik, resp_out, labels):
 # Inlined into the task (through _block), whose kind is a constant for 'full' and 'tied': Numba
 # then compiles only that kind's branch and products.
 @njit(inline="always", **_jit)
-def _stats_dense(kind, XT, R, shift, p1, p2, DT, WT):
-    """One block's first and second moments into its slot (p1, p2), 'full' or 'tied' (whose
-    DT holds the rows less c, as they were loaded; its XT is empty).
+def _stats_dense(kind, XT, R, shift, nb, p1, p2, DT, WT):
+    """One block's first and second moments over its `nb` rows into its slot (p1, p2), 'full'
+    or 'tied' (whose DT holds the rows less c, as they were loaded; its XT is empty).
 
     Every sum over the rows is a :func:`row_dot` or a tile of :func:`tile_products`, in vector
     lanes: as scalar running sums they took one 4-cycle add per row. 'tied''s first moments
@@ -393,7 +404,7 @@ def _stats_dense(kind, XT, R, shift, p1, p2, DT, WT):
     the task's scratch (WT 'full''s only).
     """
     prefer_wide_vectors()
-    d, nb = shift.shape[1], DT.shape[1]
+    d = shift.shape[1]
     K = shift.shape[0]
     if kind == TIED:  # one centre: the first moments are one product, R's rows by DT's
         tile_products(R, DT, nb, p1, False, False)
@@ -415,10 +426,10 @@ def _stats_dense(kind, XT, R, shift, p1, p2, DT, WT):
 
 
 @njit(**_jit)
-def _stats_diagonal(kind, XT, R, shift, p1, p2, second, DS, pf):
-    """One block's first and second moments into its slot (p1, p2), 'diag' or 'spherical';
-    `second` (K, d) and `DS` (dp, rows), whose first d rows are XT, are the task's scratch;
-    `pf`: the task's prefetch state (``_prefetch``).
+def _stats_diagonal(kind, XT, R, shift, nb, p1, p2, second, DS, pf):
+    """One block's first and second moments over its `nb` rows into its slot (p1, p2), 'diag'
+    or 'spherical'; `second` (K, d) and `DS` (dp, L), whose first d rows are XT, are the
+    task's scratch; `pf`: the task's prefetch state (``_prefetch``).
 
     Where every shift is 0 (the moments are about c, whose rows XT holds: ``kernel_layout``
     asks for that where the M-step loses nothing to it) they are the sums of r x and r x^2,
@@ -426,7 +437,7 @@ def _stats_diagonal(kind, XT, R, shift, p1, p2, second, DS, pf):
     the four of :func:`centred_moments` (``fastem._params.MOMENTS_ABOUT_CENTRE_MIN_COMPONENTS``
     has the passes' times).
     """
-    d, nb = XT.shape
+    d = XT.shape[0]
     K = shift.shape[0]
     about_centre = True
     for k in range(K):
@@ -436,7 +447,7 @@ def _stats_diagonal(kind, XT, R, shift, p1, p2, second, DS, pf):
     if about_centre:
         moments_about_zero(R, DS, nb, p1, second, pf)
     else:
-        centred_moments(XT, R, shift, p1, second)
+        centred_moments(XT, R, shift, nb, p1, second)
     for k in range(K):
         if kind == DIAG:
             for j in range(d):
@@ -468,7 +479,7 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows,
     nb = r1 - r0
     K = shift.shape[0]
     XT, R, logp, best_buf, ll, work, acc, DT, YT, DS, WT, second = scratch
-    nbp = logp.shape[1]  # nb padded to whole vectors of rows
+    nbp = logp.shape[1]  # the scratch's row length: nb padded (_scratch_row_length)
     if dense:
         # 'tied''s rows are wanted only less c, for the log-densities and the statistics
         # alike: loaded so, they skip a pass over the block. 'full' loads them less `origin`
@@ -490,7 +501,8 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows,
             _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT, pf)
         else:
             _logp_diagonal(kind, XT, aux, prec, const, logp, pf)
-        # Over the columns padded to whole vectors: the padding's log-densities stay 0.
+        # Over the scratch's whole rows: the padding past nb, zeros, gets finite log-densities
+        # and responsibilities, which no statistic reads (they stop at nb).
         best = best_buf[: nbp if mode == HARD or labels.shape[0] > 0 else 0]
         _largest(logp, work[0], best)
         normalize_columns(logp, R, ll, work[0], K, ll[:0])  # R scaled: read per component
@@ -507,42 +519,56 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows,
     if compute_stats:
         row_sums(R, nb, p0)
         if dense:
-            _stats_dense(kind, XT, R, shift, p1, p2, DS, WT)
+            _stats_dense(kind, XT, R, shift, nb, p1, p2, DS, WT)
         else:
-            _stats_diagonal(kind, XT, R, shift, p1, p2, second, DS, pf)
+            _stats_diagonal(kind, XT, R, shift, nb, p1, p2, second, DS, pf)
     return total, -1
+
+
+@njit(inline="always", **_jit)
+def _scratch_row_length(d, rows):
+    """L, the row length of a task's scratch matrices for blocks of `rows` rows of d features
+    (see SPREAD_ROWS_MIN_FEATURES)."""
+    if d >= SPREAD_ROWS_MIN_FEATURES:
+        return row_length(rows)
+    return (rows + LANES - 1) // LANES * LANES
 
 
 @njit(**_jit)
 def _task_scratch(kind, d, K, n_y, rows):
     """One task's buffers for blocks of `rows` rows, made once per task rather than once per
     block (a dozen allocations per block took 7-20% of a pass at d = 2 with 2-4 components,
-    5-14% for 'full' and 'tied' at d = 16, K = 4):
+    5-14% for 'full' and 'tied' at d = 16, K = 4).
 
-    XT (d, rows; 'tied' none), R and logp (K, rows_p) ('tied''s R with 4 ceil(K / 4) rows,
-    zero past K), best and ll (rows_p,), work (2, rows_p) with rows_p = rows rounded up to
-    whole vectors (LANES), logp's columns past rows zero and never written, acc (rows,),
-    DT (d, rows; for 'tied' DS's first rows), YT (n_y, rows) ('full' and 'tied': the rows of
-    :func:`_precision_rows`, else none), DS and WT (dp, rows) (dp = 4 ceil(d / 4); WT for
-    'full' only) whose rows past d stay zero, second (K, d).
+    Every buffer that holds the block along its rows has L = :func:`_scratch_row_length`
+    columns: whole vectors of rows, and from SPREAD_ROWS_MIN_FEATURES features on rows an odd
+    number of cache lines apart (264 columns for blocks of 256 rows). The columns past `rows`
+    are padding: zero in XT, DT and DS, which are never loaded there, and swept along with the
+    rest by the log-densities and the log-sum-exp; the statistics stop at the block's rows.
+
+    XT (d, L; 'tied' none), R and logp (K, L) ('tied''s R with 4 ceil(K / 4) rows, zero past
+    K), best and ll (L,), work (2, L), acc (L,), DT (d, L; for 'tied' DS's first rows), YT
+    (n_y, L) ('full' and 'tied': the rows of :func:`_precision_rows`, else none), DS and WT
+    (dp, L) (dp = 4 ceil(d / 4); WT for 'full' only) whose rows past d stay zero, second
+    (K, d).
 
     'diag' and 'spherical' read neither acc nor DT; their XT is DS's first rows (rows past d
     zero, for :func:`_stats_diagonal`), and R has 4 ceil(K / 4) rows, zero past K."""
     dense = kind == FULL or kind == TIED
     dp = (d + 3) // 4 * 4
-    DS = aligned_zeros(dp, rows)
+    L = _scratch_row_length(d, rows)
+    DS = aligned_zeros(dp, L)
     # 'tied''s statistics are about c too (shift[k] = c): its rows are loaded less c into DS,
     # which the log-densities and the statistics then read as they are; its XT stays empty.
-    DT = DS[:d] if kind == TIED else aligned_matrix(d if dense else 0, rows)
-    XT = aligned_matrix(d if kind == FULL else 0, rows) if dense else DS[:d]
-    rows_p = (rows + LANES - 1) // LANES * LANES  # the log-sum-exp's whole vectors of rows
+    DT = DS[:d] if kind == TIED else aligned_matrix(d if dense else 0, L)
+    XT = aligned_zeros(d if kind == FULL else 0, L) if dense else DS[:d]
     # R in whole tiles of 4 components for the products of the statistics (_stats_dense's for
     # 'tied', _stats_diagonal's), its rows past K zero
     K_R = K if kind == FULL else (K + 3) // 4 * 4
-    return (XT, aligned_zeros(K_R, rows_p), aligned_zeros(K, rows_p),
-            np.empty(rows_p, dtype=np.int64), aligned_empty(rows_p), aligned_matrix(2, rows_p),
-            aligned_empty(rows if dense else 0), DT, aligned_matrix(n_y, rows), DS,
-            aligned_zeros(dp if kind == FULL else 0, rows), np.empty((K, d)))
+    return (XT, aligned_zeros(K_R, L), aligned_zeros(K, L), np.empty(L, dtype=np.int64),
+            aligned_empty(L), aligned_matrix(2, L), aligned_empty(L if dense else 0), DT,
+            aligned_matrix(n_y, L), DS, aligned_zeros(dp if kind == FULL else 0, L),
+            np.empty((K, d)))
 
 
 def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compute_stats,
@@ -717,7 +743,7 @@ def _compiled_task(name, only):
                    borrowed(owned[9]), borrowed(owned[10]), borrowed(owned[11]))
         pf_owned = np.zeros(STATE_SIZE, dtype=np.int64)
         pf = borrowed(pf_owned)
-        calls = _prefetch_calls(dense, K, d, prec_rows.shape[0], rows)
+        calls = _prefetch_calls(dense, K, d, prec_rows.shape[0], _scratch_row_length(d, rows))
         # The next take is claimed before this one runs (``_atomic.following_block``).
         first = take_next(next_block) * take
         while first < nw:
