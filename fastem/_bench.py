@@ -289,6 +289,8 @@ def prepare(peer, X, start: Start, n_iter=3, threads=2):
 
 def prepare_here(peer, X, start: Start, n_iter=3, threads=2):
     """:func:`prepare`, in this process whatever the peer."""
+    from threadpoolctl import threadpool_limits
+
     cov = start.covariance_type
     K = start.means.shape[0]
     if peer == "fastem":
@@ -311,8 +313,6 @@ def prepare_here(peer, X, start: Start, n_iter=3, threads=2):
         return run
 
     if peer == "reference":
-        from threadpoolctl import threadpool_limits
-
         from . import reference
 
         def run():
@@ -324,8 +324,6 @@ def prepare_here(peer, X, start: Start, n_iter=3, threads=2):
         return run
 
     if peer == "sklearn":
-        from threadpoolctl import threadpool_limits
-
         gm = sklearn_at_start(start)
 
         def run():

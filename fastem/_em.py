@@ -318,7 +318,8 @@ class _Progress:
             print(f"Initialization {word}.")
         elif self.verbose >= 2:
             elapsed = time.perf_counter() - self.t_init
-            print(f"Initialization {word}. time lapse {elapsed:.5f}s\t lower bound {lower_bound:.5f}.")
+            print(f"Initialization {word}. time lapse {elapsed:.5f}s\t "
+                  f"lower bound {lower_bound:.5f}.")
 
 
 def em_loop(source, params: GaussianParams, *, tol, reg_covar, max_iter, chunk_size=None,

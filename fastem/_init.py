@@ -118,7 +118,8 @@ def initial_params(source, *, n_components, covariance_type, init_params, random
     """
     K = n_components
     if weights_init is None or means_init is None or precisions_init is None:
-        stats = _stats_from_method(init_params, source, K, covariance_type, random_state, chunk_size)
+        stats = _stats_from_method(init_params, source, K, covariance_type, random_state,
+                                   chunk_size)
         params = GaussianParams.from_stats(stats, reg_covar, normalize="n_samples")
     else:
         params = None

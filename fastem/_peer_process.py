@@ -48,8 +48,8 @@ def _load_rows(spec):
 
 def _worker(conn) -> None:
     """Serve requests until the parent closes the pipe: ``("import", module)``, ``("rows",
-    spec)``, ``("prepare", peer, start, n_iter, threads)``, ``("run",)``. Each reply is ``("ok", value)`` or
-    ``("error", (exception name, message))``."""
+    spec)``, ``("prepare", peer, start, n_iter, threads)``, ``("run",)``. Each reply is
+    ``("ok", value)`` or ``("error", (exception name, message))``."""
     from . import _bench
 
     X = run = None

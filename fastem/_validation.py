@@ -47,7 +47,8 @@ def check_settings(est):
     if est.n_jobs is not None:
         _check_number("n_jobs", est.n_jobs, integer=True)
         if est.n_jobs == 0:
-            raise ValueError("n_jobs must be a positive number of threads, or negative (-1: all cores), not 0.")
+            raise ValueError("n_jobs must be a positive number of threads, or negative "
+                             "(-1: all cores), not 0.")
     if not isinstance(est.warm_start, (bool, np.bool_)):
         raise TypeError(f"warm_start must be a bool, got {est.warm_start!r}.")
 
@@ -97,11 +98,13 @@ def check_precisions(precisions, covariance_type, n_components, n_features):
     symmetric = np.isclose(mats, mats.transpose(0, 2, 1)).all(axis=(1, 2))
     if not symmetric.all():
         k = int(np.argmin(symmetric))
-        raise ValueError(f"precisions_init for '{covariance_type}' must be symmetric (matrix {k} is not).")
+        raise ValueError(f"precisions_init for '{covariance_type}' must be symmetric "
+                         f"(matrix {k} is not).")
     positive = np.linalg.eigvalsh(mats).min(axis=1) > 0.0
     if not positive.all():
         k = int(np.argmin(positive))
         raise ValueError(
-            f"precisions_init for '{covariance_type}' must be positive definite (matrix {k} is not)."
+            f"precisions_init for '{covariance_type}' must be positive definite "
+            f"(matrix {k} is not)."
         )
     return precisions

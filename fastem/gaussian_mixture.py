@@ -143,7 +143,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ data
     def _source(self, X, *, reset):
-        """X as a DataSource; records or checks n_features_in_ like scikit-learn's validate_data."""
+        """X as a DataSource; records or checks n_features_in_ as scikit-learn's validate_data
+        does."""
         if not _is_out_of_core(X):
             X = validate_data(self, X, dtype=[np.float64, np.float32], reset=reset,
                               ensure_all_finite=False, ensure_min_samples=2 if reset else 1)
@@ -256,7 +257,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.means_ = fitted.means
         self.covariances_ = fitted.covariances
         self.precisions_cholesky_ = fitted.precisions_cholesky
-        self.precisions_ = precisions_from_cholesky(fitted.precisions_cholesky, self.covariance_type)
+        self.precisions_ = precisions_from_cholesky(fitted.precisions_cholesky,
+                                                    self.covariance_type)
         self.converged_ = converged
         self.n_iter_ = n_iter
         self.lower_bound_ = bounds[-1]
@@ -291,7 +293,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         check_is_fitted(self)
         source = self._source(X, reset=False)
         with threads(self.n_jobs, limit_blas=False):
-            return predict_pass(source, self._params(), chunk_size=check_chunk_size(self.chunk_size))
+            return predict_pass(source, self._params(),
+                                chunk_size=check_chunk_size(self.chunk_size))
 
     def _per_row(self, X, out, name, trailing, dtype):
         """Run one pass filling a per-row output (a new array, or the caller's ``out``)."""
@@ -420,8 +423,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             The component each row was drawn from.
         """
         check_is_fitted(self)
-        if isinstance(n_samples, (bool, np.bool_)) or not isinstance(n_samples, (int, np.integer)) \
-                or n_samples < 1:
+        if (isinstance(n_samples, (bool, np.bool_))
+                or not isinstance(n_samples, (int, np.integer)) or n_samples < 1):
             raise ValueError(
                 f"Invalid value for 'n_samples': {n_samples!r}. The sampling requires at least "
                 "one sample."

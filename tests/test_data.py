@@ -202,7 +202,8 @@ def test_hdf5_auto_chunks_align_with_storage(tmp_path):
 def test_zarr(tmp_path, dtype):
     zarr = pytest.importorskip("zarr")
     X = make_data().astype(dtype)
-    z = zarr.create_array(store=str(tmp_path / "x.zarr"), shape=X.shape, chunks=(7, D), dtype=dtype)
+    z = zarr.create_array(store=str(tmp_path / "x.zarr"), shape=X.shape, chunks=(7, D),
+                          dtype=dtype)
     z[:] = X
     source = as_source(z)
     assert type(source) is ZarrSource
@@ -459,7 +460,8 @@ class Bomb:
 
 def test_object_npy_is_refused_without_unpickling(tmp_path):
     proof = tmp_path / "proof"
-    np.save(tmp_path / "proof.npy", np.array([[Bomb(str(proof))]], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "proof.npy", np.array([[Bomb(str(proof))]], dtype=object),
+            allow_pickle=True)
     np.load(tmp_path / "proof.npy", allow_pickle=True)
     assert proof.exists()  # the bomb works
 

@@ -8,7 +8,8 @@ from fastem._kernels.gaussian import _load_columns
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("d", [1, 2, 3, 5, 7, 8, 13, 16, 24, 67])
-@pytest.mark.parametrize("rows", [(0, 256), (37, 290), (5, 9)], ids=["block", "offset-tail", "short"])
+@pytest.mark.parametrize("rows", [(0, 256), (37, 290), (5, 9)],
+                         ids=["block", "offset-tail", "short"])
 @pytest.mark.parametrize("centred", [False, True], ids=["less-zeros", "less-centre"])
 def test_load_columns_is_the_transpose(dtype, d, rows, centred):
     """Whole 8 x 8 tiles, 8 rows of fewer features (d < 8), features and rows past them,

@@ -8,14 +8,14 @@ against nb = 256 columns), where BLAS spends as much time packing its operands a
 
 Each running sum here is a vector of 8 lanes, lane l summing the columns i = l mod 8, and the
 lanes are added in a fixed tree at the end; a block whose row count is not a multiple of 8
-ends with one masked step that reads nothing past its rows. Written as scalar sums, the kernels' fast-math
-(which excludes reassociation, see ``_config.FASTMATH``) keeps LLVM from splitting them into
-lanes itself, and a sum took one 4-cycle add per column: the tiles of the expanded kernel's
-statistics ran at 84 ns a row at 'diag' d = 16, K = 16 against 26 ns here, and 8.2 against
-2.2 ns at d = 2, K = 8. Every sum's order is fixed by the operands' shapes alone, so results do
-not depend on how, or in which process, the kernel was compiled. (The masked last step instead
-of a scalar loop also took 0.6 s off the per-component kernel's cold compile, where every
-helper is optimized again inside each function that calls it.)
+ends with one masked step that reads nothing past its rows. Written as scalar sums, the
+kernels' fast-math (which excludes reassociation, see ``_config.FASTMATH``) keeps LLVM from
+splitting them into lanes itself, and a sum took one 4-cycle add per column: the tiles of the
+expanded kernel's statistics ran at 84 ns a row at 'diag' d = 16, K = 16 against 26 ns here,
+and 8.2 against 2.2 ns at d = 2, K = 8. Every sum's order is fixed by the operands' shapes
+alone, so results do not depend on how, or in which process, the kernel was compiled. (The
+masked last step instead of a scalar loop also took 0.6 s off the per-component kernel's cold
+compile, where every helper is optimized again inside each function that calls it.)
 """
 
 from llvmlite import ir
