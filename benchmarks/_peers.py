@@ -121,8 +121,8 @@ def thread_scaling(X, start: Start, threads=THREADS, n_iter=N_ITER, repeats=5,
     The speed-up of a round is its 1-thread time over its ``threads``-thread time: the runs
     of a round are neighbours, so a burst of load on a shared machine hits them alike, and
     the median of the rounds' speed-ups is steadier than the ratio of two medians. The matrix
-    product (2048 x 2048, OpenBLAS) is the machine's own reference: what its cores give a
-    code that is all multiply-adds and scales perfectly on dedicated cores.
+    product (2048 x 2048, numpy's BLAS) is the machine's own reference: what its cores give a
+    code that is all multiply-adds and would scale perfectly on dedicated cores.
 
     Returns
     -------
