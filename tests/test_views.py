@@ -40,6 +40,24 @@ def _sum_of_scratch(n):
     return total
 
 
+@njit
+def _write_through_borrowed_tuple(owned):
+    """Write through each view of a borrowed tuple (a 2-D and a 1-D int array); return the
+    views' shapes."""
+    views = borrowed(owned)
+    views[0][1, 2] = 7.5
+    views[1][0] = -3
+    keep_alive(owned)
+    return views[0].shape, views[1].shape
+
+
+def test_borrowed_tuple_is_a_view_of_each_array():
+    owned = (np.zeros((2, 3)), np.ones(4, dtype=np.int64))
+    shapes = _write_through_borrowed_tuple(owned)
+    assert shapes == ((2, 3), (4,))
+    assert owned[0][1, 2] == 7.5 and owned[1][0] == -3 and owned[1][1:].tolist() == [1, 1, 1]
+
+
 def test_matrix_is_the_first_entries_of_its_buffer_row_major():
     buffer = np.arange(20.0)
     m = _matrix_of(buffer, 3, 4)

@@ -20,20 +20,31 @@ from numba.np.arrayobj import populate_array
 from ._config import CACHE
 
 
+def _borrowed_view(context, builder, array_type, value):
+    src = context.make_array(array_type)(context, builder, value)
+    view = context.make_array(array_type)(context, builder)
+    populate_array(view, data=src.data, shape=src.shape, strides=src.strides,
+                   itemsize=src.itemsize, meminfo=None)
+    return view._getvalue()
+
+
 @intrinsic
 def borrowed(typingctx, a):
-    """The array `a` itself, holding no reference to its memory (null reference count)."""
-    if not isinstance(a, types.Array):
-        return None
+    """The array `a` itself, holding no reference to its memory (null reference count); for a
+    tuple of arrays (a task's scratch), the tuple of their borrowed views."""
+    if isinstance(a, types.Array):
+        def codegen(context, builder, signature, args):
+            return _borrowed_view(context, builder, a, args[0])
 
-    def codegen(context, builder, signature, args):
-        src = context.make_array(a)(context, builder, args[0])
-        view = context.make_array(a)(context, builder)
-        populate_array(view, data=src.data, shape=src.shape, strides=src.strides,
-                       itemsize=src.itemsize, meminfo=None)
-        return view._getvalue()
+        return a(a), codegen
+    if isinstance(a, types.BaseTuple) and all(isinstance(t, types.Array) for t in a.types):
+        def codegen(context, builder, signature, args):
+            views = [_borrowed_view(context, builder, t, builder.extract_value(args[0], i))
+                     for i, t in enumerate(a.types)]
+            return context.make_tuple(builder, a, views)
 
-    return a(a), codegen
+        return a(a), codegen
+    return None
 
 
 @intrinsic

@@ -737,10 +737,7 @@ def _compiled_task(name, only):
         p0_, p1_, p2_ = borrowed(p0), borrowed(p1), borrowed(p2)
         row_loglik_, resp_out_ = borrowed(row_loglik), borrowed(resp_out)
         labels_ = borrowed(labels)
-        scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]),
-                   borrowed(owned[3]), borrowed(owned[4]), borrowed(owned[5]),
-                   borrowed(owned[6]), borrowed(owned[7]), borrowed(owned[8]),
-                   borrowed(owned[9]), borrowed(owned[10]), borrowed(owned[11]))
+        scratch = borrowed(owned)
         pf_owned = np.zeros(STATE_SIZE, dtype=np.int64)
         pf = borrowed(pf_owned)
         calls = _prefetch_calls(dense, K, d, prec_rows.shape[0], _scratch_row_length(d, rows))

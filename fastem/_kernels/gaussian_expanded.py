@@ -697,9 +697,7 @@ def _compiled_task(name, whole_blocks, stored, tied):
         slots_, scatter_slots_ = borrowed(slots), borrowed(scatter_slots)
         row_factor_, row_loglik_ = borrowed(row_factor), borrowed(row_loglik)
         resp_out_, labels_ = borrowed(resp_out), borrowed(labels)
-        scratch = (borrowed(owned[0]), borrowed(owned[1]), borrowed(owned[2]),
-                   borrowed(owned[3]), borrowed(owned[4]), borrowed(owned[5]),
-                   borrowed(owned[6]), borrowed(owned[7]), borrowed(owned[8]))
+        scratch = borrowed(owned)
         pf_owned = np.zeros(STATE_SIZE, dtype=np.int64)
         pf = borrowed(pf_owned)
         F = n_features_expanded(kind, d)
