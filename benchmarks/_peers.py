@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 import warnings
 
 import numpy as np
@@ -155,6 +156,55 @@ def thread_scaling(X, start: Start, threads=THREADS, n_iter=N_ITER, repeats=5,
             "identical": all(np.array_equal(a, b) for a, b in zip(one, many))}
 
 
+def call_latency(method, n_rows, shape=SMALL_SHAPES[0], covariance_type="full", calls=1000,
+                 repeats=5) -> dict:
+    """Seconds per call of a fitted model's ``method`` ('predict', 'predict_proba' or
+    'score_samples') on ``n_rows`` rows, in fastem and in scikit-learn holding the same
+    parameters (the benchmarks' common start at ``shape``), ``calls`` calls a run, the two in
+    turn for ``repeats`` rounds.
+
+    What a service scoring a few rows at a time pays: with so few rows the time is the
+    checks of X, the parameters' layout and the call into the kernel, not the kernel's work.
+
+    Returns
+    -------
+    dict
+        ``seconds`` (peer -> median seconds per call), ``ratios`` (a round's scikit-learn time
+        over fastem's), ``ratio`` (their median) and ``agree``: whether the two gave the
+        same output (labels exactly, the rest to 1e-9 relative).
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    X = make_data(*shape)
+    start = make_start(shape, covariance_type)
+    models = {"fastem": fastem.GaussianMixture(shape[2], covariance_type=covariance_type),
+              "sklearn": sklearn_at_start(start)}
+    fitted = models["fastem"]
+    fitted.weights_, fitted.means_ = start.weights.copy(), start.means.copy()
+    fitted.covariances_ = start.covariances.copy()
+    fitted.precisions_cholesky_ = start.precisions_cholesky.copy()
+    for model in models.values():
+        model.n_features_in_ = shape[1]
+        check_is_fitted(model)
+    x = np.ascontiguousarray(X[:n_rows])
+    call = {peer: getattr(model, method) for peer, model in models.items()}
+    out = {peer: f(x) for peer, f in call.items()}  # and an untimed first call each
+    if method == "predict":
+        agree = bool(np.array_equal(out["fastem"], out["sklearn"]))
+    else:
+        agree = bool(np.allclose(out["fastem"], out["sklearn"], rtol=1e-9, atol=1e-12))
+    times = {peer: [] for peer in models}
+    for _ in range(repeats):
+        for peer, f in call.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                f(x)
+            times[peer].append((time.perf_counter() - t0) / calls)
+    ratios = [s / f for f, s in zip(times["fastem"], times["sklearn"])]
+    return {"seconds": {peer: float(np.median(t)) for peer, t in times.items()},
+            "ratios": ratios, "ratio": float(np.median(ratios)), "agree": agree}
+
+
 def check_sklearn_loop(X, start: Start, n_iter=2) -> None:
     """Assert that the timed loop of ``_e_step``/``_m_step`` equals a warm-started ``fit``."""
     weights, means = prepare("sklearn", X, start, n_iter=n_iter)()
@@ -183,8 +233,9 @@ def first_fit(cache_dir, covariance_type="full", threads=THREADS) -> dict:
     """Run a small float64 fit in a fresh interpreter with its Numba cache in ``cache_dir``.
 
     An empty ``cache_dir`` measures the cold compile; the same directory a second time
-    measures a warm cache. Returns ``{"import_s", "fit_s", "wall_s"}`` (wall: the whole
-    process, interpreter start-up included).
+    measures a warm cache. Returns ``{"import_s", "fit_s", "ready_s", "wall_s"}`` (ready:
+    from the process's start to the fitted model; wall: the whole process, see
+    ``fastem._bench.first_fit``).
     """
     return _bench.first_fit(cache_dir, covariance_type, threads)
 

@@ -117,6 +117,25 @@ def test_thread_scaling(benchmark, fastem_compiled, em_rounds, shape, cov):
     assert result["identical"], "fastem's iterates depend on the thread count"
 
 
+# ---------------------------------------------------------------------- small calls
+@pytest.mark.parametrize("n_rows", [1, 1000])
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "score_samples"])
+def test_small_call(benchmark, fastem_compiled, method, n_rows):
+    """A fitted model's method on a few rows, fastem against scikit-learn with the same
+    parameters, in turn (``_peers.call_latency``): the cost of a call rather than of its
+    rows. ``extra_info``: seconds per call of each, the rounds' ratios (scikit-learn's time
+    over fastem's) and their median."""
+    calls, rounds = (20, 1) if benchmark.disabled else (1000, 7)
+    benchmark.group = f"small calls: {method}"
+    result = benchmark.pedantic(_peers.call_latency, args=(method, n_rows),
+                                kwargs=dict(calls=calls, repeats=rounds), rounds=1,
+                                iterations=1)
+    benchmark.extra_info.update(method=method, n_rows=n_rows, calls=calls,
+                                s_per_call=result["seconds"], ratios=result["ratios"],
+                                ratio_median=result["ratio"])
+    assert result["agree"], f"fastem's {method} differs from scikit-learn's"
+
+
 # ---------------------------------------------------------------------- compile time
 _cold_cache_dirs = []  # caches filled by test_cold_compile, reused warm by the next test
 

@@ -322,7 +322,7 @@ _cold_cache_dirs: dict = {}  # dtype -> the cache dir test_first_fit_cold filled
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_first_fit_cold(benchmark, tmp_path_factory, dtype):
     """A fresh interpreter with an empty NUMBA_CACHE_DIR fits 2000x4 rows of ``dtype``: the
-    fit is almost all compilation. ``extra_info``: import_s, fit_s, wall_s."""
+    fit is almost all compilation. ``extra_info``: import_s, fit_s, ready_s, wall_s."""
     def setup():
         path = tmp_path_factory.mktemp(f"numba-cold-{dtype}")
         _cold_cache_dirs[dtype] = path

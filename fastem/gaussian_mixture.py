@@ -38,6 +38,21 @@ def _is_out_of_core(X) -> bool:
     return all(hasattr(X, a) for a in ("shape", "dtype", "ndim", "__getitem__")) and X.ndim == 2
 
 
+_FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+
+
+def _passes_as_is(estimator, X) -> bool:
+    """Whether scikit-learn's ``validate_data(estimator, X, reset=False, ...)``, as
+    :meth:`GaussianMixture._source` calls it, would hand X back unchanged and say nothing: a
+    plain ndarray, 2-D, float64 or float32 of native byte order, with rows and the fitted
+    number of features, for an estimator fitted without feature names. Such arrays skip it:
+    it took 70-95 us of a one-row ``predict``'s 210. Anything else still goes through it, for
+    its conversions, errors and warnings."""
+    return (type(X) is np.ndarray and X.ndim == 2 and X.dtype in _FLOAT_DTYPES
+            and X.shape[0] >= 1 and X.shape[1] == getattr(estimator, "n_features_in_", None)
+            and getattr(estimator, "feature_names_in_", None) is None)
+
+
 class GaussianMixture(DensityMixin, BaseEstimator):
     """Gaussian mixture model fitted by EM with fused, parallel Numba kernels.
 
@@ -145,6 +160,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _source(self, X, *, reset):
         """X as a DataSource; records or checks n_features_in_ as scikit-learn's validate_data
         does."""
+        if not reset and _passes_as_is(self, X):
+            return ArraySource(X)
         if not _is_out_of_core(X):
             X = validate_data(self, X, dtype=[np.float64, np.float32], reset=reset,
                               ensure_all_finite=False, ensure_min_samples=2 if reset else 1)

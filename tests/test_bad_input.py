@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.utils.validation import validate_data
 
-from fastem import GaussianMixture
+from fastem import GaussianMixture, gaussian_mixture
+from fastem.gaussian_mixture import _passes_as_is
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 INITS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -116,6 +118,73 @@ def test_empty_and_featureless(fitted, X):
 def test_different_number_of_features(fitted, X, method):
     with pytest.raises(ValueError, match="X has 2 features, but GaussianMixture is expecting 3"):
         getattr(fitted, method)(X[:, :2])
+
+
+def _validated_as_is(model, X):
+    """Whether scikit-learn's validate_data, called as GaussianMixture._source calls it for a
+    fitted model, hands X itself back with no error and no warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            out = validate_data(model, X, dtype=[np.float64, np.float32], reset=False,
+                                ensure_all_finite=False, ensure_min_samples=1)
+        except (ValueError, TypeError, UserWarning):
+            return False
+    return out is X
+
+
+def _candidate_inputs(X):
+    """Arrays and array-likes a fitted model's methods may be given, valid or not."""
+    return {
+        "float64": X, "float32": X.astype(np.float32), "fortran": np.asfortranarray(X),
+        "strided": X[::3], "reversed columns": X[:, ::-1], "one row": X[:1],
+        "big-endian": X.astype(">f8"), "float16": X.astype(np.float16),
+        "int64": X.astype(np.int64), "bool": X > 0, "complex": X.astype(complex),
+        "object": X.astype(object), "1-D": X[:, 0], "3-D": X[None], "no rows": X[:0],
+        "fewer features": X[:, :2], "more features": np.hstack([X, X]),
+        "subclass": X.view(_ArraySubclass), "list": X[:5].tolist(),
+        "read-only": _read_only(X),
+    }
+
+
+class _ArraySubclass(np.ndarray):
+    """An ndarray subclass, which validate_data turns into a plain ndarray."""
+
+
+def _read_only(X):
+    X = X.copy()
+    X.flags.writeable = False
+    return X
+
+
+@pytest.mark.parametrize("names", [False, True], ids=["fitted on an array",
+                                                      "fitted with feature names"])
+def test_inputs_that_skip_validation_are_those_it_would_pass_unchanged(fitted, X, names):
+    """``_passes_as_is`` lets an input skip scikit-learn's validate_data only where that would
+    return it unchanged and silently; the methods' results are the same either way."""
+    model = copy.deepcopy(fitted)
+    if names:  # as after a fit on a DataFrame: an array then draws scikit-learn's warning
+        model.feature_names_in_ = np.array(["a", "b", "c"], dtype=object)
+    skipped = []
+    for name, candidate in _candidate_inputs(X).items():
+        if _passes_as_is(model, candidate):
+            assert _validated_as_is(model, candidate), name
+            skipped.append(name)
+    if names:
+        assert skipped == []
+    else:
+        assert skipped == ["float64", "float32", "fortran", "strided", "reversed columns",
+                           "one row", "read-only"]
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "score_samples", "score"])
+def test_results_do_not_depend_on_skipping_validation(fitted, X, method, monkeypatch):
+    for candidate in (X, X.astype(np.float32), np.asfortranarray(X[::3])):
+        fast = getattr(fitted, method)(candidate)
+        monkeypatch.setattr(gaussian_mixture, "_passes_as_is", lambda model, X: False)
+        validated = getattr(fitted, method)(candidate)
+        monkeypatch.undo()
+        assert_array_equal(fast, validated)
 
 
 @pytest.mark.parametrize("method", ["predict", "predict_proba", "score_samples", "score",
