@@ -9,7 +9,7 @@ precision = U U^T (for 'diag' and 'spherical', 1 / sqrt(covariance)).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.linalg import lapack
@@ -208,13 +208,30 @@ def _kernel_operand(a):
 
 @dataclass
 class GaussianParams:
-    """Weights, means and precision Cholesky factors of a Gaussian mixture (float64)."""
+    """Weights, means and precision Cholesky factors of a Gaussian mixture (float64).
+
+    Its layouts for the kernels (:meth:`kernel_layout`, :meth:`expanded_layout`) are made
+    once and handed out again on later calls: treat the parameters as fixed once made, and
+    the layouts' arrays as read-only (the kernels only read them).
+    """
 
     covariance_type: str
     weights: np.ndarray
     means: np.ndarray
     precisions_cholesky: np.ndarray
     covariances: np.ndarray | None = None
+    _layouts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def holds(self, covariance_type, weights, means, precisions_cholesky, covariances) -> bool:
+        """Whether these are the parameters this holds, value for value (NaN never is)."""
+        if covariance_type != self.covariance_type:
+            return False
+        pairs = ((weights, self.weights), (means, self.means),
+                 (precisions_cholesky, self.precisions_cholesky),
+                 (covariances, self.covariances))
+        return all((a is None and b is None) or (a is not None and b is not None
+                                                 and np.array_equal(a, b))
+                   for a, b in pairs)
 
     @property
     def n_components(self) -> int:
@@ -305,6 +322,14 @@ class GaussianParams:
         if (ct not in EXPANDED_FEATURES or d not in EXPANDED_FEATURES[ct]
                 or K < expanded_min_components(ct, d, n_rows)):
             return None
+        if "expanded" not in self._layouts:
+            self._layouts["expanded"] = self._expanded_layout()
+        return self._layouts["expanded"]
+
+    def _expanded_layout(self):
+        """:meth:`expanded_layout` whatever the rows, or None where it would lose accuracy."""
+        ct = self.covariance_type
+        K, d = self.means.shape
         U = self.precisions_cholesky
         centre, m, precisions, log_det, scale = self._quadratic_terms()
         if not np.all(scale <= EXPANDED_MAX_SCALE):  # also refuses NaN
@@ -345,6 +370,12 @@ class GaussianParams:
         fewer operations, and the M-step's move to the means loses less than that bound.
         Statistics are about ``shift + centre`` for these two covariance types, about
         ``shift`` for the others."""
+        key = ("kernel", bool(moments_about_centre))
+        if key not in self._layouts:
+            self._layouts[key] = self._kernel_layout(moments_about_centre)
+        return self._layouts[key]
+
+    def _kernel_layout(self, moments_about_centre):
         ct = self.covariance_type
         K, d = self.means.shape
         U = self.precisions_cholesky

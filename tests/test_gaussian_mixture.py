@@ -5,12 +5,15 @@ Every fit here is small (hundreds to a few thousand rows). Fits run with ``tol=0
 ``ignore_convergence`` mark, and ``test_convergence_warning`` checks the warning itself.
 """
 
+import copy
+import gc
 import itertools
 import json
 import os
 import subprocess
 import sys
 import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
@@ -37,6 +40,7 @@ from fastem._kernels._prefetch import idle_state
 from fastem._init import _unit_precisions
 from fastem._params import GaussianParams, precisions_cholesky_from_precisions
 from fastem.data import ArraySource
+from fastem.gaussian_mixture import _KEPT_PARAMS
 from helpers import dense_covariances
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -759,6 +763,47 @@ def test_score_is_mean_of_score_samples(overlapping):
     assert gm.score(overlapping) == pytest.approx(gm.score_samples(overlapping).mean(),
                                                   rel=1e-12)
     assert_allclose(gm.predict_proba(overlapping).sum(axis=1), 1.0, rtol=1e-12)
+
+
+@ignore_convergence
+@pytest.mark.parametrize("n_components", [2, 8], ids=["per-component", "expanded"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_methods_see_the_attributes_as_they_are_now(separated, covariance_type, n_components):
+    """A model keeps its parameters' layout from one call to the next (``_KEPT_PARAMS``), and
+    lays them out again when an attribute changes, in place or replaced: each answer is that
+    of a copy of the model that never kept anything."""
+    X = separated
+    gm = GaussianMixture(n_components, covariance_type=covariance_type, max_iter=5,
+                         random_state=0).fit(X)
+    first = gm.predict_proba(X)
+    assert_array_equal(gm.predict_proba(X), first)
+    gm.means_[0] += 0.5  # in place
+    moved = gm.predict_proba(X)
+    assert not np.array_equal(moved, first)
+    assert_array_equal(moved, copy.deepcopy(gm).predict_proba(X))
+    gm.weights_ = gm.weights_[::-1].copy()  # replaced
+    assert_array_equal(gm.score_samples(X), copy.deepcopy(gm).score_samples(X))
+    gm.covariances_ = gm.covariances_ * 2.0  # not read by the kernels, but kept in step
+    gm.precisions_cholesky_ *= 1 / np.sqrt(2.0)
+    assert_array_equal(gm.predict(X), copy.deepcopy(gm).predict(X))
+    assert_array_equal(gm.score_samples(X), copy.deepcopy(gm).score_samples(X))
+
+
+def test_kept_parameters_leave_the_model_alone_and_go_with_it(separated):
+    """What a model's methods keep is kept outside it (scikit-learn's estimators must not
+    change their own __dict__ when they predict) and goes when the model does."""
+    gm = GaussianMixture(3, random_state=0).fit(separated)
+    before = dict(vars(gm))
+    gm.predict(separated)
+    gm.score(separated)
+    assert vars(gm).keys() == before.keys()
+    assert all(vars(gm)[key] is value for key, value in before.items())
+    assert gm in _KEPT_PARAMS
+    kept, model = len(_KEPT_PARAMS), weakref.ref(gm)
+    del gm
+    gc.collect()
+    assert model() is None  # not kept alive by what it kept
+    assert len(_KEPT_PARAMS) <= kept - 1  # (other models of earlier tests may go too)
 
 
 @pytest.mark.parametrize("make", [
