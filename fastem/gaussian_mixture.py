@@ -42,8 +42,8 @@ def _is_out_of_core(X) -> bool:
 _FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 
 # Each model's parameters as the kernels take them, kept from one call of its methods to the
-# next while its attributes hold the same values: laying them out again took 40-80 us of a
-# one-row predict's 100-130. Outside the models, whose __dict__ their methods must leave as
+# next while its attributes hold the same values: laying them out again took 35-65 us of a
+# one-row predict's 120-155. Outside the models, whose __dict__ their methods must leave as
 # it was (scikit-learn's rule), and weakly keyed, so that an entry goes with its model.
 _KEPT_PARAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
