@@ -286,9 +286,9 @@ def test_centred_moments_match_numpy(d, nb):
 @pytest.mark.parametrize(("K", "d"), [(1, 1), (3, 2), (4, 5), (5, 7), (6, 3), (8, 16)])
 @pytest.mark.parametrize("nb", [256, 61], ids=["whole-vectors", "tail"])
 def test_moments_about_zero_match_numpy(K, d, nb):
-    """Each component's sum r x and sum r x^2 in tiles of 4, 2 or 1 components by 2 features
-    (R and Z zero past their real rows), each sum the bits of its own component and feature alone;
-    nothing written past the outputs' shape, nothing read past nb."""
+    """Each component's sum r x and sum r x^2 in tiles of 4 or 1 components by 2 features
+    (R and Z zero past their real rows), each sum the bits of its own component and feature
+    alone; nothing written past the outputs' shape, nothing read past nb."""
     rng = np.random.default_rng(5)
     Z = np.zeros(((d + 1) // 2 * 2, 264))
     Z[:d] = rng.normal(size=(d, 264)) + 2.0
