@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 import warnings
 
 import numpy as np
@@ -161,7 +160,7 @@ def call_latency(method, n_rows, shape=SMALL_SHAPES[0], covariance_type="full", 
     """Seconds per call of a fitted model's ``method`` ('predict', 'predict_proba' or
     'score_samples') on ``n_rows`` rows, in fastem and in scikit-learn holding the same
     parameters (the benchmarks' common start at ``shape``), ``calls`` calls a run, the two in
-    turn for ``repeats`` rounds.
+    turn for ``repeats`` rounds (:func:`fastem._bench.time_peers`).
 
     What a service scoring a few rows at a time pays: with so few rows the time is the
     checks of X, the parameters' layout and the call into the kernel, not the kernel's work.
@@ -187,21 +186,24 @@ def call_latency(method, n_rows, shape=SMALL_SHAPES[0], covariance_type="full", 
         model.n_features_in_ = shape[1]
         check_is_fitted(model)
     x = np.ascontiguousarray(X[:n_rows])
-    call = {peer: getattr(model, method) for peer, model in models.items()}
-    out = {peer: f(x) for peer, f in call.items()}  # and an untimed first call each
+
+    def calls_of(method_of_model):
+        def run():
+            for _ in range(calls - 1):
+                method_of_model(x)
+            return method_of_model(x)
+        return lambda: run
+
+    # a run is `calls` calls, timed as the peers' EM runs are (a pause, a warm-up run)
+    timings = time_peers({peer: calls_of(getattr(model, method))
+                          for peer, model in models.items()}, n_iter=calls, repeats=repeats)
+    out = {peer: timing.result for peer, timing in timings.items()}
     if method == "predict":
         agree = bool(np.array_equal(out["fastem"], out["sklearn"]))
     else:
         agree = bool(np.allclose(out["fastem"], out["sklearn"], rtol=1e-9, atol=1e-12))
-    times = {peer: [] for peer in models}
-    for _ in range(repeats):
-        for peer, f in call.items():
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                f(x)
-            times[peer].append((time.perf_counter() - t0) / calls)
-    ratios = [s / f for f, s in zip(times["fastem"], times["sklearn"])]
-    return {"seconds": {peer: float(np.median(t)) for peer, t in times.items()},
+    ratios = [s / f for f, s in zip(timings["fastem"].times, timings["sklearn"].times)]
+    return {"seconds": {peer: timing.seconds_per_iter for peer, timing in timings.items()},
             "ratios": ratios, "ratio": float(np.median(ratios)), "agree": agree}
 
 
