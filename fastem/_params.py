@@ -322,9 +322,10 @@ class GaussianParams:
         if (ct not in EXPANDED_FEATURES or d not in EXPANDED_FEATURES[ct]
                 or K < expanded_min_components(ct, d, n_rows)):
             return None
-        if "expanded" not in self._layouts:
-            self._layouts["expanded"] = self._expanded_layout()
-        return self._layouts["expanded"]
+        key = ("expanded",)  # whatever the rows: they only choose the kernel, above
+        if key not in self._layouts:
+            self._layouts[key] = self._expanded_layout()
+        return self._layouts[key]
 
     def _expanded_layout(self):
         """:meth:`expanded_layout` whatever the rows, or None where it would lose accuracy."""
