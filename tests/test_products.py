@@ -6,9 +6,11 @@ import pytest
 from numba import njit
 
 from fastem._kernels._panels import (
+    FEW_ROWS,
     LANES,
     MAX_SINGLE_ROWS,
     PANEL_ROWS,
+    few_log_density_product,
     log_density_product,
     panel_product,
     quadratic_log_density_product,
@@ -57,6 +59,29 @@ def test_log_density_product_writes_the_product_and_each_columns_max(n_cols, k):
     expected = A[:, :n] @ B[:n]
     np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
     assert np.array_equal(mx[:n_cols], out[:k].max(axis=0))
+    assert np.all(np.isnan(mx[n_cols:]))  # nothing past N written
+
+
+@pytest.mark.parametrize("n_cols", [LANES, 3 * LANES], ids=["8", "16+8"])
+@pytest.mark.parametrize("k", range(1, FEW_ROWS + 1))
+def test_few_log_density_product_is_the_panel_of_eight_cut_short(n_cols, k):
+    """With at most FEW_ROWS components, the short panel writes out's first FEW_ROWS rows, the
+    bits of those of :func:`log_density_product`, and the same column-wise maxima; the rows
+    past them are left as they were."""
+    rng = np.random.default_rng(11)
+    n = 21
+    A = rng.normal(size=(PANEL_ROWS, 30))
+    A[k:] = 0.0
+    A[k:, 0] = PADDED_LOG_DENSITY
+    B = rng.normal(size=(30, n_cols))
+    B[0] = 1.0  # the constant feature
+    whole, whole_mx = np.empty((PANEL_ROWS, n_cols)), np.empty(n_cols)
+    log_density_product(A, B, whole, n, whole_mx, k, 0, idle_state())
+    out, mx = np.full((PANEL_ROWS, n_cols), np.nan), np.full(n_cols + 3, np.nan)
+    few_log_density_product(A, B, out, n, mx, k, idle_state())
+    assert np.array_equal(out[:FEW_ROWS], whole[:FEW_ROWS])
+    assert np.all(np.isnan(out[FEW_ROWS:]))
+    assert np.array_equal(mx[:n_cols], whole_mx)
     assert np.all(np.isnan(mx[n_cols:]))  # nothing past N written
 
 

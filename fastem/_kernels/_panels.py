@@ -153,15 +153,15 @@ def _panel_intrinsic(n_vectors, add, n_rows=PANEL_ROWS):
     return panel
 
 
-def _panel_max_intrinsic(n_vectors, sweep="plain"):
-    """:func:`_panel_intrinsic`, writing 8 rows, that also folds them into the column-wise
-    maximum mx[j0:j0+8*n_vectors] (started from row 0 when m0 is 0) if m0 < `k`; with the
-    'quadratic' sweep of :func:`_panel_codegen`."""
+def _panel_max_intrinsic(n_vectors, sweep="plain", n_rows=PANEL_ROWS):
+    """:func:`_panel_intrinsic`, writing `n_rows` rows, that also folds them into the
+    column-wise maximum mx[j0:j0+8*n_vectors] (started from row 0 when m0 is 0) if m0 < `k`;
+    with the 'quadratic' sweep of :func:`_panel_codegen`."""
 
     @intrinsic
     def panel(typingctx, A, B, out, m0, j0, n, mx, k):
         sig = types.void(A, B, out, types.intp, types.intp, types.intp, mx, types.intp)
-        return sig, _panel_codegen(n_vectors, False, PANEL_ROWS, True, sweep)
+        return sig, _panel_codegen(n_vectors, False, n_rows, True, sweep)
 
     return panel
 
@@ -172,6 +172,10 @@ _set_max_8x16 = _panel_max_intrinsic(2)
 _set_max_8x8 = _panel_max_intrinsic(1)
 _quadratic_max_8x16 = _panel_max_intrinsic(2, "quadratic")
 _quadratic_max_8x8 = _panel_max_intrinsic(1, "quadratic")
+# Rows of the one panel of :func:`few_log_density_product`.
+FEW_ROWS = PANEL_ROWS // 2
+_set_max_4x16 = _panel_max_intrinsic(2, n_rows=FEW_ROWS)
+_set_max_4x8 = _panel_max_intrinsic(1, n_rows=FEW_ROWS)
 _add_1x16 = _panel_intrinsic(2, True, 1)
 _add_1x8 = _panel_intrinsic(1, True, 1)
 # Up to this many rows past the last whole panel are added as single rows (whose steps are
@@ -257,6 +261,28 @@ def log_density_product(A, B, out, n, mx, k, triangles, pf):
         if j0 < N:
             _set_max_8x8(A, B, out, m0, j0, steps, mx, k)
             p = prefetch_lines(p, end, per_call)
+    pf[NEXT] = p
+
+
+@njit(**JIT)
+def few_log_density_product(A, B, out, n, mx, k, pf):
+    """:func:`log_density_product` (`triangles` 0) for k <= FEW_ROWS: one panel of FEW_ROWS
+    rows rather than of 8, half of whose rows would be padding. Writes out's first FEW_ROWS
+    rows only, and the maximum of its first k. Each entry is the same sum, in the same order,
+    as in a panel of 8, and so is each maximum. Passes of the expanded kernel ('full' with 2
+    to 4 components, whole blocks) took 0.82-0.88 of the time at d = 2, 0.92 at d = 5 and
+    0.88 at d = 8, K = 4; its cold compile took 0.3-0.6 s longer. Shapes as there, out with
+    at least FEW_ROWS rows and A with as many."""
+    N = out.shape[1]
+    p, end, per_call = pf[NEXT], pf[END], pf[PER_CALL]
+    j0 = 0
+    while j0 + 2 * LANES <= N:
+        _set_max_4x16(A, B, out, 0, j0, n, mx, k)
+        p = prefetch_lines(p, end, per_call)
+        j0 += 2 * LANES
+    if j0 < N:
+        _set_max_4x8(A, B, out, 0, j0, n, mx, k)
+        p = prefetch_lines(p, end, per_call)
     pf[NEXT] = p
 
 

@@ -52,7 +52,9 @@ from ._launch import one_at_a_time
 from ._logsumexp import normalize_columns
 from ._math import fused_multiply_add
 from ._panels import (
+    FEW_ROWS,
     PANEL_ROWS,
+    few_log_density_product,
     log_density_product,
     panel_calls,
     panel_product,
@@ -500,7 +502,10 @@ def _small_block(tied, kind, X, r0, r1, centre, eta, row_factor, K, compute_stat
         _features(kind, Phi, d, nb)
     _zero_padding(Phi, F, nb, zeroed)
     # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
-    log_density_product(eta, Phi, logp, F, work[0], K, np.intp(0), pf)
+    if K <= FEW_ROWS:  # 'full' with 2 to 4 components (EXPANDED_SMALL_FULL)
+        few_log_density_product(eta, Phi, logp, F, work[0], K, pf)
+    else:
+        log_density_product(eta, Phi, logp, F, work[0], K, np.intp(0), pf)
     normalize_columns(logp_K, R_K, ll, work[0], K, inverses)
     if best.shape[0] > 0:  # the labels are wanted
         _largest(logp_K, work[1], best)
