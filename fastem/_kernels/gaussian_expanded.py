@@ -502,7 +502,11 @@ def _small_block(tied, kind, X, r0, r1, centre, eta, row_factor, K, compute_stat
         _features(kind, Phi, d, nb)
     _zero_padding(Phi, F, nb, zeroed)
     # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].
-    if K <= FEW_ROWS:  # 'full' with 2 to 4 components (EXPANDED_SMALL_FULL)
+    # 'tied' (a constant: Numba compiles one branch) runs with EXPANDED_MIN_COMPONENTS or more;
+    # 'full' with 2 to 4 components (EXPANDED_SMALL_FULL) in a short panel
+    if tied:
+        log_density_product(eta, Phi, logp, F, work[0], K, np.intp(0), pf)
+    elif K <= FEW_ROWS:
         few_log_density_product(eta, Phi, logp, F, work[0], K, pf)
     else:
         log_density_product(eta, Phi, logp, F, work[0], K, np.intp(0), pf)
