@@ -14,7 +14,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _validation
-from ._em import _Progress, em_loop, predict_pass, threads
+from ._em import _Progress, em_loop, predict_pass, prediction_threads, threads
 from ._init import initial_params
 from ._params import GaussianParams, precisions_from_cholesky
 from ._stats import s2_shape
@@ -327,7 +327,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """(sum of the rows' log-likelihoods, number of rows), in one pass."""
         check_is_fitted(self)
         source = self._source(X, reset=False)
-        with threads(self.n_jobs, limit_blas=False):
+        with prediction_threads(self.n_jobs, source.n_samples):
             return predict_pass(source, self._params(),
                                 chunk_size=check_chunk_size(self.chunk_size))
 
@@ -341,7 +341,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 pass
             n = source.n_samples
         out = allocate_output(out, (n,) + trailing, dtype)
-        with threads(self.n_jobs, limit_blas=False):
+        with prediction_threads(self.n_jobs, n):
             predict_pass(source, self._params(), chunk_size=check_chunk_size(self.chunk_size),
                          **{name: out})
         return out
