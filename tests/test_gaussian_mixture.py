@@ -611,6 +611,27 @@ def test_n_jobs_leaves_numba_threads_as_they_were(overlapping):
 
 
 @ignore_convergence
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_calls_on_one_block_agree_with_calls_on_many(blobs, kernel, covariance_type):
+    """A call on one block of rows or fewer runs its task on the calling thread, without a
+    parallel launch and without touching the thread count; each row's outputs are still, bit
+    for bit, those of the same row in a call over many blocks on two threads."""
+    X = blobs(N_ODD, 3, 3, spread=1.5, scale=3.0, seed=11)[0]
+    gm = GaussianMixture(3, covariance_type=covariance_type, random_state=0, max_iter=5,
+                         n_jobs=2).fit(X)
+    methods = ("predict", "predict_proba", "score_samples")
+    whole = {method: getattr(gm, method)(X) for method in methods}
+    before = numba.get_num_threads()
+    for rows in (slice(0, 1), slice(5, 105), slice(BLOCK_ROWS, 2 * BLOCK_ROWS)):
+        for method in methods:
+            assert_array_equal(getattr(gm, method)(X[rows]), whole[method][rows],
+                               err_msg=f"{method} {rows}")
+        # the kernel sums the rows in its own order, NumPy's mean in another
+        assert_rel(gm.score(X[rows]), whole["score_samples"][rows].mean(), 1e-14)
+    assert numba.get_num_threads() == before
+
+
+@ignore_convergence
 def test_concurrent_fits_match_serial(overlapping):
     """Two fits at once from Python threads (the kernels release the GIL) change no bit."""
     configs = [dict(covariance_type="full", n_jobs=1), dict(covariance_type="diag", n_jobs=2),
