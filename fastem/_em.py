@@ -296,27 +296,55 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
 
 
 class _Progress:
-    """scikit-learn's verbose messages for the EM iterations."""
+    """scikit-learn's verbose messages for the EM iterations, and the stages of a progress bar
+    (``fastem._progress.PassBar``, or None) when the model draws one: the messages are then
+    written above it."""
 
-    def __init__(self, verbose, verbose_interval):
+    def __init__(self, verbose, verbose_interval, bar=None, n_init=1):
         self.verbose = verbose
         self.interval = verbose_interval
+        self.bar = bar
+        self.n_init = n_init
+        self.init = 0
 
-    def init_begin(self, n_init):
+    def _say(self, line):
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line)
+
+    def _stage(self, stage):
+        if self.bar is not None:
+            if self.n_init > 1:
+                stage = f"init {self.init + 1}/{self.n_init}, {stage}"
+            self.bar.set_stage(stage)
+
+    def init_begin(self, init):
+        """Initialization ``init`` (from 0) starts."""
+        self.init = init
+        self._stage("initialization")
+        if self.bar is not None:
+            self.bar.set_bound(None)
         if self.verbose == 1:
-            print(f"Initialization {n_init}")
+            self._say(f"Initialization {init}")
         elif self.verbose >= 2:
-            print(f"Initialization {n_init}")
+            self._say(f"Initialization {init}")
             self.t_init = self.t_iter = time.perf_counter()
 
+    def pass_begins(self, n_iter):
+        """The pass of EM iteration ``n_iter`` starts."""
+        self._stage(f"EM iteration {n_iter}")
+
     def iteration(self, n_iter, change, lower_bound):
+        if self.bar is not None:
+            self.bar.set_bound(lower_bound)
         if n_iter % self.interval != 0:
             return
         if self.verbose == 1:
-            print(f"  Iteration {n_iter}")
+            self._say(f"  Iteration {n_iter}")
         elif self.verbose >= 2:
             now = time.perf_counter()
-            print(
+            self._say(
                 f"  Iteration {n_iter}\t time lapse {now - self.t_iter:.5f}s\t "
                 f"lower bound {lower_bound:.8f}\t ll change {change:.5g}"
             )
@@ -325,11 +353,11 @@ class _Progress:
     def init_end(self, lower_bound, converged):
         word = "converged" if converged else "did not converge"
         if self.verbose == 1:
-            print(f"Initialization {word}.")
+            self._say(f"Initialization {word}.")
         elif self.verbose >= 2:
             elapsed = time.perf_counter() - self.t_init
-            print(f"Initialization {word}. time lapse {elapsed:.5f}s\t "
-                  f"lower bound {lower_bound:.5f}.")
+            self._say(f"Initialization {word}. time lapse {elapsed:.5f}s\t "
+                      f"lower bound {lower_bound:.5f}.")
 
 
 def em_loop(source, params: GaussianParams, *, tol, reg_covar, max_iter, chunk_size=None,
@@ -351,6 +379,8 @@ def em_loop(source, params: GaussianParams, *, tol, reg_covar, max_iter, chunk_s
     rows_scatter = None  # 'tied': the first pass's statistics, for its unweighted scatter
     for n_iter in range(1, max_iter + 1):
         previous = lower_bound
+        if progress is not None:
+            progress.pass_begins(n_iter)
         stats = accumulate(source, params, chunk_size=chunk_size, rows_scatter=rows_scatter)
         if params.covariance_type == "tied" and rows_scatter is None:
             rows_scatter = stats

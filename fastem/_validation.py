@@ -51,6 +51,8 @@ def check_settings(est):
                              "(-1: all cores), not 0.")
     if not isinstance(est.warm_start, (bool, np.bool_)):
         raise TypeError(f"warm_start must be a bool, got {est.warm_start!r}.")
+    if not isinstance(est.progress, (bool, np.bool_)):
+        raise TypeError(f"progress must be a bool, got {est.progress!r}.")
 
 
 def _as_float_array(name, value, shape):

@@ -749,7 +749,7 @@ def test_sample(separated, covariance_type):
 def test_clone_and_params(overlapping):
     gm = GaussianMixture(3, covariance_type="diag", n_jobs=1, chunk_size=512, random_state=4)
     params = gm.get_params()
-    expected_keys = set(SkGaussianMixture().get_params()) | {"n_jobs", "chunk_size"}
+    expected_keys = set(SkGaussianMixture().get_params()) | {"n_jobs", "chunk_size", "progress"}
     assert set(params) == expected_keys
     assert params["chunk_size"] == 512 and params["covariance_type"] == "diag"
     gm.fit(overlapping)
