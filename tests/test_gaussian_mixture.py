@@ -810,6 +810,40 @@ def test_methods_see_the_attributes_as_they_are_now(separated, covariance_type, 
     assert_array_equal(gm.score_samples(X), copy.deepcopy(gm).score_samples(X))
 
 
+@pytest.mark.parametrize("n_rows", [3, 3000], ids=["bytes-first", "by-value"])
+def test_kept_parameters_hold_what_equals_them(n_rows):
+    """GaussianParams.holds, which tells whether a model's kept layout still serves: equal
+    values are held (an equal copy, another memory layout, a list, -0.0 for 0.0, a NaN for a
+    NaN), a change of one entry anywhere is not. Small arrays are compared by their bytes
+    first, large ones (here 6000 entries) by value only."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(n_rows, 2))
+    means[0, 0] = 0.0
+    weights, prec = np.full(n_rows, 1.0 / n_rows), np.ones((n_rows, 2))
+    kept = GaussianParams("diag", weights.copy(), means.copy(), prec.copy())
+
+    def holds(m, covariance_type="diag", covariances=None):
+        return kept.holds(covariance_type, weights, m, prec, covariances)
+
+    assert holds(means) and holds(means)  # the second time against the kept bytes
+    assert holds(np.asfortranarray(means)) and holds(means.tolist())
+    signed = means.copy()
+    signed[0, 0] = -0.0
+    assert holds(signed)
+    for i in (0, n_rows // 2, n_rows - 1):
+        moved = means.copy()
+        moved[i, 1] = np.nextafter(moved[i, 1], np.inf)
+        assert not holds(moved)
+    assert not holds(means[:-1])
+    assert not holds(means, covariance_type="spherical")
+    assert not holds(means, covariances=prec)
+    with_nan = means.copy()
+    with_nan[-1, 1] = np.nan
+    assert GaussianParams("diag", weights, with_nan.copy(), prec).holds(
+        "diag", weights, with_nan, prec, None)
+    assert not holds(with_nan)
+
+
 def test_kept_parameters_leave_the_model_alone_and_go_with_it(separated):
     """What a model's methods keep is kept outside it (scikit-learn's estimators must not
     change their own __dict__ when they predict) and goes when the model does."""
