@@ -72,17 +72,26 @@ class PassBar:
     def close(self) -> None:
         self._bar.close()
 
+
+def reported(source: DataSource, enabled: bool, task: str):
+    """For a ``with`` statement: ``(source, bar)``, the source wrapped so that its passes
+    report to a new :class:`PassBar` for ``task``, closed however the block ends; or
+    ``(source, None)`` when ``enabled`` is false."""
+    return _Reported(source, task) if enabled else contextlib.nullcontext((source, None))
+
+
+class _Reported:
+    """:func:`reported`'s context when a bar is drawn."""
+
+    def __init__(self, source, task):
+        self.bar = PassBar(task)
+        self.source = ReportingSource(source, self.bar)
+
     def __enter__(self):
-        return self
+        return self.source, self.bar
 
     def __exit__(self, *exc_info):
-        self.close()
-
-
-def pass_bar(enabled: bool, task: str):
-    """For a ``with`` statement: a :class:`PassBar` for ``task``, closed however the block
-    ends, or None when ``enabled`` is false."""
-    return PassBar(task) if enabled else contextlib.nullcontext()
+        self.bar.close()
 
 
 class ReportingSource(DataSource):
@@ -97,7 +106,6 @@ class ReportingSource(DataSource):
         self.bar = bar
         self.n_features = source.n_features
         self.dtype = source.dtype
-        self._zero_copy = source._zero_copy
 
     @property
     def n_samples(self) -> int | None:

@@ -17,7 +17,7 @@ from . import _validation
 from ._em import _Progress, em_loop, predict_pass, prediction_threads, threads
 from ._init import initial_params
 from ._params import GaussianParams, precisions_from_cholesky
-from ._progress import ReportingSource, pass_bar
+from ._progress import reported
 from ._stats import s2_shape
 from .data import ArraySource, DataSource, allocate_output, as_source, check_chunk_size
 
@@ -278,9 +278,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         n_init = self.n_init if do_init else 1
         random_state = check_random_state(self.random_state)
         best = None
-        with threads(self.n_jobs), pass_bar(self.progress, "fit") as bar:
-            if bar is not None:
-                source = ReportingSource(source, bar)
+        with threads(self.n_jobs), reported(source, self.progress, "fit") as (source, bar):
             progress = _Progress(self.verbose, self.verbose_interval, bar, n_init)
             for init in range(n_init):
                 progress.init_begin(init)
@@ -348,9 +346,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """(sum of the rows' log-likelihoods, number of rows), in one pass."""
         _check_fitted(self)
         source = self._source(X, reset=False)
-        with pass_bar(self.progress, "score") as bar:
-            if bar is not None:
-                source = ReportingSource(source, bar)
+        with reported(source, self.progress, "score") as (source, _):
             with prediction_threads(self.n_jobs, source.n_samples):
                 return predict_pass(source, self._params(),
                                     chunk_size=check_chunk_size(self.chunk_size))
@@ -359,9 +355,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Run one pass filling a per-row output (a new array, or the caller's ``out``)."""
         _check_fitted(self)
         source = self._source(X, reset=False)
-        with pass_bar(self.progress, _PER_ROW_METHODS[name]) as bar:
-            if bar is not None:
-                source = ReportingSource(source, bar)
+        with reported(source, self.progress, _PER_ROW_METHODS[name]) as (source, _):
             n = source.n_samples
             if n is None:  # a stream: count its rows first
                 for _ in source.chunks(check_chunk_size(self.chunk_size)):
