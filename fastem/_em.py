@@ -325,10 +325,9 @@ class _Progress:
         self._stage("initialization")
         if self.bar is not None:
             self.bar.set_bound(None)
-        if self.verbose == 1:
+        if self.verbose >= 1:
             self._say(f"Initialization {init}")
-        elif self.verbose >= 2:
-            self._say(f"Initialization {init}")
+        if self.verbose >= 2:
             self.t_init = self.t_iter = time.perf_counter()
 
     def pass_begins(self, n_iter):
