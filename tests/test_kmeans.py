@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from fastem._em import kernel_rows
+from fastem._em import kernel_rows, threads
 from fastem._kernels._config import BLOCK_ROWS
-from fastem._kernels.kmeans import kpp_min_distances, lloyd_chunk
+from fastem._kernels.kmeans import KPP_BLOCK_ROWS, kpp_min_distances, lloyd_chunk
 from fastem._kmeans import _Lloyd, _kmeans_plusplus, kmeans_centers, nearest_centers
 from fastem.data import DataSource, as_source, sample_rows
 
@@ -124,6 +124,20 @@ def test_kpp_kernel_matches_naive_oracle():
     candidates = np.array([0, 7, 499], dtype=np.int64)
     out = np.empty((3, len(X)))
     kpp_min_distances(kernel_rows(X, X.shape[1]), candidates, closest, out)
+    expected = np.minimum(((X[None, :, :] - X[candidates][:, None, :]) ** 2).sum(-1), closest)
+    assert_allclose(out, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_kpp_kernel_covers_every_row_of_several_blocks(n_threads):
+    """The kernel's parallel iterations are blocks of KPP_BLOCK_ROWS rows; the last one short."""
+    n = 2 * KPP_BLOCK_ROWS + 37
+    X, _ = make_blobs(n=n, seed=6)
+    closest = np.random.default_rng(1).uniform(0, 50, size=n)
+    candidates = np.array([n - 1, KPP_BLOCK_ROWS, 3], dtype=np.int64)
+    out = np.full((3, n), np.nan)
+    with threads(n_threads):
+        kpp_min_distances(kernel_rows(X, X.shape[1]), candidates, closest, out)
     expected = np.minimum(((X[None, :, :] - X[candidates][:, None, :]) ** 2).sum(-1), closest)
     assert_allclose(out, expected, rtol=1e-12)
 
