@@ -31,6 +31,7 @@ import fastem
 from fastem import _bench
 from fastem._bench import (  # noqa: F401  (the peers: one implementation, in fastem)
     MEAN_SHRINK,
+    SETTLE_SECONDS,
     Start,
     Unavailable,
     available_bytes,
@@ -87,6 +88,13 @@ def reference_bytes(shape) -> int:
 def check_available(peer, shape, covariance_type="full") -> None:
     """Raise Unavailable if ``peer`` cannot run at ``shape`` on this machine."""
     _bench.check_available(peer, shape, covariance_type)
+
+
+def prepare_fit(peer, X, n_components, covariance_type, threads=THREADS):
+    """A callable running a whole fit of ``peer`` ('fastem' or 'sklearn') with the estimators'
+    defaults, initialization included (:func:`fastem._bench.prepare_fit`); it returns
+    ``(lower_bound_, n_iter_, converged_)``. Building it is not timed."""
+    return _bench.prepare_fit(peer, X, n_components, covariance_type, threads=threads)
 
 
 def prepare(peer, X, start: Start, n_iter=N_ITER, threads=THREADS):

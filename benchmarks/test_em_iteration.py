@@ -12,6 +12,7 @@ What is measured is described in benchmarks/README.md and in ``_peers.py``.
 from __future__ import annotations
 
 import functools
+import time
 
 import numpy as np
 import pytest
@@ -86,6 +87,39 @@ def test_sklearn_loop_is_fit(fastem_compiled):
     shape = _peers.SMALL_SHAPES[1]
     for cov in _peers.COVARIANCE_TYPES:
         _peers.check_sklearn_loop(_peers.make_data(*shape), _peers.make_start(shape, cov))
+
+
+# ---------------------------------------------------------------------- whole fits
+@pytest.mark.parametrize("shape, cov, peer", [
+    pytest.param(shape, cov, peer, marks=marks, id=f"{shape_label(shape)}-{cov}-{peer}")
+    for shapes, marks in ((_peers.SMALL_SHAPES[:2], ()),
+                          (_peers.BIG_SHAPES[1:2], (pytest.mark.big,)))
+    for shape in shapes for cov in _peers.COVARIANCE_TYPES for peer in ("fastem", "sklearn")])
+def test_whole_fit(benchmark, fastem_compiled, em_rounds, shape, cov, peer):
+    """A whole ``fit`` with the estimators' defaults (k-means initialization, ``tol=1e-3``),
+    fastem's against scikit-learn's: what a user who swaps one for the other waits for,
+    initialization included, which the EM-iteration benchmarks leave out. Each starts from its
+    own k-means, so the two may take different iterations (``extra_info``)."""
+    X = _peers.make_data(*shape)
+    n, d, k = shape
+    benchmark.group = f"whole fit {shape_label(shape)} {cov}"
+
+    def setup():
+        # Untimed, as in fastem._bench.time_peers: a pause, so that the other peer's spinning
+        # threads go idle, then one fit, so that the cores are back to speed after it.
+        run = _peers.prepare_fit(peer, X, k, cov)
+        if not benchmark.disabled:
+            time.sleep(_peers.SETTLE_SECONDS)
+            run()
+        return (run,), {}
+
+    lower_bound, n_iter, converged = benchmark.pedantic(
+        lambda run: run(), setup=setup, rounds=1 if benchmark.disabled else em_rounds,
+        iterations=1)
+    benchmark.extra_info.update(peer=peer, n_samples=n, n_features=d, n_components=k,
+                                covariance_type=cov, threads=THREADS, n_iter=n_iter,
+                                lower_bound=lower_bound)
+    assert converged, f"{peer}'s fit did not converge in its default 100 iterations"
 
 
 # ---------------------------------------------------------------------- threads
