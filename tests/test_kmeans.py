@@ -97,6 +97,25 @@ def test_lloyd_kernel_matches_naive_oracle():
     assert_allclose(inertia, dist.sum(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [1, 7, 8, 13, 24])
+def test_lloyd_kernel_matches_naive_oracle_at_any_width(d, dtype):
+    """Every layout of the block's transposed copy: 8-row groups of narrow rows (d < 8),
+    8 x 8 tiles with features past the last tile, and the rows past the last 8."""
+    X, _ = make_blobs(n=2 * BLOCK_ROWS + 13, k=6, d=d, seed=7)
+    X = X.astype(dtype)
+    centers = X[5:11].astype(np.float64) + 0.1
+    labels, dist, counts, sums = naive_lloyd(X, centers)
+    with threads(2):
+        bad, l2, d2, c2, s2, inertia = run_kernel(X, centers, wave=2)
+    assert bad == [-1]
+    assert_array_equal(l2, labels)
+    assert_allclose(d2, dist, rtol=1e-12)
+    assert_array_equal(c2, counts)
+    assert_allclose(s2, sums, rtol=1e-12, atol=1e-9)
+    assert_allclose(inertia, dist.sum(), rtol=1e-12)
+
+
 def test_lloyd_kernel_bits_independent_of_wave_and_aligned_chunks():
     X, _ = make_blobs(n=10 * BLOCK_ROWS + 5, seed=2)
     centers = X[:5].copy()
