@@ -341,12 +341,10 @@ class _Progress:
             return
         if self.verbose == 1:
             self._say(f"  Iteration {n_iter}")
-        elif self.verbose >= 2:
+        elif self.verbose >= 2:  # scikit-learn's line, to the character
             now = time.perf_counter()
-            self._say(
-                f"  Iteration {n_iter}\t time lapse {now - self.t_iter:.5f}s\t "
-                f"lower bound {lower_bound:.8f}\t ll change {change:.5g}"
-            )
+            self._say(f"  Iteration {n_iter}\t time lapse {now - self.t_iter:.5f}s\t "
+                      f"ll change {change:.5f}")
             self.t_iter = now
 
     def init_end(self, lower_bound, converged):

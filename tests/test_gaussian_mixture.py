@@ -10,6 +10,7 @@ import gc
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -348,6 +349,40 @@ def test_matches_sklearn_from_explicit_init(blobs, covariance_type):
     ours = GaussianMixture(**kwargs).fit(X)
     theirs = sklearn_fit(X, **kwargs)
     assert_same_as_sklearn(ours, theirs, X)
+
+
+def _verbose_lines(text):
+    """Printed lines with every number replaced by '#', and the numbers other than the time
+    lapses, which no two runs share."""
+    number = re.compile(r"-?(?:\d+\.?\d*(?:e[+-]?\d+)?|inf)")
+    shapes, values = [], []
+    for line in text.splitlines():
+        shapes.append(number.sub("#", line))
+        line = re.sub(r"time lapse \S+s", "", line)
+        values += [float(v) for v in number.findall(line)]
+    return shapes, values
+
+
+@ignore_convergence
+@pytest.mark.parametrize("verbose, interval", [(1, 1), (2, 1), (2, 3), (3, 2)])
+def test_verbose_messages_are_sklearns(blobs, capsys, verbose, interval):
+    """The same lines as scikit-learn's fit from the same start, at every verbose level and
+    interval: the same words and tabs, the same iteration numbers, bounds and changes (to their
+    printed digits); only the time lapses differ. Two initializations, so that each level's
+    message at the start and end of an initialization shows twice."""
+    X = blobs(500, 2, 3, spread=1.5, scale=3.0, seed=2)[0]
+    weights, means, _, precisions = random_start(X, "full", 2, seed=3)
+    kwargs = dict(n_components=2, tol=0, max_iter=7, n_init=2, verbose=verbose,
+                  verbose_interval=interval, **explicit_init(weights, means, precisions))
+    capsys.readouterr()
+    GaussianMixture(**kwargs).fit(X)
+    ours = capsys.readouterr().out
+    sklearn_fit(X, **kwargs)
+    theirs = capsys.readouterr().out
+    (our_shapes, our_values), (their_shapes, their_values) = map(_verbose_lines, (ours, theirs))
+    assert our_shapes == their_shapes, ours
+    assert len(our_shapes) == 2 * (2 + 7 // interval)
+    assert_allclose(our_values, their_values, rtol=0, atol=2e-5)
 
 
 @ignore_convergence
