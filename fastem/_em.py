@@ -147,6 +147,16 @@ def _check_loglik(loglik):
         )
 
 
+def count_rows_if_needed(source, params: GaussianParams, chunk_size=None):
+    """Count a stream's rows in a pass of their own where the kernel that takes them depends on
+    their number (:meth:`GaussianParams.layout_depends_on_rows`): the same rows then get the
+    same kernel, and the same bits, from a stream and from memory. Any other source knows
+    its rows, and a stream its own after one pass."""
+    if source.n_samples is None and params.layout_depends_on_rows():
+        for _ in source.chunks(chunk_size):
+            pass
+
+
 def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
                resp_for_chunk=None, rows_scatter=None) -> GaussianStats:
     """One pass over ``source``: the statistics for the M-step, and the log-likelihood sum.
@@ -160,6 +170,8 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     (d, d) product per row. That pass must have been SOFT or HARD: the move takes
     sum_n (x_n - c) from its responsibility-weighted sums, as they add up to 1 in each row.
     """
+    if mode == SOFT:
+        count_rows_if_needed(source, params, chunk_size)
     expanded = params.expanded_layout(source.n_samples) if mode == SOFT else None
     if expanded is not None:
         return _accumulate_expanded(source, params, *expanded, chunk_size=chunk_size,
@@ -258,6 +270,7 @@ def predict_pass(source, params: GaussianParams, *, chunk_size=None, row_loglik=
     Outputs are arrays of n_samples rows (float64 log-likelihoods and responsibilities, int64
     labels), possibly memory-mapped; each chunk's rows are written as soon as computed.
     """
+    count_rows_if_needed(source, params, chunk_size)
     # (kind, centre, eta, row_factor), or None for the per-component kernel
     expanded = params.expanded_layout(source.n_samples)
     if expanded is None:

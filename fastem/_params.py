@@ -335,6 +335,16 @@ class GaussianParams:
             scale = np.sum(precisions * reach**2, axis=1)
         return centre, m, precisions, log_det, scale
 
+    def layout_depends_on_rows(self):
+        """Whether :meth:`expanded_layout` depends on the number of rows: a small 'full'
+        mixture runs the expanded kernel only over many rows (EXPANDED_SMALL_FULL_ROWS).
+        Where it does, a pass over rows of unknown number counts them first
+        (``fastem._em.count_rows_if_needed``), so that a stream takes the kernel, and so the
+        bits, of the same rows in memory."""
+        K, d = self.means.shape
+        return (expanded_min_components(self.covariance_type, d, None) <= K
+                < expanded_min_components(self.covariance_type, d, 0))
+
     def expanded_layout(self, n_rows=None):
         """(kind, centre, eta, row_factor) as
         `fastem._kernels.gaussian_expanded.expanded_pass` reads them, or None where that

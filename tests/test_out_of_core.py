@@ -17,6 +17,7 @@ import textwrap
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal, assert_equal
+from sklearn.exceptions import ConvergenceWarning
 
 import fastem.data
 from fastem import GaussianMixture
@@ -246,6 +247,32 @@ def test_per_row_outputs_fill_out(files, model, tmp_path, kind, method, trailing
     mapped.flush()
     del mapped, result
     assert_array_equal(np.load(tmp_path / "out.npy"), want)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_a_stream_takes_the_kernel_of_its_rows_in_memory(X, covariance_type):
+    """A small 'full' mixture runs the expanded kernel only over many rows, so a stream whose
+    rows are not yet counted is counted first: a warm start (no initialization pass to count
+    them) and a score give the bits of the same rows in memory. 'diag' needs no count: the
+    stream is read once per pass."""
+    start = in_memory(X, **settings(covariance_type=covariance_type))
+    reads = []
+
+    def counted_stream():
+        reads.append(1)
+        return stream(X)()
+
+    def warm(data):
+        gm = copy.deepcopy(start)
+        gm.set_params(warm_start=True, max_iter=2, tol=0.0)
+        with pytest.warns(ConvergenceWarning):
+            return gm.fit(data)
+
+    assert_same_model(warm(counted_stream), warm(X))
+    assert len(reads) == (3 if covariance_type == "full" else 2)
+    reads.clear()
+    assert start.score(counted_stream) == start.score(X)
+    assert len(reads) == (2 if covariance_type == "full" else 1)
 
 
 def test_score_bic_aic_on_a_file(files, model):
