@@ -35,7 +35,7 @@ import fastem._kernels.gaussian
 import fastem._kernels.gaussian_expanded
 import fastem._params
 from fastem import GaussianMixture, reference
-from fastem._em import GIVEN, accumulate, kernel_rows, predict_pass, whole_blocks
+from fastem._em import GIVEN, HARD, accumulate, kernel_rows, predict_pass, threads, whole_blocks
 from fastem._kernels._config import BLOCK_ROWS
 from fastem._kernels._prefetch import idle_state
 from fastem._init import _unit_precisions
@@ -396,6 +396,36 @@ def test_matches_sklearn_random_inits(overlapping, covariance_type, init_params,
     ours = GaussianMixture(chunk_size=chunk_size, **kwargs).fit(overlapping)
     theirs = sklearn_fit(overlapping, **kwargs)
     assert_same_as_sklearn(ours, theirs, overlapping)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 512])
+@pytest.mark.parametrize("n_features", [2, 3, 9])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_hard_statistics_are_those_of_each_rows_nearest_centre(blobs, covariance_type,
+                                                               n_features, chunk_size):
+    """The pass that turns k-means' centres into a mixture (HARD, unit precisions, equal
+    weights): every statistic is that of the rows nearest each centre, whichever way the
+    kernel sums them ('full' gathers each component's rows from 3 features on), with a
+    component that no row is nearest."""
+    X = blobs(1300, 4, n_features, spread=1.0, scale=4.0, seed=11)[0]
+    K = 5
+    centres = np.concatenate([X[[3, 400, 800, 1200]], np.full((1, n_features), 1e3)])
+    params = GaussianParams(covariance_type, np.full(K, 1 / K), centres,
+                            _unit_precisions(covariance_type, K, n_features))
+    with threads(2):
+        stats = accumulate(ArraySource(X), params, chunk_size=chunk_size, mode=HARD)
+    nearest = ((X[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+    Y = X[:, None, :] - stats.shift[None]  # each row less every component's shift
+    R = np.eye(K)[nearest]
+    assert_array_equal(stats.s0, R.sum(0))
+    assert stats.s0[-1] == 0
+    assert_allclose(stats.s1, np.einsum("nk,nkj->kj", R, Y), rtol=1e-12, atol=1e-9)
+    outer = np.einsum("nk,nka,nkb->kab", R, Y, Y)
+    expected = {"full": outer, "tied": None, "diag": np.einsum("kaa->ka", outer),
+                "spherical": np.einsum("kaa->k", outer)}[covariance_type]
+    if expected is None:  # 'tied': the unweighted scatter around its one centre
+        expected = np.einsum("na,nb->ab", Y[:, 0], Y[:, 0])
+    assert_allclose(stats.s2, expected, rtol=1e-12, atol=1e-8)
 
 
 @pytest.mark.parametrize("init_params", ["kmeans", "k-means++"])
