@@ -562,10 +562,11 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows,
         _write_rows(r0, ll[:nb], R, best, row_loglik, resp_out, labels)
     if compute_stats:
         row_sums(R, nb, p0)
-        if kind == FULL and mode == HARD and shift.shape[1] >= HARD_GATHER_MIN_FEATURES:
-            _stats_full_hard(XT, best, shift, nb, p1, p2, DS)
-        elif dense:
-            _stats_dense(kind, XT, R, shift, nb, p1, p2, DS, WT)
+        if dense:  # a constant: the 'diag' and 'spherical' task compiles neither
+            if kind == FULL and mode == HARD and shift.shape[1] >= HARD_GATHER_MIN_FEATURES:
+                _stats_full_hard(XT, best, shift, nb, p1, p2, DS)
+            else:
+                _stats_dense(kind, XT, R, shift, nb, p1, p2, DS, WT)
         else:
             _stats_diagonal(kind, XT, R, shift, nb, p1, p2, second, DS, pf)
     return total, -1
