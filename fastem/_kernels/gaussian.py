@@ -434,23 +434,25 @@ HARD_GATHER_MIN_FEATURES = 3
 
 
 @njit(**_jit)
-def _stats_full_hard(XT, best, shift, nb, p1, p2, DT):
+def _stats_full_hard(XT, best, shift, nb, p1, p2, DT, index):
     """:func:`_stats_dense` for 'full' where each row is wholly its component `best[i]`'s
     (HARD: the pass that turns k-means' centres into a mixture): each component's moments
     over its own rows only, gathered into DT's first columns, where the products over all
     rows weight the others by zero (HARD_GATHER_MIN_FEATURES has the passes' times).
-    `DT` (dp, nb), dp = 4 ceil(d / 4), is the task's scratch, its rows past d zero."""
+    `DT` (dp, nb), dp = 4 ceil(d / 4), whose rows past d are zero, and `index` (K + 1 + nb,)
+    int64 are the task's scratch."""
     prefer_wide_vectors()
     d = shift.shape[1]
     K = shift.shape[0]
     # The rows of each component in turn, in row order (a counting sort: a test of every
     # row for every component mispredicted its branch a quarter of the time with 4)
-    end = np.zeros(K + 1, dtype=np.int64)  # end[k + 1]: where component k's rows end
+    end, order = index[: K + 1], index[K + 1 :]
+    for k in range(K + 1):  # end[k + 1]: where component k's rows end
+        end[k] = 0
     for i in range(nb):
         end[best[i] + 1] += 1
     for k in range(K):
         end[k + 1] += end[k]
-    order = np.empty(nb, dtype=np.int64)
     for i in range(nb):  # end[k] moves from where k's rows start to where they end
         order[end[best[i]]] = i
         end[best[i]] += 1
@@ -461,8 +463,7 @@ def _stats_full_hard(XT, best, shift, nb, p1, p2, DT):
             i = order[start + u]
             for j in range(d):
                 DT[j, u] = XT[j, i] - shift[k, j]
-        for j in range(d):
-            p1[k, j] = lane_sum(DT[j], n_k)
+        row_sums(DT, n_k, p1[k])
         tile_products(DT, DT, n_k, p2[k], True, False)
         for a in range(d):  # exactly symmetric
             for b in range(a):
@@ -522,7 +523,7 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows,
     prefer_wide_vectors()
     nb = r1 - r0
     K = shift.shape[0]
-    XT, R, logp, best_buf, ll, work, acc, DT, YT, DS, WT, second = scratch
+    XT, R, logp, best_buf, ll, work, acc, DT, YT, DS, WT, second, index = scratch
     nbp = logp.shape[1]  # the scratch's row length: nb padded (_scratch_row_length)
     if dense:
         # 'tied''s rows are wanted only less c, for the log-densities and the statistics
@@ -564,7 +565,7 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows,
         row_sums(R, nb, p0)
         if dense:  # a constant: the 'diag' and 'spherical' task compiles neither
             if kind == FULL and mode == HARD and shift.shape[1] >= HARD_GATHER_MIN_FEATURES:
-                _stats_full_hard(XT, best, shift, nb, p1, p2, DS)
+                _stats_full_hard(XT, best, shift, nb, p1, p2, DS, index)
             else:
                 _stats_dense(kind, XT, R, shift, nb, p1, p2, DS, WT)
         else:
@@ -597,7 +598,7 @@ def _task_scratch(kind, d, K, n_y, rows):
     K), best and ll (L,), work (2, L), acc (L,), DT (d, L; for 'tied' DS's first rows), YT
     (n_y, L) ('full' and 'tied': the rows of :func:`_precision_rows`, else none), DS and WT
     (dp, L) (dp = 4 ceil(d / 4); WT for 'full' only) whose rows past d stay zero, second
-    (K, d).
+    (K, d), index (K + 1 + L,) int64 ('full' only: :func:`_stats_full_hard`).
 
     'diag' and 'spherical' read neither acc nor DT; their XT is DS's first rows (rows past d
     zero, for :func:`_stats_diagonal`), and R has 4 ceil(K / 4) rows, zero past K."""
@@ -615,7 +616,7 @@ def _task_scratch(kind, d, K, n_y, rows):
     return (XT, aligned_zeros(K_R, L), aligned_zeros(K, L), np.empty(L, dtype=np.int64),
             aligned_empty(L), aligned_matrix(2, L), aligned_empty(L if dense else 0), DT,
             aligned_matrix(n_y, L), DS, aligned_zeros(dp if kind == FULL else 0, L),
-            np.empty((K, d)))
+            np.empty((K, d)), np.empty(K + 1 + L if kind == FULL else 0, dtype=np.int64))
 
 
 def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compute_stats,
