@@ -21,7 +21,7 @@ from ._kernels.gaussian import DIAG, GIVEN, HARD, SOFT, SPHERICAL, gaussian_pass
 from ._kernels.gaussian_expanded import expanded_pass, n_features_expanded
 from ._params import GaussianParams, upper_pairs
 from ._stats import GaussianStats
-from .data import first_nonfinite_row
+from .data import count_rows, first_nonfinite_row
 
 __all__ = ["threads", "accumulate", "predict_pass", "em_loop", "SOFT", "HARD", "GIVEN"]
 
@@ -152,9 +152,8 @@ def count_rows_if_needed(source, params: GaussianParams, chunk_size=None):
     their number (:meth:`GaussianParams.layout_depends_on_rows`): the same rows then get the
     same kernel, and the same bits, from a stream and from memory. Any other source knows
     its rows, and a stream its own after one pass."""
-    if source.n_samples is None and params.layout_depends_on_rows():
-        for _ in source.chunks(chunk_size):
-            pass
+    if params.layout_depends_on_rows():
+        count_rows(source, chunk_size)
 
 
 def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,

@@ -15,7 +15,7 @@ from ._em import GIVEN, HARD, accumulate, nonfinite_error, raise_first_nonfinite
 from ._kmeans import _kmeans_plusplus, kmeans_centers
 from ._params import GaussianParams, precisions_cholesky_from_precisions
 from ._stats import GaussianStats
-from .data import sample_rows
+from .data import count_rows, sample_rows
 
 __all__ = ["initial_params"]
 
@@ -31,13 +31,6 @@ def _unit_precisions(covariance_type, K, d):
     if covariance_type == "diag":
         return np.ones((K, d))
     return np.ones(K)
-
-
-def _count_rows(source, chunk_size):
-    if source.n_samples is None:
-        for _ in source.chunks(chunk_size):
-            pass
-    return source.n_samples
 
 
 def _picked_rows_stats(covariance_type, rows, n_samples, source, chunk_size):
@@ -74,7 +67,7 @@ def _stats_from_method(method, source, K, covariance_type, random_state, chunk_s
         # A stream's rows are counted first, so that k-means samples its rows by index, as for
         # any other source, rather than by a reservoir pass: the same data gives the same
         # model whatever holds it.
-        _count_rows(source, chunk_size)
+        count_rows(source, chunk_size)
         centers = kmeans_centers(source, K, random_state=random_state, chunk_size=chunk_size)
         # Hard assignment to the nearest center: unit precisions and equal weights.
         nearest = GaussianParams(covariance_type, np.full(K, 1.0 / K), centers,
@@ -91,7 +84,7 @@ def _stats_from_method(method, source, K, covariance_type, random_state, chunk_s
                                 _unit_precisions(covariance_type, K, d))
         return accumulate(source, around, chunk_size=chunk_size, mode=GIVEN,
                           resp_for_chunk=resp_for_chunk)
-    n = _count_rows(source, chunk_size)
+    n = count_rows(source, chunk_size)
     if method == "random_from_data":
         if n <= _CHOICE_ROWS:  # scikit-learn's draw, so that both pick the same rows
             indices = random_state.choice(n, size=K, replace=False)

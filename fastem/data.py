@@ -67,6 +67,7 @@ __all__ = [
     "as_source",
     "prefetched",
     "first_nonfinite_row",
+    "count_rows",
     "sample_rows",
     "allocate_output",
     "check_chunk_size",
@@ -1350,6 +1351,15 @@ def sample_rows(source, n: int, random_state, chunk_size: int | None = None) -> 
 
 
 # ---------------------------------------------------------------------------- outputs
+def count_rows(source: DataSource, chunk_size: int | None = None) -> int:
+    """The number of rows of ``source``: as it knows it, or counted in a pass of their own (a
+    stream knows its rows after one pass over them)."""
+    if source.n_samples is None:
+        for _ in source.chunks(chunk_size):
+            pass
+    return source.n_samples
+
+
 def first_nonfinite_row(source, chunk_size: int | None = None) -> int:
     """Index of the first row holding NaN or infinity, or -1: one pass over the chunks.
 

@@ -19,7 +19,8 @@ from ._init import initial_params
 from ._params import GaussianParams, precisions_from_cholesky
 from ._progress import reported
 from ._stats import s2_shape
-from .data import ArraySource, DataSource, allocate_output, as_source, check_chunk_size
+from .data import (ArraySource, DataSource, allocate_output, as_source, check_chunk_size,
+                   count_rows)
 
 __all__ = ["GaussianMixture"]
 
@@ -356,11 +357,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         _check_fitted(self)
         source = self._source(X, reset=False)
         with reported(source, self.progress, _PER_ROW_METHODS[name]) as (source, _):
-            n = source.n_samples
-            if n is None:  # a stream: count its rows first
-                for _ in source.chunks(check_chunk_size(self.chunk_size)):
-                    pass
-                n = source.n_samples
+            n = count_rows(source, check_chunk_size(self.chunk_size))  # a stream: a pass
             out = allocate_output(out, (n,) + trailing, dtype)
             with prediction_threads(self.n_jobs, n):
                 predict_pass(source, self._params(),
