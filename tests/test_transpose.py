@@ -3,7 +3,19 @@
 import numpy as np
 import pytest
 
-from fastem._kernels.gaussian import _load_columns
+from fastem._kernels._transpose import load_columns
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("d", [3, 13])
+def test_load_columns_without_a_centre_copies_the_rows(dtype, d):
+    """No centre (the k-means kernel's load): the rows as they are, in the tiles and past
+    them."""
+    X = np.random.default_rng(d).normal(size=(300, d)).astype(dtype)
+    X.flags.writeable = False
+    XT = np.full((d, 253), np.nan)
+    load_columns(X, 40, 293, XT, None)
+    assert np.array_equal(XT, X[40:293].T.astype(np.float64))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -22,7 +34,7 @@ def test_load_columns_is_the_transpose(dtype, d, rows, centred):
     X.flags.writeable = False
     centre = rng.normal(size=d) * 10.0 if centred else np.zeros(d)  # zeros: 'full''s origin
     XT = np.full((d, r1 - r0), np.nan)
-    _load_columns(X, r0, r1, XT, centre)
+    load_columns(X, r0, r1, XT, centre)
     expected = X[r0:r1].T.astype(np.float64) - centre[:, None]
     assert np.array_equal(XT, expected)
 
@@ -43,7 +55,7 @@ def test_diag_features_from_rows_are_those_of_the_columns(dtype, d, rows):
     centre = rng.normal(size=d)
     F = 1 + 2 * d
     expected = np.full((F, r1 - r0), np.nan)
-    _load_columns(X, r0, r1, expected[1:1 + d], centre)
+    load_columns(X, r0, r1, expected[1:1 + d], centre)
     _features(DIAG, expected, d, r1 - r0)
     Phi = np.full((F, r1 - r0), np.nan)
     _diag_features_from_rows(X, r0, r1, centre, Phi)

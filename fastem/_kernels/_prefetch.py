@@ -1,6 +1,6 @@
 """Fetching the next block's rows into L2 while the current block computes.
 
-A task reads a block's rows (``gaussian._load_columns``), then computes on them from L1 and L2.
+A task reads a block's rows (``_transpose.load_columns``), then computes on them from L1 and L2.
 One core reads from memory at only 8.5-14 GB/s (two at 17-19): its misses in flight, not the
 memory, set the rate, and the core computes nothing while it waits. So the read of X and the
 arithmetic added up: at d = 16, K = 4 'diag' the read was 45% of a pass.

@@ -65,7 +65,7 @@ from ._panels import PANEL_ROWS, log_density_product, panel_calls
 from ._prefetch import END, NEXT, PER_CALL, STATE_SIZE, UNLIMITED, aim, prefetch_lines
 from ._tiles import (centred_moments, lane_sum, moments_about_zero, row_dot, row_sums,
                      tile_products)
-from ._transpose import NARROW_MAX, transpose_narrow, transpose_tile
+from ._transpose import load_columns
 from ._views import borrowed, keep_alive
 from ._waves import TASK_FAILED, run_waves, task_address
 
@@ -91,45 +91,6 @@ _jit = JIT
 # Inside a block the rows are held transposed, XT (d, nb), and `logp` and `R` are (K, nb), so
 # that every loop over the rows of a block is innermost, contiguous and vectorizable, and the
 # products with (d, d) matrices are single products on (d, nb) operands (``_panels.py``).
-
-
-@njit(**_jit)
-def _load_columns(X, r0, r1, XT, centre):
-    """Copy rows r0:r1 of X into float64 XT (d, nb), transposed, less `centre` (d,).
-
-    In the 8 x 8 vector tiles of :func:`transpose_tile` (below 8 features, 8 rows at a time
-    by :func:`transpose_narrow`), the features past the last whole tile and the rows past the
-    last whole tile element by element. One core, ns per row against an element-by-element
-    copy: float64 0.67 vs 1.51 at d = 2, 6.8 vs 9.3 at d = 12, 38 vs 156 at d = 64; float32
-    5.2 vs 13.2 at d = 16, 35 vs 157 at d = 64. Float64 with 16 to 23 features copied alone
-    measured faster row by row (8.4 vs 10.5 ns at d = 16, the copy bound by memory either
-    way), but within a pass the tiles' fewer instructions won: the pass took 6.8% less at
-    d = 16, K = 16 'diag' (4% 'full'), 11.7% at d = 20, K = 8 'diag'.
-    """
-    prefer_wide_vectors()
-    d = X.shape[1]
-    nb = r1 - r0
-    i_tiles = nb - nb % 8
-    if d <= NARROW_MAX:
-        for i0 in range(0, i_tiles, 8):
-            transpose_narrow(X, r0 + i0, XT, i0, centre)
-    else:
-        j_tiles = d - d % 8
-        for i0 in range(0, i_tiles, 8):
-            for j0 in range(0, j_tiles, 8):
-                transpose_tile(X, r0 + i0, j0, XT, i0, centre)
-            for i in range(i0, i0 + 8):
-                for j in range(j_tiles, d):
-                    XT[j, i] = _less(X[r0 + i, j], centre, j)
-    for i in range(i_tiles, nb):
-        for j in range(d):
-            XT[j, i] = _less(X[r0 + i, j], centre, j)
-
-
-@njit(inline="always", **_jit)
-def _less(x, centre, j):
-    """x - centre[j] in float64."""
-    return np.float64(x) - centre[j]
 
 
 @njit(**_jit)
@@ -530,9 +491,9 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows,
         # alike: loaded so, they skip a pass over the block. 'full' loads them less `origin`
         # (zeros), the same compiled copy; one of its own cost this kernel 0.7-1.4 s of cold
         # compile.
-        _load_columns(X, r0, r1, DT if kind == TIED else XT, centre if kind == TIED else origin)
+        load_columns(X, r0, r1, DT if kind == TIED else XT, centre if kind == TIED else origin)
     else:
-        _load_columns(X, r0, r1, XT, centre)
+        load_columns(X, r0, r1, XT, centre)
     total = 0.0
     if mode == GIVEN:
         bad = _first_nonfinite(X, r0, r1, ll[:0])

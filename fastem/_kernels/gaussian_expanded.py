@@ -63,7 +63,7 @@ from ._panels import (
 )
 from ._prefetch import STATE_SIZE, aim
 from ._tiles import TILE, short_tile_products
-from ._transpose import diag_features_tile, transpose_tile
+from ._transpose import diag_features_tile, load_columns, transpose_tile
 from ._views import borrowed, flat, keep_alive, matrix
 from ._waves import TASK_FAILED, run_waves, task_address
 from .gaussian import (
@@ -71,7 +71,6 @@ from .gaussian import (
     FULL,
     SPHERICAL,
     TIED,
-    _load_columns,
     _largest,
     _total_loglik,
     _write_rows,
@@ -181,7 +180,7 @@ def _diag_tiles_fit(kind, d, nb):
 @njit(**_jit)
 def _features(kind, Phi, d, nb):
     """Phi[:F, :nb] = phi(y), given the rows y = x - c in Phi[1:1 + d, :nb], where they were
-    loaded (``gaussian._load_columns`` less c). Against a transposed copy of the rows and a
+    loaded (``_transpose.load_columns`` less c). Against a transposed copy of the rows and a
     sweep subtracting c from it into Phi, passes took 0.92-0.97 of the time at d = 12 to 64,
     K = 16, 'tied' and 'spherical', 0.97-0.99 'full' (d = 12, 16)."""
     prefer_wide_vectors()
@@ -383,7 +382,7 @@ def _sub_block(stored, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, 
     if stored and _diag_tiles_fit(kind, d, nb):
         _diag_features_from_rows(X, s0, s1, centre, Phi)
     else:
-        _load_columns(X, s0, s1, matrix(phi[nbp:], d, nbp), centre)
+        load_columns(X, s0, s1, matrix(phi[nbp:], d, nbp), centre)
         if stored:
             _features(kind, Phi, d, nb)
         else:  # 'full', whose products form its quadratic features: 1 and y only
@@ -498,7 +497,7 @@ def _small_block(tied, kind, X, r0, r1, centre, eta, row_factor, K, compute_stat
     if _diag_tiles_fit(kind, d, nb):
         _diag_features_from_rows(X, r0, r1, centre, Phi)
     else:
-        _load_columns(X, r0, r1, matrix(phi[nbp:], d, nbp), centre)
+        load_columns(X, r0, r1, matrix(phi[nbp:], d, nbp), centre)
         _features(kind, Phi, d, nb)
     _zero_padding(Phi, F, nb, zeroed)
     # F, not Fp: padding would add only zeros. The rows' largest log-densities go to work[0].

@@ -22,7 +22,7 @@ from numba import njit, prange
 
 from ._atomic import take_next
 from ._config import CACHE, FASTMATH
-from ._transpose import NARROW_MAX, transpose_narrow, transpose_tile
+from ._transpose import load_columns
 from ._waves import TASK_FAILED, call_at, task_address
 
 # numba accepts a bool, dict or set for ``fastmath``, not the frozenset of _config.
@@ -72,28 +72,6 @@ def merge_blocks(n_blocks, buf_counts, buf_sums, buf_inertia, buf_bad, counts, s
                 for j in range(n_features):
                     sums[k, j] += buf_sums[b, k, j]
     return first_bad
-
-
-@njit(nogil=True, cache=CACHE, fastmath=_FASTMATH)
-def _rows_as_columns(X, r0, r1, XT):
-    """XT[j, i] = X[r0 + i, j] in float64 for i < r1 - r0: in the 8 x 8 vector tiles of
-    ``_transpose`` (below 8 features, 8 rows at a time), the rest element by element."""
-    d = X.shape[1]
-    nb = r1 - r0
-    i_tiles = nb - nb % 8
-    j_tiles = d - d % 8
-    for i0 in range(0, i_tiles, 8):
-        if d <= NARROW_MAX:
-            transpose_narrow(X, r0 + i0, XT, i0, None)
-        else:
-            for j0 in range(0, j_tiles, 8):
-                transpose_tile(X, r0 + i0, j0, XT, i0, None)
-            for i in range(i0, i0 + 8):
-                for j in range(j_tiles, d):
-                    XT[j, i] = X[r0 + i, j]
-    for i in range(i_tiles, nb):
-        for j in range(d):
-            XT[j, i] = X[r0 + i, j]
 
 
 def lloyd_chunk(X, centers, block_rows, counts, sums, inertia, labels, min_dist,
@@ -222,7 +200,7 @@ def _lloyd_task(wave_start, n_wave, X, centers, block_rows, labels, min_dist, bu
             buf_counts[b, k] = 0
             for j in range(n_features):
                 buf_sums[b, k, j] = 0.0
-        _rows_as_columns(X, r0, r1, XT)
+        load_columns(X, r0, r1, XT, None)
         for i in range(nb):
             finite[i] = True
             best[i] = 0
