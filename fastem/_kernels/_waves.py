@@ -89,6 +89,25 @@ def task_address(task, args) -> int:
     return address
 
 
+@njit(inline="always", **JIT)
+def run_wave(task, w0, nw, n_tasks, next_block, failed, args):
+    """One wave: `n_tasks` parallel calls ``task(w0, nw, *args)`` of the task at address
+    `task`, which take the wave's `nw` blocks from `next_block` (reset here). With one task
+    (one thread, or a pass of one block) the call is made on the calling thread, without a
+    parallel launch: the same task on the same blocks, so the same bits. Returns whether
+    every call succeeded; `failed` (1,), 0 before, is 1 if one did not. Inlined into
+    :func:`run_waves` and the k-means kernel's loop."""
+    next_block[0] = 0
+    if n_tasks == 1:  # called on this thread: a launch took a third of a one-row predict
+        if call_at(task, w0, nw, args) != 0:
+            failed[0] = 1
+    else:
+        for t in prange(n_tasks):
+            if call_at(task, w0, nw, args) != 0:
+                failed[0] = 1
+    return failed[0] == 0
+
+
 # Inlined (at Numba's level) into each kernel's own parallel function, which takes the tasks'
 # arguments one by one and makes `args` of them: Numba's dispatcher (0.59 and 0.60 at least)
 # fingerprints a tuple argument of more than about four arrays wrongly, and a float64 pass then
@@ -98,24 +117,14 @@ def run_waves(task, n_blocks, wave_blocks, n_tasks, next_block, failed, args, pa
               part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2):
     """Run the blocks of a pass in waves of `wave_blocks`: in each, `n_tasks` parallel calls of
     the task at address `task` (``task(w0, nw, *args)`` for the wave's first block `w0` and
-    its `nw` blocks, taking them from `next_block`), then :func:`merge` of the wave's slots.
-    `failed` (1,) is 0. With one task (one thread, or a pass of one block) the call is made on
-    the calling thread, without a parallel launch: the same task on the same blocks, so the
-    same bits.
+    its `nw` blocks, taking them from `next_block`: :func:`run_wave`), then :func:`merge` of
+    the wave's slots. `failed` (1,) is 0.
 
     Returns the first bad row (>= 0) as the merge found it, TASK_FAILED, or -1.
     """
     for w0 in range(0, n_blocks, wave_blocks):
         nw = min(wave_blocks, n_blocks - w0)
-        next_block[0] = 0
-        if n_tasks == 1:  # called on this thread: a launch took a third of a one-row predict
-            if call_at(task, w0, nw, args) != 0:
-                failed[0] = 1
-        else:
-            for t in prange(n_tasks):
-                if call_at(task, w0, nw, args) != 0:
-                    failed[0] = 1
-        if failed[0]:
+        if not run_wave(task, w0, nw, n_tasks, next_block, failed, args):
             return TASK_FAILED
         bad = merge(nw, part_ll, part_bad, p0, p1, p2, compute_stats, loglik, s0, s1, s2)
         if bad >= 0:

@@ -380,7 +380,15 @@ def _stats_dense(kind, XT, R, shift, nb, p1, p2, DT, WT):
                 for i in range(nb):
                     WT[j, i] = R[k, i] * DT[j, i]
             tile_products(WT, DT, nb, p2[k], True, False)
-    for k in range(p2.shape[0]):  # exactly symmetric
+    _mirror_upper(p2)
+
+
+@njit(inline="always", **_jit)
+def _mirror_upper(p2):
+    """Each of p2's (d, d) matrices made exactly symmetric from its upper triangle, which
+    the products of the second moments compute alone."""
+    d = p2.shape[2]
+    for k in range(p2.shape[0]):
         for a in range(d):
             for b in range(a):
                 p2[k, a, b] = p2[k, b, a]
@@ -426,9 +434,7 @@ def _stats_full_hard(XT, best, shift, nb, p1, p2, DT, index):
                 DT[j, u] = XT[j, i] - shift[k, j]
         row_sums(DT, n_k, p1[k])
         tile_products(DT, DT, n_k, p2[k], True, False)
-        for a in range(d):  # exactly symmetric
-            for b in range(a):
-                p2[k, a, b] = p2[k, b, a]
+    _mirror_upper(p2)
 
 
 @njit(**_jit)

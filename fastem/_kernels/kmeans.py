@@ -23,7 +23,7 @@ from numba import njit, prange
 from ._atomic import take_next
 from ._config import CACHE, FASTMATH
 from ._transpose import load_columns
-from ._waves import TASK_FAILED, call_at, task_address
+from ._waves import TASK_FAILED, run_wave, task_address
 
 # numba accepts a bool, dict or set for ``fastmath``, not the frozenset of _config.
 _FASTMATH = set(FASTMATH)
@@ -155,15 +155,7 @@ def _lloyd_waves(task, n_blocks, n_tasks, failed, X, centers, block_rows, labels
     wave = buf_counts.shape[0]
     for wave_start in range(0, n_blocks, wave):
         n_wave = min(wave, n_blocks - wave_start)
-        next_block[0] = 0
-        if n_tasks == 1:
-            if call_at(task, wave_start, n_wave, args) != 0:
-                failed[0] = 1
-        else:
-            for t in prange(n_tasks):
-                if call_at(task, wave_start, n_wave, args) != 0:
-                    failed[0] = 1
-        if failed[0]:
+        if not run_wave(task, wave_start, n_wave, n_tasks, next_block, failed, args):
             return TASK_FAILED
         first_bad = merge_blocks(n_wave, buf_counts, buf_sums, buf_inertia, buf_bad,
                                  counts, sums, inertia)
