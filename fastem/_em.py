@@ -160,8 +160,9 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
                resp_for_chunk=None, rows_scatter=None) -> GaussianStats:
     """One pass over ``source``: the statistics for the M-step, and the log-likelihood sum.
 
-    ``mode`` HARD assigns each row wholly to its most likely component; GIVEN takes the
-    responsibilities of each chunk from ``resp_for_chunk(start, m)``.
+    ``mode`` HARD assigns each row wholly to its nearest mean (``params`` must have unit
+    precisions and equal weights, as for k-means' centres; the log-likelihood sum is then 0);
+    GIVEN takes the responsibilities of each chunk from ``resp_for_chunk(start, m)``.
 
     ``rows_scatter``, for 'tied': statistics of an earlier pass over the same rows. The
     unweighted scatter sum_n (x_n - c)(x_n - c)^T depends on the rows alone, so it is moved to
@@ -171,6 +172,8 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     """
     if mode == SOFT:
         count_rows_if_needed(source, params, chunk_size)
+    elif mode == HARD:
+        _check_nearest_mean_model(params)
     expanded = params.expanded_layout(source.n_samples) if mode == SOFT else None
     if expanded is not None:
         return _accumulate_expanded(source, params, *expanded, chunk_size=chunk_size,
@@ -211,6 +214,16 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     if mode != GIVEN:
         _check_loglik(stats.loglik)
     return stats
+
+
+def _check_nearest_mean_model(params: GaussianParams):
+    """A HARD pass assigns each row to its nearest mean (``fastem._kernels.gaussian``), which
+    is its most likely component only under unit precisions and equal weights."""
+    pc, d = params.precisions_cholesky, params.means.shape[1]
+    unit = np.eye(d) if params.covariance_type in ("full", "tied") else 1.0
+    if not (np.all(pc == unit) and np.all(params.weights == params.weights[0])):
+        raise ValueError("A HARD pass assigns each row to its nearest mean: its model must "
+                         "have unit precisions and equal weights.")
 
 
 def _tasks():

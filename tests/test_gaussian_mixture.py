@@ -428,6 +428,35 @@ def test_hard_statistics_are_those_of_each_rows_nearest_centre(blobs, covariance
     assert_allclose(stats.s2, expected, rtol=1e-12, atol=1e-8)
 
 
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_a_hard_pass_names_the_first_non_finite_row(blobs, covariance_type):
+    """HARD passes find bad rows without log-likelihoods: a row with NaN or infinity has no
+    finite log-density, whichever its component."""
+    X = blobs(1300, 3, 9, seed=12)[0]
+    X[700, 4] = -np.inf
+    X[900, 0] = np.nan
+    params = GaussianParams(covariance_type, np.full(3, 1 / 3), X[[0, 500, 1000]],
+                            _unit_precisions(covariance_type, 3, 9))
+    for chunk_size in (None, 512):
+        with pytest.raises(ValueError, match="in row 700"):
+            accumulate(ArraySource(X), params, chunk_size=chunk_size, mode=HARD)
+    X[700, 4] = 1e300  # finite, if its squares are not: not a bad row
+    stats = accumulate(ArraySource(X[:800]), params, mode=HARD)
+    assert stats.s0.sum() == 800
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_a_hard_pass_refuses_a_model_it_cannot_assign_by_distance(covariance_type):
+    """A HARD pass assigns each row to its nearest mean: that is its most likely component
+    only with unit precisions and equal weights, so any other model is refused."""
+    X = np.random.default_rng(13).normal(size=(300, 3))
+    unit = _unit_precisions(covariance_type, 2, 3)
+    for weights, precisions in [([0.3, 0.7], unit), ([0.5, 0.5], unit * 2.0)]:
+        params = GaussianParams(covariance_type, np.array(weights), X[:2], precisions)
+        with pytest.raises(ValueError, match="unit precisions and equal weights"):
+            accumulate(ArraySource(X), params, mode=HARD)
+
+
 @pytest.mark.parametrize("init_params", ["kmeans", "k-means++"])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_kmeans_inits_fit_as_well_as_sklearn(separated, covariance_type, init_params):
