@@ -64,16 +64,18 @@ from ._params import (EXPANDED_FEATURES, MOMENTS_ABOUT_CENTRE_MIN_COMPONENTS,
                       expanded_min_components)
 
 __all__ = [
-    "PEERS", "COVARIANCE_TYPES", "Unavailable", "EarlyStop", "Start", "Ceilings", "PeerTiming",
-    "make_data", "make_start", "warm_up_fastem", "prepare", "sklearn_at_start",
-    "check_available", "peer_memory_bytes", "tolerance", "agree",
-    "time_peers", "pilot_seconds", "flops_per_row", "pass_flops", "pass_bytes",
-    "roofline_floor", "compute_dtype", "achieved",
+    "PEERS", "WHOLE_FIT_PEERS", "COVARIANCE_TYPES", "Unavailable", "EarlyStop", "Start",
+    "Ceilings", "PeerTiming", "make_data", "make_start", "warm_up_fastem", "prepare",
+    "prepare_fit", "sklearn_at_start", "check_available", "peer_memory_bytes", "tolerance",
+    "agree", "time_peers", "pilot_seconds", "pilot_fit_seconds", "flops_per_row",
+    "pass_flops", "pass_bytes", "roofline_floor", "compute_dtype", "achieved",
     "matmul_rate", "measure_ceilings", "first_fit", "machine_lines", "blas_info",
     "openblas_env", "run_bench", "add_bench_parser",
 ]
 
 PEERS = ("fastem", "reference", "sklearn", "daal4py")
+# The peers with a whole fit of their own, initialization included (:func:`prepare_fit`).
+WHOLE_FIT_PEERS = ("fastem", "sklearn")
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 REG_COVAR = 1e-6
 GIB = 2**30
@@ -481,7 +483,7 @@ def _timed_run(make_run):
     return time.perf_counter() - t0, result
 
 
-def time_peers(factories, *, n_iter, repeats, budget=float("inf"), log=None):
+def time_peers(factories, *, n_iter, repeats, budget=float("inf"), log=None, unit="s/iter"):
     """Time several peers, one run of each in turn, ``repeats`` rounds.
 
     Alternating the peers within each round exposes them to the same load on a shared
@@ -503,6 +505,8 @@ def time_peers(factories, *, n_iter, repeats, budget=float("inf"), log=None):
         A peer that has spent this many seconds starts no new run (at least one run each).
     log : callable, optional
         Called with a progress line after each run.
+    unit : str
+        Of the run time divided by ``n_iter`` in those lines ('s/fit' for whole fits).
 
     Returns
     -------
@@ -532,7 +536,7 @@ def time_peers(factories, *, n_iter, repeats, budget=float("inf"), log=None):
             timing.result = result
             if log is not None:
                 log(f"  {peer:9s} run {len(timing.times)}: "
-                    f"{timing.times[-1] / n_iter:.4f} s/iter")
+                    f"{timing.times[-1] / n_iter:.4f} {unit}")
     return timings
 
 
@@ -953,6 +957,65 @@ def pilot_seconds(peer, X, start, n_iter, threads) -> float:
     return (time.perf_counter() - t0) * n / PILOT_ROWS * n_iter
 
 
+def pilot_fit_seconds(peer, X, n_components, covariance_type, threads, seed=0) -> float:
+    """Estimated seconds of a whole fit of ``peer`` (:func:`prepare_fit`) on all of X, from one
+    on its first PILOT_ROWS rows, scaled by the rows: rough, since the iterations a fit takes
+    depend on its rows."""
+    n = X.shape[0]
+    if n <= 2 * PILOT_ROWS:
+        return 0.0
+    run = prepare_fit(peer, np.ascontiguousarray(X[:PILOT_ROWS]), n_components,
+                      covariance_type, threads=threads, seed=seed)
+    t0 = time.perf_counter()
+    run()
+    return (time.perf_counter() - t0) * n / PILOT_ROWS
+
+
+def _whole_fits(X, n_components, covariance_type, peers, *, threads, repeats, budget,
+                max_run_seconds, seed, notes, say):
+    """Time whole fits of fastem and scikit-learn (if among `peers`) at one covariance type,
+    in turn: ``peer -> row`` (None: skipped), and the reasons for skips in `notes`."""
+    cov = covariance_type
+    factories = {}
+    fit_peers = [p for p in WHOLE_FIT_PEERS if p in peers]
+    for peer in fit_peers:
+        try:
+            check_available(peer, X.shape + (n_components,), cov)
+            if peer != "fastem":
+                estimate = pilot_fit_seconds(peer, X, n_components, cov, threads, seed)
+                if estimate > max_run_seconds:
+                    raise Unavailable(
+                        f"its fit would take about {estimate:,.0f} s (more than "
+                        f"{max_run_seconds:g} s; from a fit on {PILOT_ROWS:,} rows)")
+        except Unavailable as why:
+            notes.append(f"{cov} whole fit, {peer}: skipped: {why}")
+            say(f"  {peer:9s} whole fit skipped: {why}")
+            continue
+        factories[peer] = (lambda p=peer: prepare_fit(p, X, n_components, cov,
+                                                      threads=threads, seed=seed))
+    timings = time_peers(factories, n_iter=1, repeats=repeats, budget=budget, unit="s/fit",
+                         log=lambda line: say(f"  {cov:9s} fit " + line.lstrip()))
+    base = timings.get("fastem")
+    rows = {}
+    for peer in fit_peers:
+        timing = timings.get(peer)
+        if timing is None or not timing.times or base is None or not base.times:
+            rows[peer] = None
+            continue
+        lower_bound, n_iter, converged = timing.result
+        seconds = timing.seconds_per_iter
+        rows[peer] = {"s_per_fit": seconds, "runs": len(timing.times), "times": timing.times,
+                      "speedup": seconds / base.seconds_per_iter,
+                      "lower_bound": float(lower_bound), "n_iter": int(n_iter),
+                      "converged": bool(converged)}
+        if not converged:
+            notes.append(f"{cov} whole fit, {peer}: did not converge in its 100 iterations")
+        if len(timing.times) < repeats:
+            notes.append(f"{cov} whole fit, {peer}: median of {len(timing.times)} run(s) "
+                         f"(budget {budget:g} s)")
+    return rows
+
+
 def _fmt_seconds(seconds) -> str:
     if seconds is None:
         return "—"
@@ -988,12 +1051,15 @@ def _check_plotting() -> None:
 def run_bench(n_samples=1_000_000, n_features=16, n_components=16,
               covariance_types=("full", "diag"), dtype="float64", n_iter=3, n_jobs=None,
               peers=PEERS, plot_path="fastem-bench.png", json_path=None, *, repeats=5,
-              budget=60.0, max_run_seconds=300.0, seed=0, file=None) -> dict:
+              budget=60.0, max_run_seconds=300.0, seed=0, whole_fit=False,
+              file=None) -> dict:
     """Time fastem and its peers at one shape on this machine; print a table, plot, save JSON.
 
     Every peer runs ``n_iter`` EM iterations (``tol=0``) from the same start, in turn, up to
     ``repeats`` rounds; the time per iteration is the median run divided by ``n_iter``. The
     machine's read bandwidth and matmul rates are measured first, for the roofline columns.
+    With ``whole_fit``, fastem's and scikit-learn's whole fits with their defaults are timed
+    too, initialization included (:func:`prepare_fit`): what a user waits for.
 
     Parameters
     ----------
@@ -1023,14 +1089,19 @@ def run_bench(n_samples=1_000_000, n_features=16, n_components=16,
     max_run_seconds : float
         Peers estimated to need longer per run are skipped.
     seed : int
-        Of the data and the start.
+        Of the data, the start, and the whole fits' ``random_state``.
+    whole_fit : bool
+        Also time whole fits of fastem and scikit-learn (if among `peers`), in turn, up to
+        ``repeats`` rounds each (scikit-learn skipped when a fit on 20k rows, scaled to all
+        rows, says it would take longer than ``max_run_seconds``).
     file : text stream, default sys.stdout
 
     Returns
     -------
     dict
         ``shape``, ``dtype``, ``threads``, ``n_iter``, ``ceilings``, ``results``
-        (``covariance_type -> peer -> numbers``) and ``notes``.
+        (``covariance_type -> peer -> numbers``), ``whole_fits`` (the same, for the whole
+        fits; empty without ``whole_fit``) and ``notes``.
     """
     from ._em import threads as fastem_threads
 
@@ -1137,12 +1208,21 @@ def run_bench(n_samples=1_000_000, n_features=16, n_components=16,
             rows[peer] = row
         results[cov] = rows
 
-    _print_table(say, shape, dtype, threads, n_iter, repeats, peers, results, ceilings, notes)
+    fits = {}
+    if whole_fit:
+        for cov in covariance_types:
+            say(f"{cov}: whole fits with the estimators' defaults...")
+            fits[cov] = _whole_fits(X, K, cov, peers, threads=threads, repeats=repeats,
+                                    budget=budget, max_run_seconds=max_run_seconds, seed=seed,
+                                    notes=notes, say=say)
+
+    _print_table(say, shape, dtype, threads, n_iter, repeats, peers, results, ceilings, fits,
+                 seed, notes)
     report = {
         "shape": list(shape), "dtype": dtype.name, "threads": threads, "n_iter": n_iter,
         "peers": peers,
         "repeats": repeats, "machine": machine_lines(threads), "ceilings": ceilings.to_dict(),
-        "results": results, "notes": notes,
+        "results": results, "whole_fits": fits, "notes": notes,
     }
     if plot_path is not None:
         plot_bench(report, plot_path)
@@ -1162,7 +1242,8 @@ def _write_json(report, path) -> None:
         f.write("\n")
 
 
-def _print_table(say, shape, dtype, threads, n_iter, repeats, peers, results, ceilings, notes):
+def _print_table(say, shape, dtype, threads, n_iter, repeats, peers, results, ceilings, fits,
+                 seed, notes):
     N, d, K = shape
     say("")
     say(f"### {N:,} x {d} x {K}, {dtype.name}, {threads} threads: seconds per EM iteration "
@@ -1187,12 +1268,34 @@ def _print_table(say, shape, dtype, threads, n_iter, repeats, peers, results, ce
         f"dense flop count (benchmarks/README.md, 'The roofline'); GB/s: X read once per "
         f"iteration. Floor: max(bytes / {ceilings.read_gbs:.1f} GB/s, flops / "
         f"{ceilings.gemm('float64'):.1f} GF/s float64 matmul); of roofline = floor / time.")
+    if fits:
+        say("")
+        say(f"### whole fits, {N:,} x {d} x {K}, {dtype.name}, {threads} threads: seconds per "
+            f"fit (median of up to {repeats} runs)")
+        say("")
+        say("| cov | peer | s/fit | fastem speed-up | iterations | converged | lower bound |")
+        say("|---|---|---:|---:|---:|---|---:|")
+        for cov, rows in fits.items():
+            for peer, row in rows.items():
+                if row is None:
+                    say(f"| {cov} | {peer} | skipped | | | | |")
+                    continue
+                speedup = "1" if peer == "fastem" else f"{row['speedup']:.1f}×"
+                say(f"| {cov} | {peer} | {_fmt_seconds(row['s_per_fit'])} | {speedup} | "
+                    f"{row['n_iter']} | {'yes' if row['converged'] else 'no'} | "
+                    f"{row['lower_bound']:.6f} |")
+        say("")
+        say(f"Each estimator's own fit with its defaults (k-means initialization, tol=1e-3, at "
+            f"most 100 iterations, random_state={seed}, reg_covar={REG_COVAR:g}), "
+            "initialization included. Each starts from its own k-means, so the iterations "
+            "and lower bounds may differ.")
     for note in notes:
         say(f"- {note}")
 
 
 def plot_bench(report, path) -> None:
-    """A PNG: fastem's speed-up over each peer, and every peer's fraction of the roofline."""
+    """A PNG: fastem's speed-up over each peer, every peer's fraction of the roofline, and
+    (if the report has them) fastem's speed-up over scikit-learn's whole fit."""
     _check_plotting()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -1208,15 +1311,21 @@ def plot_bench(report, path) -> None:
     colors = {"fastem": "#1b9e77", "reference": "#7570b3", "sklearn": "#d95f02",
               "daal4py": "#e7298a"}
 
-    fig = Figure(figsize=(11, 4.6), dpi=110, layout="constrained")
+    fits = report.get("whole_fits") or {}
+    fit_others = [p for p in WHOLE_FIT_PEERS if p != "fastem"
+                  and any((fits.get(c) or {}).get(p) is not None for c in covs)]
+    if not fit_others:
+        fits = {}
+    fig = Figure(figsize=(16 if fits else 11, 4.6), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2)
+    axes = fig.subplots(1, 3 if fits else 2)
+    ax1, ax2 = axes[:2]
     x = np.arange(len(covs))
 
-    def bars(ax, names, value, fmt):
+    def bars(ax, names, value, fmt, table=results):
         width = 0.8 / max(1, len(names))
         for i, peer in enumerate(names):
-            values = [value(results[c].get(peer)) for c in covs]
+            values = [value(table[c].get(peer)) for c in covs]
             pos = x - 0.4 + width * (i + 0.5)
             shown = [(xi, v) for xi, v in zip(pos, values) if v is not None]
             if shown:
@@ -1248,6 +1357,13 @@ def plot_bench(report, path) -> None:
     ax2.axhline(1.0, color="black", lw=0.8, ls="--")
     ax2.set_ylabel("roofline floor / time (log; 1 = machine limit)")
     ax2.set_title("fraction of the roofline floor", fontsize=10)
+    if fits:
+        ax3 = axes[2]
+        bars(ax3, fit_others, lambda row: None if row is None else row["speedup"], times,
+             table=fits)
+        ax3.axhline(1.0, color="black", lw=0.8)
+        ax3.set_ylabel("peer's time / fastem's (log)")
+        ax3.set_title("whole fit with the defaults, initialization included", fontsize=10)
     missing = [p for p in report.get("peers", peers) if p not in peers]
     if missing:
         fig.supxlabel(f"not shown: {', '.join(missing)} (skipped at every covariance type: "
@@ -1314,7 +1430,11 @@ def add_bench_parser(subparsers) -> None:
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="also write every number to this JSON file")
     parser.add_argument("--seed", type=_at_least(0), default=0,
-                        help="seed of the data and the start (default: %(default)s)")
+                        help="seed of the data, the start and the whole fits (default: "
+                        "%(default)s)")
+    parser.add_argument("--whole-fit", action="store_true",
+                        help="also time whole fits of fastem and scikit-learn with their "
+                        "defaults (k-means initialization, tol=1e-3), initialization included")
     parser.set_defaults(func=_run_bench_command, parser=parser)
 
 
@@ -1339,6 +1459,6 @@ def _run_bench_command(args) -> int:
         covariance_types=args.covariance_type, dtype=args.dtype, n_iter=args.n_iter,
         n_jobs=args.n_jobs, peers=args.peers, plot_path=plot, json_path=args.json,
         repeats=args.repeats, budget=args.budget, max_run_seconds=args.max_run_seconds,
-        seed=args.seed,
+        seed=args.seed, whole_fit=args.whole_fit,
     )
     return 0

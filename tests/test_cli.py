@@ -1,0 +1,139 @@
+"""The ``fastem`` command line: ``fastem demo`` and ``fastem bench`` as a user runs them
+(through :func:`fastem.cli.main`), and the errors for bad arguments."""
+
+import json
+import math
+import statistics
+
+import pytest
+
+from fastem import _demo
+from fastem.cli import main
+
+
+def test_demo_recovers_its_truth(capsys):
+    """The demo's mixture is well separated: the fit finds its means and out-scores it."""
+    summary = _demo.run_demo(n_samples=20_000, n_features=3, n_components=3, seed=1)
+    assert summary["converged"]
+    assert summary["max_abs_mean_error"] < 0.1
+    assert summary["loglik_fit"] >= summary["loglik_truth"]
+    assert main(["demo", "--n-samples", "20000", "--n-features", "3", "--n-components", "3",
+                 "--covariance-type", "diag", "--max-iter", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "3 'diag' components" in out and "max abs error of the means" in out
+
+
+@pytest.fixture(autouse=True)
+def _quick_bench(monkeypatch):
+    """The bench's ceilings measured on 64 MiB and 256 x 256 products, once each (the same
+    code as the 1 GiB and 2048 x 2048 default, in a tenth of the time), and no settling
+    pause before each run: these tests check what the bench does, not how well it times."""
+    import fastem._bench
+
+    measure = fastem._bench.measure_ceilings
+    monkeypatch.setattr(fastem._bench, "measure_ceilings", lambda threads: measure(
+        threads, read_bytes=2**26, gemm_n=256, repeats=1))
+    monkeypatch.setattr(fastem._bench, "SETTLE_SECONDS", 0.0)
+
+
+def _bench(tmp_path, *extra):
+    path = tmp_path / "bench.json"
+    argv = ["bench", "--n-samples", "3000", "--n-features", "3", "--n-components", "3",
+            "--repeats", "2", "--n-iter", "2", "--json", str(path), *extra]
+    assert main(argv) == 0
+    return json.loads(path.read_text())
+
+
+def _check_timing(row, seconds, n_iter, base_seconds):
+    """A peer's row: its `seconds` the median run over `n_iter`, its speed-up fastem's."""
+    assert len(row["times"]) == row["runs"] >= 1
+    assert seconds == pytest.approx(statistics.median(row["times"]) / n_iter)
+    assert row["speedup"] == pytest.approx(seconds / base_seconds)
+
+
+def test_bench_times_each_peer_and_writes_every_number(tmp_path, capsys):
+    report = _bench(tmp_path, "--covariance-type", "full", "tied", "--peers", "reference",
+                    "sklearn", "--no-plot", "--whole-fit")
+    assert report["shape"] == [3000, 3, 3] and report["n_iter"] == 2
+    assert report["peers"] == ["fastem", "reference", "sklearn"]
+    assert report["ceilings"]["read_gbs"] > 0 and report["ceilings"]["gemm_gflops"]["float64"] > 0
+    for cov in ("full", "tied"):
+        rows = report["results"][cov]
+        base = rows["fastem"]["s_per_iter"]
+        for peer in ("fastem", "reference", "sklearn"):
+            row = rows[peer]
+            _check_timing(row, row["s_per_iter"], 2, base)
+            assert 0 < row["roofline_fraction"] and row["floor_s"] > 0
+        for peer in ("reference", "sklearn"):  # the same iterates from the same start
+            assert rows[peer]["agrees"]
+        fits = report["whole_fits"][cov]
+        assert set(fits) == {"fastem", "sklearn"}
+        for peer, row in fits.items():
+            _check_timing(row, row["s_per_fit"], 1, fits["fastem"]["s_per_fit"])
+            assert row["converged"] and 1 <= row["n_iter"] <= 100
+            assert math.isfinite(row["lower_bound"])
+    out = capsys.readouterr().out
+    assert "### 3,000 x 3 x 3, float64" in out and "### whole fits, 3,000 x 3 x 3" in out
+    assert out.count("| tied | sklearn |") == 2
+
+
+def test_bench_draws_its_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "plots" / "bench.png"
+    report = _bench(tmp_path, "--covariance-type", "diag", "--peers", "sklearn",
+                    "--repeats", "1", "--plot", str(plot), "--whole-fit")
+    assert set(report["whole_fits"]["diag"]) == {"fastem", "sklearn"}
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_times_whole_fits_only_when_asked_and_only_of_its_peers(tmp_path):
+    args = ("--covariance-type", "spherical", "--peers", "fastem", "--repeats", "1",
+            "--no-plot")
+    assert _bench(tmp_path, *args)["whole_fits"] == {}
+    report = _bench(tmp_path, *args, "--whole-fit")
+    assert list(report["results"]["spherical"]) == ["fastem"]
+    assert list(report["whole_fits"]["spherical"]) == ["fastem"]
+    assert report["whole_fits"]["spherical"]["fastem"]["speedup"] == 1.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "required: COMMAND"),
+    (["bench", "--n-samples", "2", "--n-components", "3"],
+     "--n-samples (2) must be at least --n-components (3)"),
+    (["demo", "--n-samples", "4", "--n-components", "5"],
+     "--n-samples (4) must be at least --n-components (5)"),
+    (["bench", "--n-samples", "1.5e3"], None),  # a whole number written as a float: fine
+    (["bench", "--n-samples", "2.5"], "invalid integer: '2.5' is not a whole number"),
+    (["demo", "--n-samples", "many"], "invalid integer: 'many'"),
+    (["demo", "--n-samples", "1"], "must be at least 2, got 1"),
+    (["bench", "--n-jobs", "0"], "must be a positive number of threads"),
+    (["bench", "--peers", "pandas"], "invalid choice: 'pandas'"),
+    (["bench", "--covariance-type", "wide"], "invalid choice: 'wide'"),
+    (["bench", "--dtype", "float16"], "invalid choice: 'float16'"),
+    (["bench", "--n-samples", "1e15", "--n-features", "64"], "more than half of the"),
+])
+def test_bad_arguments_exit_with_a_message_that_names_them(capsys, monkeypatch, argv, message):
+    if message is None:  # parsing must succeed: stop before anything runs
+        import fastem._bench
+
+        monkeypatch.setattr(fastem._bench, "run_bench", lambda **kwargs: kwargs)
+        assert main(argv + ["--no-plot"]) == 0
+        return
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_parsed_shape_reaches_the_bench(monkeypatch):
+    import fastem._bench
+
+    seen = {}
+    monkeypatch.setattr(fastem._bench, "run_bench", lambda **kwargs: seen.update(kwargs))
+    assert main(["bench", "--n-samples", "2_000", "--n-features", "5", "--n-components", "4",
+                 "--covariance-type", "tied", "spherical", "--dtype", "float32", "--n-jobs",
+                 "1", "--no-plot", "--whole-fit", "--seed", "3"]) == 0
+    assert seen["n_samples"] == 2000 and seen["n_features"] == 5 and seen["n_components"] == 4
+    assert seen["covariance_types"] == ["tied", "spherical"] and seen["dtype"] == "float32"
+    assert seen["n_jobs"] == 1 and seen["plot_path"] is None and seen["whole_fit"]
+    assert seen["seed"] == 3
