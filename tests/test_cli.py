@@ -4,6 +4,7 @@
 import json
 import math
 import statistics
+import sys
 
 import pytest
 
@@ -110,7 +111,8 @@ def test_bench_times_whole_fits_only_when_asked_and_only_of_its_peers(tmp_path):
     (["bench", "--peers", "pandas"], "invalid choice: 'pandas'"),
     (["bench", "--covariance-type", "wide"], "invalid choice: 'wide'"),
     (["bench", "--dtype", "float16"], "invalid choice: 'float16'"),
-    (["bench", "--n-samples", "1e15", "--n-features", "64"], "more than half of the"),
+    (["bench", "--n-samples", "1e15", "--n-features", "64", "--no-plot"],
+     "more than half of the"),
 ])
 def test_bad_arguments_exit_with_a_message_that_names_them(capsys, monkeypatch, argv, message):
     if message is None:  # parsing must succeed: stop before anything runs
@@ -123,6 +125,15 @@ def test_bad_arguments_exit_with_a_message_that_names_them(capsys, monkeypatch, 
         main(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_plot_without_matplotlib_says_how_to_get_it_or_skip_it(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--n-samples", "3000"])
+    assert exit_.value.code == 2
+    assert 'pip install "fastem[plot]" (or give no plot path: --no-plot)' in (
+        capsys.readouterr().err)
 
 
 def test_the_parsed_shape_reaches_the_bench(monkeypatch):
