@@ -23,7 +23,8 @@ from ._params import GaussianParams, upper_pairs
 from ._stats import GaussianStats
 from .data import count_rows, first_nonfinite_row
 
-__all__ = ["threads", "accumulate", "predict_pass", "em_loop", "SOFT", "HARD", "GIVEN"]
+__all__ = ["threads", "accumulate", "predict_pass", "em_loop", "FitInterrupted", "SOFT", "HARD",
+           "GIVEN"]
 
 # Scratch memory for partial statistics in one wave of blocks (see the kernel): written by the
 # blocks, then read back by the merge, so best kept in cache. Measured against 8 MiB, a pass
@@ -382,6 +383,16 @@ class _Progress:
                       f"lower bound {lower_bound:.5f}.")
 
 
+class FitInterrupted(KeyboardInterrupt):
+    """A KeyboardInterrupt during EM after at least one completed iteration, carrying them:
+    ``params`` after the last completed M-step, its ``lower_bounds`` and ``n_iter``, so that
+    the estimator keeps them rather than losing the work of a long fit."""
+
+    def __init__(self, params, lower_bounds, n_iter):
+        super().__init__()
+        self.params, self.lower_bounds, self.n_iter = params, lower_bounds, n_iter
+
+
 def em_loop(source, params: GaussianParams, *, tol, reg_covar, max_iter, chunk_size=None,
             lower_bound=-np.inf, progress=None):
     """Iterate EM from ``params`` until ``abs(change in bound) < tol`` or ``max_iter``.
@@ -395,35 +406,50 @@ def em_loop(source, params: GaussianParams, *, tol, reg_covar, max_iter, chunk_s
         iteration started from, as scikit-learn records it.
     converged : bool
     n_iter : int
+
+    Raises
+    ------
+    FitInterrupted
+        On a KeyboardInterrupt once an iteration has completed (before that, the
+        KeyboardInterrupt itself).
     """
     lower_bounds = []
     converged = False
     rows_scatter = None  # 'tied': the first pass's statistics, for its unweighted scatter
-    for n_iter in range(1, max_iter + 1):
-        previous = lower_bound
-        if progress is not None:
-            progress.pass_begins(n_iter)
-        stats = accumulate(source, params, chunk_size=chunk_size, rows_scatter=rows_scatter)
-        if params.covariance_type == "tied" and rows_scatter is None:
-            rows_scatter = stats
-        params = GaussianParams.from_stats(stats, reg_covar)
-        lower_bound = stats.loglik / stats.n_samples
-        lower_bounds.append(lower_bound)
-        change = lower_bound - previous
-        if progress is not None:
-            progress.iteration(n_iter, change, lower_bound)
-        # EM never lowers the bound; more than rounding means a numerical problem or a bug.
-        if change < -1e-9 * max(1.0, abs(lower_bound)):
-            warnings.warn(
-                f"The EM bound decreased by {-change:.3g} at iteration {n_iter} (from "
-                f"{previous:.10g} to {lower_bound:.10g}). EM guarantees it never does, so the "
-                "covariances are close to singular: increase reg_covar or scale the data.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        if abs(change) < tol:
-            converged = True
-            break
+    completed = None  # (params, lower_bounds) after the last whole iteration, set in one step
+    try:
+        for n_iter in range(1, max_iter + 1):
+            previous = lower_bound
+            if progress is not None:
+                progress.pass_begins(n_iter)
+            stats = accumulate(source, params, chunk_size=chunk_size,
+                               rows_scatter=rows_scatter)
+            if params.covariance_type == "tied" and rows_scatter is None:
+                rows_scatter = stats
+            params = GaussianParams.from_stats(stats, reg_covar)
+            lower_bound = stats.loglik / stats.n_samples
+            completed = (params, lower_bounds + [lower_bound])
+            lower_bounds.append(lower_bound)
+            change = lower_bound - previous
+            if progress is not None:
+                progress.iteration(n_iter, change, lower_bound)
+            # EM never lowers the bound; more than rounding means a numerical problem or a bug.
+            if change < -1e-9 * max(1.0, abs(lower_bound)):
+                warnings.warn(
+                    f"The EM bound decreased by {-change:.3g} at iteration {n_iter} (from "
+                    f"{previous:.10g} to {lower_bound:.10g}). EM guarantees it never does, so "
+                    "the covariances are close to singular: increase reg_covar or scale the "
+                    "data.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            if abs(change) < tol:
+                converged = True
+                break
+    except KeyboardInterrupt as interrupt:
+        if completed is None:
+            raise
+        raise FitInterrupted(completed[0], completed[1], len(completed[1])) from interrupt
     if progress is not None:
         progress.init_end(lower_bound, converged)
     return params, lower_bounds, converged, n_iter

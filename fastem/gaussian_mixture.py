@@ -14,7 +14,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _validation
-from ._em import _Progress, em_loop, predict_pass, prediction_threads, threads
+from ._em import FitInterrupted, _Progress, em_loop, predict_pass, prediction_threads, threads
 from ._init import initial_params
 from ._params import GaussianParams, precisions_from_cholesky
 from ._progress import reported
@@ -237,10 +237,24 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         -------
         self : GaussianMixture
             The fitted estimator. If fitting fails, a previously fitted state is left as it was.
+
+        Notes
+        -----
+        A fit interrupted (KeyboardInterrupt, Ctrl-C) once an EM iteration has completed keeps
+        its work: the model holds the best parameters completed so far (those of the last
+        completed iteration, or of an earlier initialization with a higher bound), with
+        ``converged_`` False unless they come from a converged initialization, and a warning
+        says so; the KeyboardInterrupt then propagates. ``fit`` again with
+        ``warm_start=True`` continues from there: the same iterations as the uninterrupted
+        initialization would have made (for 'tied', to the last bits: a warm start sums the
+        rows' scatter afresh). Interrupted before any iteration has completed, the fit leaves
+        the model as it was.
         """
         state = dict(self.__dict__)
         try:
             self._fit(X)
+        except FitInterrupted:  # _fit kept the iterations completed
+            raise
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(state)
@@ -282,32 +296,60 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         with threads(self.n_jobs), reported(source, self.progress, "fit") as (source, bar):
             progress = _Progress(self.verbose, self.verbose_interval, bar, n_init)
             for init in range(n_init):
-                progress.init_begin(init)
-                if do_init:
-                    params = initial_params(
-                        source, n_components=K, covariance_type=self.covariance_type,
-                        init_params=self.init_params, random_state=random_state,
-                        reg_covar=self.reg_covar, chunk_size=chunk_size, **inits,
+                try:
+                    progress.init_begin(init)
+                    if do_init:
+                        params = initial_params(
+                            source, n_components=K, covariance_type=self.covariance_type,
+                            init_params=self.init_params, random_state=random_state,
+                            reg_covar=self.reg_covar, chunk_size=chunk_size, **inits,
+                        )
+                        start_bound = -np.inf
+                    else:
+                        params, start_bound = self._params(), self.lower_bound_
+                    result = em_loop(
+                        source, params, tol=self.tol, reg_covar=self.reg_covar,
+                        max_iter=self.max_iter, chunk_size=chunk_size, lower_bound=start_bound,
+                        progress=progress,
                     )
-                    start_bound = -np.inf
-                else:
-                    params, start_bound = self._params(), self.lower_bound_
-                fitted, bounds, converged, n_iter = em_loop(
-                    source, params, tol=self.tol, reg_covar=self.reg_covar,
-                    max_iter=self.max_iter, chunk_size=chunk_size, lower_bound=start_bound,
-                    progress=progress,
-                )
+                except KeyboardInterrupt as stop:
+                    best = self._keep_interrupted(stop, best, init, n_init)
+                    raise FitInterrupted(*best[:2], best[3]) from stop
                 self._check_n_samples(source.n_samples)
-                if best is None or bounds[-1] > best[1][-1]:
-                    best = (fitted, bounds, converged, n_iter)
-        fitted, bounds, converged, n_iter = best
-        if not converged:
+                if best is None or result[1][-1] > best[1][-1]:
+                    best = result
+        if not best[2]:
             warnings.warn(
                 "Best performing initialization did not converge. Try different init "
                 "parameters, or increase max_iter, tol, or check for degenerate data.",
                 ConvergenceWarning,
                 stacklevel=3,
             )
+        self._keep(*best)
+
+    def _keep_interrupted(self, stop, best, init, n_init):
+        """On a KeyboardInterrupt during initialization `init`: keep the best of the earlier
+        initializations and of this one's completed iterations (FitInterrupted) and warn;
+        return it. None completed: re-raise, and fit restores the model as it was."""
+        if isinstance(stop, FitInterrupted):
+            partial = (stop.params, stop.lower_bounds, False, stop.n_iter)
+            if best is None or partial[1][-1] > best[1][-1]:
+                best = partial
+        if best is None:
+            raise stop
+        self._keep(*best)
+        warnings.warn(
+            f"fit interrupted during initialization {init + 1} of {n_init}: the model holds "
+            f"the best parameters completed so far ({best[3]} EM iterations, lower bound "
+            f"{best[1][-1]:.6g}, converged_={best[2]}). Call fit again with warm_start=True "
+            "to continue from them.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return best
+
+    def _keep(self, fitted, bounds, converged, n_iter):
+        """Set the fitted attributes: parameters after an M-step and their EM history."""
         self.weights_ = fitted.weights
         self.means_ = fitted.means
         self.covariances_ = fitted.covariances

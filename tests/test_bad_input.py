@@ -2,6 +2,7 @@
 leaves a fitted model as it was. Degenerate but valid data fits, thanks to reg_covar."""
 
 import copy
+import itertools
 import warnings
 
 import numpy as np
@@ -10,7 +11,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils.validation import validate_data
 
-from fastem import GaussianMixture, gaussian_mixture
+from fastem import GaussianMixture, _em as em, gaussian_mixture
 from fastem.gaussian_mixture import _passes_as_is
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -368,6 +369,88 @@ def assert_same_attributes(gm, before):
     assert after.keys() == before.keys()
     for name, value in before.items():
         assert_array_equal(after[name], value, err_msg=name, strict=True)
+
+
+def _interrupt(monkeypatch, module, name, call):
+    """`module.name`'s `call`-th call from now raises KeyboardInterrupt, as Ctrl-C would."""
+    real = getattr(module, name)
+    calls = itertools.count(1)
+
+    def interrupted(*args, **kwargs):
+        if next(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)
+
+
+def _fit_quietly(gm, X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return gm.fit(X)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_an_interrupted_fit_keeps_its_completed_iterations_and_continues_from_them(
+        X, monkeypatch, covariance_type):
+    """Ctrl-C in the 5th EM pass: the model holds what 4 iterations give, and a warm start
+    of 2 more ends where an uninterrupted fit of 6 does, bit for bit ('tied' to the last
+    bits: its warm start sums the rows' scatter afresh, where the fit moved its first
+    pass's to each later centre)."""
+    kwargs = dict(n_components=3, covariance_type=covariance_type, tol=0, random_state=0)
+    whole = _fit_quietly(GaussianMixture(max_iter=6, **kwargs), X)
+    four = _fit_quietly(GaussianMixture(max_iter=4, **kwargs), X)
+    gm = GaussianMixture(max_iter=6, **kwargs)
+    _interrupt(monkeypatch, em, "accumulate", 5)
+    with pytest.warns(UserWarning, match=r"interrupted during initialization 1 of 1: .*\(4 EM "
+                      r"iterations, .*converged_=False\)\. Call fit again with warm_start=True"):
+        with pytest.raises(KeyboardInterrupt):
+            gm.fit(X)
+    monkeypatch.undo()
+    assert_same_attributes(gm, fitted_attributes(four))
+    _fit_quietly(gm.set_params(warm_start=True, max_iter=2), X)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        if covariance_type == "tied":
+            assert_allclose(getattr(gm, name), getattr(whole, name), rtol=1e-12, err_msg=name)
+        else:
+            assert_array_equal(getattr(gm, name), getattr(whole, name), err_msg=name)
+    assert_allclose(gm.lower_bounds_, whole.lower_bounds_[4:],
+                    rtol=1e-14 if covariance_type == "tied" else 0)
+
+
+@pytest.mark.parametrize("fitted_before", [False, True])
+def test_a_fit_interrupted_before_any_iteration_leaves_the_model_as_it_was(
+        X, monkeypatch, fitted_before):
+    gm = GaussianMixture(2, random_state=0)
+    if fitted_before:
+        gm.fit(X[:300])
+    before = fitted_attributes(gm)
+    for module, name in [(gaussian_mixture, "initial_params"), (em, "accumulate")]:
+        _interrupt(monkeypatch, module, name, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning of kept work: there is none
+            with pytest.raises(KeyboardInterrupt):
+                gm.fit(X)
+        monkeypatch.undo()
+        assert_same_attributes(gm, before)
+    if not fitted_before:
+        with pytest.raises(NotFittedError):
+            gm.predict(X)
+
+
+@pytest.mark.parametrize("where", ["initialization", "EM"])
+def test_an_interrupted_second_initialization_keeps_the_first(X, monkeypatch, where):
+    kwargs = dict(n_components=3, random_state=0, tol=0, max_iter=5)
+    first = _fit_quietly(GaussianMixture(**kwargs), X)  # n_init=2 draws it first
+    gm = GaussianMixture(n_init=2, **kwargs)
+    if where == "EM":  # the 2nd initialization's first pass: none of its own completed
+        _interrupt(monkeypatch, em, "accumulate", 6)
+    else:
+        _interrupt(monkeypatch, gaussian_mixture, "initial_params", 2)
+    with pytest.warns(UserWarning, match="interrupted during initialization 2 of 2"):
+        with pytest.raises(KeyboardInterrupt):
+            gm.fit(X)
+    assert_same_attributes(gm, fitted_attributes(first))
 
 
 @pytest.mark.parametrize("change", ["features", "n_components", "covariance_type"])
