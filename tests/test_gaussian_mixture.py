@@ -399,17 +399,17 @@ def test_matches_sklearn_random_inits(overlapping, covariance_type, init_params,
 
 
 @pytest.mark.parametrize("chunk_size", [None, 512])
-@pytest.mark.parametrize("n_features", [2, 3, 9])
+@pytest.mark.parametrize("n_features, K", [(2, 5), (3, 5), (9, 5), (2, 17)])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_hard_statistics_are_those_of_each_rows_nearest_centre(blobs, covariance_type,
-                                                               n_features, chunk_size):
+                                                               n_features, K, chunk_size):
     """The pass that turns k-means' centres into a mixture (HARD, unit precisions, equal
     weights): every statistic is that of the rows nearest each centre, whichever way the
-    kernel sums them ('full' gathers each component's rows from 3 features on), with a
-    component that no row is nearest."""
+    kernel sums them ('full' gathers each component's rows from 3 features or 16
+    components on), with a component that no row is nearest."""
     X = blobs(1300, 4, n_features, spread=1.0, scale=4.0, seed=11)[0]
-    K = 5
-    centres = np.concatenate([X[[3, 400, 800, 1200]], np.full((1, n_features), 1e3)])
+    picks = [3, 400, 800, 1200] if K == 5 else list(range(3, 1300, 80))[: K - 1]
+    centres = np.concatenate([X[picks], np.full((1, n_features), 1e3)])
     params = GaussianParams(covariance_type, np.full(K, 1 / K), centres,
                             _unit_precisions(covariance_type, K, n_features))
     with threads(2):

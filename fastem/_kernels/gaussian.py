@@ -394,12 +394,15 @@ def _mirror_upper(p2):
                 p2[k, a, b] = p2[k, b, a]
 
 
-# From this many features, a HARD pass of 'full' sums each component's moments over its own
-# rows (:func:`_stats_full_hard`) rather than over every row with the others' weights zero
-# (:func:`_stats_dense`). HARD passes, 1M rows, the two in turn: d = 16, K = 16 0.52-0.55 of
-# the time, d = 64, K = 16 0.60-0.62, d = 8 and 12, K = 8 0.63-0.87, d = 3, K = 16 0.87,
-# d = 4 to 6, K = 4 to 8 0.82-1.06; d = 2, K = 8 1.12-1.23.
+# From this many features, or components, a HARD pass of 'full' sums each component's moments
+# over its own rows (:func:`_stats_full_hard`) rather than over every row with the others'
+# weights zero (:func:`_stats_dense`). HARD passes, 1M rows, the two in turn: d = 16, K = 16
+# 0.52-0.55 of the time, d = 64, K = 16 0.60-0.62, d = 8 and 12, K = 8 0.63-0.87, d = 3,
+# K = 16 0.87, d = 4 to 6, K = 4 to 8 0.82-1.06; d = 2, K = 8 1.12-1.23. Once HARD passes
+# skipped the exps, at d = 2: K = 64 0.61-0.68, K = 32 0.70-0.83, K = 16 0.81-1.07 (0.9
+# typical), K = 8 1.0-1.02, K = 4 1.0-1.4.
 HARD_GATHER_MIN_FEATURES = 3
+HARD_GATHER_MIN_COMPONENTS = 16
 
 
 @njit(**_jit)
@@ -553,7 +556,8 @@ def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows,
     if compute_stats:
         row_sums(R, nb, p0)
         if dense:  # a constant: the 'diag' and 'spherical' task compiles neither
-            if kind == FULL and mode == HARD and shift.shape[1] >= HARD_GATHER_MIN_FEATURES:
+            if kind == FULL and mode == HARD and (shift.shape[1] >= HARD_GATHER_MIN_FEATURES
+                                                  or K >= HARD_GATHER_MIN_COMPONENTS):
                 _stats_full_hard(XT, best, shift, nb, p1, p2, DS, index)
             else:
                 _stats_dense(kind, XT, R, shift, nb, p1, p2, DS, WT)
