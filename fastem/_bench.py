@@ -941,34 +941,35 @@ def first_fit(cache_dir, covariance_type="full", threads=2, dtype="float64") -> 
 PILOT_ROWS = 20_000
 
 
-def pilot_seconds(peer, X, start, n_iter, threads) -> float:
-    """Estimated seconds of one run of ``n_iter`` iterations on all of X, from one iteration
-    on its first PILOT_ROWS rows (time is linear in N for every peer)."""
+def _scaled_pilot(X, prepare_part) -> float:
+    """Estimated seconds of a run on all of X, from the run ``prepare_part(rows)`` builds
+    (untimed) on its first PILOT_ROWS rows, scaled by the rows; 0 where X has at most twice
+    as many rows, or where the run stops early (oneDAL on the pilot rows: no estimate)."""
     n = X.shape[0]
     if n <= 2 * PILOT_ROWS:
         return 0.0
-    part = np.ascontiguousarray(X[:PILOT_ROWS])
-    run = prepare(peer, part, start, n_iter=1, threads=threads)
+    run = prepare_part(np.ascontiguousarray(X[:PILOT_ROWS]))
     t0 = time.perf_counter()
     try:
         run()
-    except RuntimeError:  # oneDAL stopping early on the pilot rows: no estimate
+    except RuntimeError:
         return 0.0
-    return (time.perf_counter() - t0) * n / PILOT_ROWS * n_iter
+    return (time.perf_counter() - t0) * n / PILOT_ROWS
+
+
+def pilot_seconds(peer, X, start, n_iter, threads) -> float:
+    """Estimated seconds of one run of ``n_iter`` iterations on all of X, from one iteration
+    on its first PILOT_ROWS rows (time is linear in N for every peer)."""
+    return n_iter * _scaled_pilot(
+        X, lambda part: prepare(peer, part, start, n_iter=1, threads=threads))
 
 
 def pilot_fit_seconds(peer, X, n_components, covariance_type, threads, seed=0) -> float:
     """Estimated seconds of a whole fit of ``peer`` (:func:`prepare_fit`) on all of X, from one
-    on its first PILOT_ROWS rows, scaled by the rows: rough, since the iterations a fit takes
-    depend on its rows."""
-    n = X.shape[0]
-    if n <= 2 * PILOT_ROWS:
-        return 0.0
-    run = prepare_fit(peer, np.ascontiguousarray(X[:PILOT_ROWS]), n_components,
-                      covariance_type, threads=threads, seed=seed)
-    t0 = time.perf_counter()
-    run()
-    return (time.perf_counter() - t0) * n / PILOT_ROWS
+    on its first PILOT_ROWS rows: rough, since the iterations a fit takes depend on its
+    rows."""
+    return _scaled_pilot(X, lambda part: prepare_fit(peer, part, n_components, covariance_type,
+                                                     threads=threads, seed=seed))
 
 
 def _whole_fits(X, n_components, covariance_type, peers, *, threads, repeats, budget,
@@ -1252,17 +1253,9 @@ def _print_table(say, shape, dtype, threads, n_iter, repeats, peers, results, ce
     say("| cov | peer | s/iter | fastem speed-up | rows/s | GF/s | GB/s | floor s | "
         "of roofline |")
     say("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for cov, rows in results.items():
-        for peer in peers:
-            row = rows.get(peer)
-            if row is None:
-                say(f"| {cov} | {peer} | skipped | | | | | | |")
-                continue
-            speedup = "1" if peer == "fastem" else f"{row['speedup']:.1f}×"
-            say(f"| {cov} | {peer} | {_fmt_seconds(row['s_per_iter'])} | {speedup} | "
-                f"{_fmt_rows(row['rows_per_s'])} | {_fmt_rate(row['gflops'])} | "
-                f"{_fmt_rate(row['gbs'])} | {_fmt_seconds(row['floor_s'])} "
-                f"({row['bound']}) | {row['roofline_fraction']:.1%} |")
+    _say_rows(say, results, peers, "s_per_iter", 5, lambda row: [
+        _fmt_rows(row["rows_per_s"]), _fmt_rate(row["gflops"]), _fmt_rate(row["gbs"]),
+        f"{_fmt_seconds(row['floor_s'])} ({row['bound']})", f"{row['roofline_fraction']:.1%}"])
     say("")
     say(f"fastem speed-up: the peer's time / fastem's (above 1: fastem is faster). GF/s: "
         f"dense flop count (benchmarks/README.md, 'The roofline'); GB/s: X read once per "
@@ -1275,15 +1268,9 @@ def _print_table(say, shape, dtype, threads, n_iter, repeats, peers, results, ce
         say("")
         say("| cov | peer | s/fit | fastem speed-up | iterations | converged | lower bound |")
         say("|---|---|---:|---:|---:|---|---:|")
-        for cov, rows in fits.items():
-            for peer, row in rows.items():
-                if row is None:
-                    say(f"| {cov} | {peer} | skipped | | | | |")
-                    continue
-                speedup = "1" if peer == "fastem" else f"{row['speedup']:.1f}×"
-                say(f"| {cov} | {peer} | {_fmt_seconds(row['s_per_fit'])} | {speedup} | "
-                    f"{row['n_iter']} | {'yes' if row['converged'] else 'no'} | "
-                    f"{row['lower_bound']:.6f} |")
+        _say_rows(say, fits, WHOLE_FIT_PEERS, "s_per_fit", 3, lambda row: [
+            str(row["n_iter"]), "yes" if row["converged"] else "no",
+            f"{row['lower_bound']:.6f}"])
         say("")
         say(f"Each estimator's own fit with its defaults (k-means initialization, tol=1e-3, at "
             f"most 100 iterations, random_state={seed}, reg_covar={REG_COVAR:g}), "
@@ -1291,6 +1278,23 @@ def _print_table(say, shape, dtype, threads, n_iter, repeats, peers, results, ce
             "and lower bounds may differ.")
     for note in notes:
         say(f"- {note}")
+
+
+def _say_rows(say, table, peers, seconds, n_cells, cells):
+    """One markdown row per covariance type of `table` (``cov -> peer -> row``) and each of
+    `peers` it has: the row's `seconds` entry, fastem's speed-up, then the `n_cells` of
+    `cells(row)`; a row None (skipped) says so, its cells empty."""
+    for cov, rows in table.items():
+        for peer in peers:
+            if peer not in rows:
+                continue
+            row = rows[peer]
+            if row is None:
+                say(f"| {cov} | {peer} | skipped |" + " |" * (1 + n_cells))
+                continue
+            speedup = "1" if peer == "fastem" else f"{row['speedup']:.1f}×"
+            say(f"| {cov} | {peer} | {_fmt_seconds(row[seconds])} | {speedup} | "
+                + " | ".join(cells(row)) + " |")
 
 
 def plot_bench(report, path) -> None:

@@ -97,6 +97,21 @@ def test_bench_times_whole_fits_only_when_asked_and_only_of_its_peers(tmp_path):
     assert report["whole_fits"]["spherical"]["fastem"]["speedup"] == 1.0
 
 
+def test_bench_skips_a_peer_it_estimates_too_slow_and_says_why(tmp_path):
+    """From a run on its first 20k rows, scaled to all of them: no peer takes 0 s."""
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--n-samples", "50000", "--n-features", "2", "--n-components", "2",
+                 "--covariance-type", "diag", "--peers", "sklearn", "--repeats", "1",
+                 "--max-run-seconds", "0", "--whole-fit", "--no-plot", "--json",
+                 str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["results"]["diag"]["sklearn"] is None
+    assert report["whole_fits"]["diag"]["sklearn"] is None
+    assert report["whole_fits"]["diag"]["fastem"]["speedup"] == 1.0
+    skipped = [note for note in report["notes"] if "would take about" in note]
+    assert len(skipped) == 2 and all("sklearn" in note for note in skipped)
+
+
 @pytest.mark.parametrize("argv, message", [
     ([], "required: COMMAND"),
     (["bench", "--n-samples", "2", "--n-components", "3"],
