@@ -84,17 +84,22 @@ def run_kernel(X, centers, wave, chunk=None):
     return bad, labels, min_dist, counts, sums, inertia[0]
 
 
-def test_lloyd_kernel_matches_naive_oracle():
-    X, _ = make_blobs(n=3 * BLOCK_ROWS + 17, seed=1)
-    centers = X[:4] + 0.1
-    labels, dist, counts, sums = naive_lloyd(X, centers)
-    bad, l2, d2, c2, s2, inertia = run_kernel(X, centers, wave=2)
+def assert_matches_oracle(found, oracle, sums_atol):
+    """run_kernel's outputs on rows with no bad one against naive_lloyd's."""
+    bad, l2, d2, c2, s2, inertia = found
+    labels, dist, counts, sums = oracle
     assert bad == [-1]
     assert_array_equal(l2, labels)
     assert_allclose(d2, dist, rtol=1e-12)
     assert_array_equal(c2, counts)
-    assert_allclose(s2, sums, rtol=1e-12, atol=1e-10)
+    assert_allclose(s2, sums, rtol=1e-12, atol=sums_atol)
     assert_allclose(inertia, dist.sum(), rtol=1e-12)
+
+
+def test_lloyd_kernel_matches_naive_oracle():
+    X, _ = make_blobs(n=3 * BLOCK_ROWS + 17, seed=1)
+    centers = X[:4] + 0.1
+    assert_matches_oracle(run_kernel(X, centers, wave=2), naive_lloyd(X, centers), 1e-10)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -105,15 +110,9 @@ def test_lloyd_kernel_matches_naive_oracle_at_any_width(d, dtype):
     X, _ = make_blobs(n=2 * BLOCK_ROWS + 13, k=6, d=d, seed=7)
     X = X.astype(dtype)
     centers = X[5:11].astype(np.float64) + 0.1
-    labels, dist, counts, sums = naive_lloyd(X, centers)
     with threads(2):
-        bad, l2, d2, c2, s2, inertia = run_kernel(X, centers, wave=2)
-    assert bad == [-1]
-    assert_array_equal(l2, labels)
-    assert_allclose(d2, dist, rtol=1e-12)
-    assert_array_equal(c2, counts)
-    assert_allclose(s2, sums, rtol=1e-12, atol=1e-9)
-    assert_allclose(inertia, dist.sum(), rtol=1e-12)
+        found = run_kernel(X, centers, wave=2)
+    assert_matches_oracle(found, naive_lloyd(X, centers), 1e-9)
 
 
 def test_lloyd_kernel_bits_independent_of_wave_and_aligned_chunks():
