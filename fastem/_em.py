@@ -181,6 +181,11 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
                                     rows_scatter=rows_scatter)
     kind, shift, centre, prec, aux, const = params.kernel_layout(
         moments_about_centre=mode == SOFT)
+    if mode == HARD:
+        # Every component's constant is the same here: left in, it would swamp differences
+        # in squared distance below eps times itself (~1e-16), and rows of clusters 1e-8
+        # apart would all go to the first. Without it the nearest mean is exact.
+        const = np.zeros_like(const)
     # 'diag' and 'spherical' give the kernel the rows less c: their statistics are about
     # shift + c (the means, or c itself), the others' about shift
     stats = GaussianStats.zeros(params.covariance_type,

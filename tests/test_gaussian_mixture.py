@@ -429,6 +429,32 @@ def test_hard_statistics_are_those_of_each_rows_nearest_centre(blobs, covariance
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("offset", [0.0, 1.0])
+def test_a_hard_pass_separates_clusters_closer_than_its_constant_resolves(covariance_type,
+                                                                          offset):
+    """Squared distances of 1e-18 are far below the rounding of a log-density's constant
+    (~1e-16): the nearest mean must not depend on it. A default-initialized fit of two
+    clusters 6e-9 apart then finds both instead of one, as scikit-learn's does (but for its
+    'tied', below)."""
+    rng = np.random.default_rng(0)
+    X = offset + 1e-9 * np.concatenate([rng.normal(-3, 1, (500, 1)), rng.normal(3, 1, (500, 1))])
+    centres = np.array([[offset - 3e-9], [offset + 3e-9]])
+    params = GaussianParams(covariance_type, np.full(2, 0.5), centres,
+                            _unit_precisions(covariance_type, 2, 1))
+    stats = accumulate(ArraySource(X), params, mode=HARD)
+    nearest = np.abs(X - centres.T).argmin(1)
+    assert_array_equal(stats.s0, np.bincount(nearest, minlength=2))
+    gm = GaussianMixture(2, covariance_type=covariance_type, reg_covar=1e-24,
+                         random_state=0).fit(X)
+    order = np.argsort(gm.means_.ravel())
+    assert_allclose(gm.weights_[order], [0.5, 0.5], atol=0.01)
+    # scikit-learn's 'tied' fails here (its covariance cancels to a non-positive one); the
+    # truth is each half's mean
+    assert_allclose(gm.means_.ravel()[order], [X[:500].mean(), X[500:].mean()], rtol=0,
+                    atol=1e-10)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_a_hard_pass_names_the_first_non_finite_row(blobs, covariance_type):
     """HARD passes find bad rows without log-likelihoods: a row with NaN or infinity has no
     finite log-density, whichever its component."""
