@@ -1433,7 +1433,7 @@ def add_bench_parser(subparsers) -> None:
     parser.add_argument("--no-plot", action="store_true", help="draw no plot")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="also write every number to this JSON file")
-    parser.add_argument("--seed", type=_at_least(0), default=0,
+    parser.add_argument("--seed", type=_at_least(0, 2**32 - 1), default=0,
                         help="seed of the data, the start and the whole fits (default: "
                         "%(default)s)")
     parser.add_argument("--whole-fit", action="store_true",

@@ -98,7 +98,7 @@ def nonfinite_error(row) -> ValueError:
     """The error for a row holding NaN or infinity, naming it (its index in the whole data)."""
     return ValueError(
         f"Input X contains NaN or infinity in row {row}. "
-        "Remove or impute non-finite values before fitting."
+        "Remove or impute non-finite values."
     )
 
 

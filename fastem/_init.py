@@ -15,6 +15,7 @@ from ._em import GIVEN, HARD, accumulate, nonfinite_error, raise_first_nonfinite
 from ._kmeans import _kmeans_plusplus, kmeans_centers
 from ._params import GaussianParams, precisions_cholesky_from_precisions
 from ._stats import GaussianStats
+from ._validation import check_n_samples
 from .data import count_rows, sample_rows
 
 __all__ = ["initial_params"]
@@ -67,7 +68,7 @@ def _stats_from_method(method, source, K, covariance_type, random_state, chunk_s
         # A stream's rows are counted first, so that k-means samples its rows by index, as for
         # any other source, rather than by a reservoir pass: the same data gives the same
         # model whatever holds it.
-        count_rows(source, chunk_size)
+        check_n_samples(count_rows(source, chunk_size), K)
         centers = kmeans_centers(source, K, random_state=random_state, chunk_size=chunk_size)
         # Hard assignment to the nearest center: unit precisions and equal weights.
         nearest = GaussianParams(covariance_type, np.full(K, 1.0 / K), centers,
@@ -85,6 +86,7 @@ def _stats_from_method(method, source, K, covariance_type, random_state, chunk_s
         return accumulate(source, around, chunk_size=chunk_size, mode=GIVEN,
                           resp_for_chunk=resp_for_chunk)
     n = count_rows(source, chunk_size)
+    check_n_samples(n, K)  # a stream's rows are known only now
     if method == "random_from_data":
         if n <= _CHOICE_ROWS:  # scikit-learn's draw, so that both pick the same rows
             indices = random_state.choice(n, size=K, replace=False)

@@ -12,6 +12,14 @@ import numpy as np
 
 from ._params import COVARIANCE_TYPES
 
+# Every bad setting raises scikit-learn's InvalidParameterError, a ValueError and a TypeError
+# both, so that code written for scikit-learn's estimator catches it with either.
+try:
+    from sklearn.utils._param_validation import InvalidParameterError
+except ImportError:  # pragma: no cover - scikit-learn moved it
+    class InvalidParameterError(ValueError, TypeError):
+        """A setting of the wrong type or value."""
+
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 
 
@@ -21,38 +29,55 @@ def _check_number(name, value, *, integer=False, low=None, low_inclusive=True, a
     kind = numbers.Integral if integer else numbers.Real
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, kind):
         what = "an integer" if integer else "a real number"
-        raise TypeError(f"{name} must be {what}, got {value!r} of type {type(value).__name__}.")
+        raise InvalidParameterError(
+            f"{name} must be {what}, got {value!r} of type {type(value).__name__}.")
     if not integer and not np.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}.")
+        raise InvalidParameterError(f"{name} must be finite, got {value!r}.")
     if low is not None and (value < low if low_inclusive else value <= low):
         bound = f">= {low}" if low_inclusive else f"> {low}"
-        raise ValueError(f"{name} must be {bound}, got {value!r}.")
+        raise InvalidParameterError(f"{name} must be {bound}, got {value!r}.")
+
+
+def check_n_jobs(n_jobs):
+    """n_jobs: None, a positive number of threads or a negative one (-1: all cores)."""
+    if n_jobs is not None:
+        _check_number("n_jobs", n_jobs, integer=True)
+        if n_jobs == 0:
+            raise InvalidParameterError("n_jobs must be a positive number of threads, or "
+                                        "negative (-1: all cores), not 0.")
 
 
 def check_settings(est):
     """Validate the constructor parameters of a GaussianMixture (called by fit)."""
     _check_number("n_components", est.n_components, integer=True, low=1)
     if est.covariance_type not in COVARIANCE_TYPES:
-        raise ValueError(
+        raise InvalidParameterError(
             f"covariance_type must be one of {COVARIANCE_TYPES}, got {est.covariance_type!r}."
         )
     _check_number("tol", est.tol, low=0.0)
     _check_number("reg_covar", est.reg_covar, low=0.0)
-    _check_number("max_iter", est.max_iter, integer=True, low=1)
+    _check_number("max_iter", est.max_iter, integer=True, low=0)
     _check_number("n_init", est.n_init, integer=True, low=1)
     if est.init_params not in INIT_METHODS:
-        raise ValueError(f"init_params must be one of {INIT_METHODS}, got {est.init_params!r}.")
-    _check_number("verbose", est.verbose, integer=True, low=0)
+        raise InvalidParameterError(
+            f"init_params must be one of {INIT_METHODS}, got {est.init_params!r}.")
+    if not isinstance(est.verbose, (bool, np.bool_)):  # True and False, as scikit-learn
+        _check_number("verbose", est.verbose, integer=True, low=0)
     _check_number("verbose_interval", est.verbose_interval, integer=True, low=1)
-    if est.n_jobs is not None:
-        _check_number("n_jobs", est.n_jobs, integer=True)
-        if est.n_jobs == 0:
-            raise ValueError("n_jobs must be a positive number of threads, or negative "
-                             "(-1: all cores), not 0.")
+    check_n_jobs(est.n_jobs)
     if not isinstance(est.warm_start, (bool, np.bool_)):
-        raise TypeError(f"warm_start must be a bool, got {est.warm_start!r}.")
+        raise InvalidParameterError(f"warm_start must be a bool, got {est.warm_start!r}.")
     if not isinstance(est.progress, (bool, np.bool_)):
-        raise TypeError(f"progress must be a bool, got {est.progress!r}.")
+        raise InvalidParameterError(f"progress must be a bool, got {est.progress!r}.")
+
+
+def check_n_samples(n_samples, n_components):
+    """Enough rows for the mixture (None: not known yet, as for a stream not yet read)."""
+    if n_samples is not None and n_samples < max(2, n_components):
+        raise ValueError(
+            f"Expected n_samples >= n_components and n_samples >= 2 but got "
+            f"n_components = {n_components}, n_samples = {n_samples}."
+        )
 
 
 def _as_float_array(name, value, shape):
@@ -74,7 +99,7 @@ def check_weights(weights, n_components):
             "weights_init must be in the range [0, 1], got "
             f"min {weights.min():.5g} and max {weights.max():.5g}."
         )
-    if not np.isclose(weights.sum(), 1.0, rtol=0.0, atol=1e-6):
+    if not np.isclose(weights.sum(), 1.0, rtol=0.0, atol=1e-8):  # scikit-learn's tolerance
         raise ValueError(f"weights_init must sum to 1, got a sum of {weights.sum():.8g}.")
     return weights
 

@@ -40,14 +40,17 @@ def _integer(text: str) -> int:
     return int(value)
 
 
-def _at_least(low: int):
+def _at_least(low: int, high: int | None = None):
     def parse(text: str) -> int:
         value = _integer(text)
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
         return value
 
-    parse.__name__ = f"integer >= {low}"  # how argparse names the type in its messages
+    # how argparse names the type in its messages
+    parse.__name__ = f"integer >= {low}" if high is None else f"integer in [{low}, {high}]"
     return parse
 
 
@@ -80,7 +83,7 @@ def _add_demo(subparsers) -> None:
                         help="covariance type, true and fitted (default: %(default)s)")
     parser.add_argument("--n-jobs", type=_n_jobs, default=None, metavar="N",
                         help="threads; -1: all cores, -2: all but one (default: all cores)")
-    parser.add_argument("--seed", type=_at_least(0), default=0,
+    parser.add_argument("--seed", type=_at_least(0, 2**32 - 1), default=0,  # numpy's seeds
                         help="seed of the truth, the data and the initialization "
                         "(default: %(default)s)")
     parser.add_argument("--max-iter", type=_at_least(1), default=100, metavar="N",

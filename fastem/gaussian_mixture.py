@@ -31,7 +31,7 @@ def _is_out_of_core(X) -> bool:
     object with ``shape``, ``dtype`` and row slicing other than an ndarray, a DataFrame or a
     sparse matrix. One-shot iterators go there too, to be refused with a message that says to
     pass a callable instead."""
-    if isinstance(X, (DataSource, str, os.PathLike, np.memmap, Iterator)) or callable(X):
+    if isinstance(X, (DataSource, str, bytes, os.PathLike, np.memmap, Iterator)) or callable(X):
         return True
     package = type(X).__module__.split(".")[0]
     if package in ("h5py", "zarr"):
@@ -96,7 +96,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Non-negative regularization added to the diagonal of the covariances, so that they
         stay positive definite.
     max_iter : int, default=100
-        Number of EM iterations at most (at least 1).
+        Number of EM iterations at most. 0, as in scikit-learn, only initializes: the model
+        holds the initial parameters, with ``lower_bound_ = -inf``, ``lower_bounds_ = []``
+        and ``n_iter_ = 0``, and no ConvergenceWarning.
     n_init : int, default=1
         Number of initializations; the one with the highest bound is kept.
     init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}, default='kmeans'
@@ -210,8 +212,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _params(self) -> GaussianParams:
         """The fitted parameters as one GaussianParams, the same one (and its layouts) from
         call to call while the attributes keep their values: it holds copies of them, so
-        that a change made in place is seen too."""
-        arrays = (self.weights_, self.means_, self.precisions_cholesky_, self.covariances_)
+        that a change made in place is seen too. As scikit-learn's, predictions need only
+        the weights, means and precisions' factors: a model set up by hand may leave out the
+        covariances, which are then derived where needed."""
+        arrays = (self.weights_, self.means_, self.precisions_cholesky_,
+                  getattr(self, "covariances_", None))
         try:
             kept = _KEPT_PARAMS.get(self)
         except TypeError:  # a subclass made unhashable: nothing kept
@@ -307,18 +312,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                         start_bound = -np.inf
                     else:
                         params, start_bound = self._params(), self.lower_bound_
-                    result = em_loop(
-                        source, params, tol=self.tol, reg_covar=self.reg_covar,
-                        max_iter=self.max_iter, chunk_size=chunk_size, lower_bound=start_bound,
-                        progress=progress,
-                    )
+                    if self.max_iter == 0:  # the initialization only, as scikit-learn's
+                        result = (params, [], False, 0)
+                    else:
+                        result = em_loop(
+                            source, params, tol=self.tol, reg_covar=self.reg_covar,
+                            max_iter=self.max_iter, chunk_size=chunk_size,
+                            lower_bound=start_bound, progress=progress,
+                        )
                 except KeyboardInterrupt as stop:
                     best = self._keep_interrupted(stop, best, init, n_init)
                     raise FitInterrupted(*best[:2], best[3]) from stop
                 self._check_n_samples(source.n_samples)
-                if best is None or result[1][-1] > best[1][-1]:
+                # without iterations there is no bound to choose by: the last one stays
+                if best is None or not result[1] or result[1][-1] > best[1][-1]:
                     best = result
-        if not best[2]:
+        if not best[2] and self.max_iter > 0:
             warnings.warn(
                 "Best performing initialization did not converge. Try different init "
                 "parameters, or increase max_iter, tol, or check for degenerate data.",
@@ -341,8 +350,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         warnings.warn(
             f"fit interrupted during initialization {init + 1} of {n_init}: the model holds "
             f"the best parameters completed so far ({best[3]} EM iterations, lower bound "
-            f"{best[1][-1]:.6g}, converged_={best[2]}). Call fit again with warm_start=True "
-            "to continue from them.",
+            f"{self.lower_bound_:.6g}, converged_={best[2]}). Call fit again with "
+            "warm_start=True to continue from them.",
             UserWarning,
             stacklevel=4,
         )
@@ -358,17 +367,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                                                     self.covariance_type)
         self.converged_ = converged
         self.n_iter_ = n_iter
-        self.lower_bound_ = bounds[-1]
+        self.lower_bound_ = bounds[-1] if bounds else -np.inf
         self.lower_bounds_ = bounds
 
     def _check_n_samples(self, n):
-        if n is None:
-            return
-        if n < max(2, self.n_components):
-            raise ValueError(
-                f"Expected n_samples >= n_components and n_samples >= 2 but got "
-                f"n_components = {self.n_components}, n_samples = {n}."
-            )
+        _validation.check_n_samples(n, self.n_components)
 
     def fit_predict(self, X, y=None):
         """Fit, then return the most likely component of each row (equal to ``fit(X).predict(X)``).
@@ -388,6 +391,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _loglik_sum(self, X):
         """(sum of the rows' log-likelihoods, number of rows), in one pass."""
         _check_fitted(self)
+        _validation.check_n_jobs(self.n_jobs)
         source = self._source(X, reset=False)
         with reported(source, self.progress, "score") as (source, _):
             with prediction_threads(self.n_jobs, source.n_samples):
@@ -397,6 +401,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _per_row(self, X, out, name, trailing, dtype):
         """Run one pass filling a per-row output (a new array, or the caller's ``out``)."""
         _check_fitted(self)
+        _validation.check_n_jobs(self.n_jobs)
         source = self._source(X, reset=False)
         with reported(source, self.progress, _PER_ROW_METHODS[name]) as (source, _):
             n = count_rows(source, check_chunk_size(self.chunk_size))  # a stream: a pass

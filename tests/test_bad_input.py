@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from sklearn.utils.validation import validate_data
+from sklearn.utils._param_validation import InvalidParameterError
 
 from fastem import GaussianMixture, _em as em, gaussian_mixture
 from fastem.gaussian_mixture import _passes_as_is
@@ -213,7 +215,7 @@ BAD_SETTINGS = [
     (dict(tol=-1e-3), ValueError, "tol must be >= 0"),
     (dict(tol=np.nan), ValueError, "tol must be finite"),
     (dict(reg_covar=-1e-6), ValueError, "reg_covar must be >= 0"),
-    (dict(max_iter=0), ValueError, "max_iter must be >= 1"),
+    (dict(max_iter=-1), ValueError, "max_iter must be >= 0"),
     (dict(max_iter=10.0), TypeError, "max_iter must be an integer"),
     (dict(n_init=0), ValueError, "n_init must be >= 1"),
     (dict(init_params="kmeans++"), ValueError, "init_params must be one of"),
@@ -224,6 +226,8 @@ BAD_SETTINGS = [
     (dict(chunk_size="256"), TypeError, "chunk_size must be a positive integer"),
     (dict(n_jobs=0), ValueError, "n_jobs must be a positive number of threads"),
     (dict(n_jobs=1.5), TypeError, "n_jobs must be an integer"),
+    (dict(verbose=-1), ValueError, "verbose must be >= 0"),
+    (dict(verbose=0.5), TypeError, "verbose must be an integer"),
 ]
 
 
@@ -233,6 +237,27 @@ BAD_SETTINGS = [
 def test_bad_settings(X, kwargs, error, match):
     with pytest.raises(error, match=match):
         GaussianMixture(**{"n_components": 2, **kwargs}).fit(X)
+
+
+@pytest.mark.parametrize("kwargs", [c[0] for c in BAD_SETTINGS
+                                    if "chunk_size" not in c[0] and c[2].startswith(tuple(c[0]))],
+                         ids=lambda kwargs: ",".join(f"{k}={v!r}" for k, v in kwargs.items()))
+def test_a_bad_setting_is_both_a_value_and_a_type_error(X, kwargs):
+    """As scikit-learn's InvalidParameterError: code written for its estimator catches a bad
+    setting with either ``except ValueError`` or ``except TypeError``."""
+    with pytest.raises(ValueError) as caught:
+        GaussianMixture(**{"n_components": 2, **kwargs}).fit(X)
+    assert isinstance(caught.value, TypeError)
+    assert isinstance(caught.value, InvalidParameterError)
+
+
+@pytest.mark.parametrize("n_jobs, match", [(0, "n_jobs must be a positive number of threads"),
+                                           (1.5, "n_jobs must be an integer")])
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "score_samples", "score"])
+def test_bad_n_jobs_set_after_fitting_is_named_by_predictions(fitted, X, n_jobs, match, method):
+    model = copy.deepcopy(fitted).set_params(n_jobs=n_jobs)
+    with pytest.raises(ValueError, match=match):
+        getattr(model, method)(X)
 
 
 def test_bad_chunk_size_in_predict(fitted, X):
@@ -249,10 +274,13 @@ def test_bad_chunk_size_in_predict(fitted, X):
     ([[0.5, 0.5]], r"weights_init must have shape \(2,\)"),
     ([-0.5, 1.5], r"weights_init must be in the range \[0, 1\]"),
     ([0.3, 0.3], "weights_init must sum to 1"),
+    ([0.5, 0.5000001], "weights_init must sum to 1"),  # scikit-learn's tolerance, 1e-8
 ])
 def test_bad_weights_init(X, weights, match):
     with pytest.raises(ValueError, match=match):
         GaussianMixture(2, weights_init=weights).fit(X)
+    with pytest.raises(ValueError):  # scikit-learn refuses them too
+        SkGaussianMixture(2, weights_init=weights).fit(X)
 
 
 def test_bad_means_init(X):
@@ -494,3 +522,55 @@ def test_failed_fit_leaves_the_model_unchanged(X, warm_start):
     with pytest.raises(ValueError, match="ill-defined"):
         gm.fit(np.ones((50, 3)))
     assert_same_attributes(gm, before)
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_a_stream_of_too_few_rows_gets_the_same_message_whatever_the_initialization(X, init):
+    """A stream's rows are known only once read: each initialization checks them then, with
+    the message an array of as few rows gets."""
+    from fastem.data import StreamSource
+
+    with pytest.raises(ValueError, match="Expected n_samples >= n_components") as from_array:
+        GaussianMixture(3, init_params=init).fit(X[:2])
+    with pytest.raises(ValueError) as from_stream:
+        GaussianMixture(3, init_params=init).fit(StreamSource(lambda: iter([X[:2]])))
+    assert str(from_stream.value) == str(from_array.value)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("n_components", [2, 6])  # the per-component and expanded kernels
+def test_rows_too_far_for_any_density_score_minus_infinity(X, covariance_type, n_components):
+    """Rows so far from every component that their squared distances overflow have density 0:
+    log-likelihood -inf, as scikit-learn's, not NaN; score is then -inf and bic +inf. The
+    other rows keep their values. 120k rows also take the expanded kernel where it runs."""
+    gm = GaussianMixture(n_components, covariance_type=covariance_type, random_state=0).fit(X)
+    far = np.array([[1e155, 0.0, 0.0], [1e200, -1e200, 1e200], [1e300, 1e300, 1e300]])
+    rows = np.concatenate([far, X[:1]])
+    many = np.repeat(rows, 30_000, axis=0)
+    expected = gm.score_samples(X[:1])[0]
+    for data in (rows, many):
+        scores = gm.score_samples(data)
+        assert np.all(scores[np.abs(data).max(axis=1) > 1e100] == -np.inf)
+        assert_allclose(scores[np.all(data == X[0], axis=1)], expected, rtol=1e-12)
+    assert gm.score(rows) == -np.inf
+    assert gm.bic(rows) == np.inf
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_a_model_set_up_by_hand_without_covariances_predicts(X, covariance_type):
+    """As scikit-learn's: predictions need weights_, means_ and precisions_cholesky_ only."""
+    fitted = GaussianMixture(2, covariance_type=covariance_type, random_state=0).fit(X)
+    by_hand = GaussianMixture(2, covariance_type=covariance_type)
+    by_hand.weights_ = fitted.weights_
+    by_hand.means_ = fitted.means_
+    by_hand.precisions_cholesky_ = fitted.precisions_cholesky_
+    assert_array_equal(by_hand.score_samples(X), fitted.score_samples(X))
+    assert_array_equal(by_hand.predict(X), fitted.predict(X))
+
+
+def test_a_path_given_as_bytes_fits_as_the_same_path_as_str(X, tmp_path):
+    path = tmp_path / "X.npy"
+    np.save(path, X)
+    from_bytes = GaussianMixture(2, random_state=0).fit(str(path).encode())
+    from_str = GaussianMixture(2, random_state=0).fit(str(path))
+    assert_array_equal(from_bytes.means_, from_str.means_)

@@ -122,6 +122,8 @@ def test_bench_skips_a_peer_it_estimates_too_slow_and_says_why(tmp_path):
     (["bench", "--n-samples", "2.5"], "invalid integer: '2.5' is not a whole number"),
     (["demo", "--n-samples", "many"], "invalid integer: 'many'"),
     (["demo", "--n-samples", "1"], "must be at least 2, got 1"),
+    (["demo", "--seed", "99999999999"], "argument --seed: must be at most 4294967295"),
+    (["bench", "--seed", "4294967296"], "argument --seed: must be at most 4294967295"),
     (["bench", "--n-jobs", "0"], "must be a positive number of threads"),
     (["bench", "--peers", "pandas"], "invalid choice: 'pandas'"),
     (["bench", "--covariance-type", "wide"], "invalid choice: 'wide'"),

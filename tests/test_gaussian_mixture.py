@@ -364,7 +364,7 @@ def _verbose_lines(text):
 
 
 @ignore_convergence
-@pytest.mark.parametrize("verbose, interval", [(1, 1), (2, 1), (2, 3), (3, 2)])
+@pytest.mark.parametrize("verbose, interval", [(1, 1), (True, 1), (2, 1), (2, 3), (3, 2)])
 def test_verbose_messages_are_sklearns(blobs, capsys, verbose, interval):
     """The same lines as scikit-learn's fit from the same start, at every verbose level and
     interval: the same words and tabs, the same iteration numbers, bounds and changes (to their
@@ -383,6 +383,36 @@ def test_verbose_messages_are_sklearns(blobs, capsys, verbose, interval):
     assert our_shapes == their_shapes, ours
     assert len(our_shapes) == 2 * (2 + 7 // interval)
     assert_allclose(our_values, their_values, rtol=0, atol=2e-5)
+
+
+def test_verbose_false_prints_nothing_as_sklearns(blobs, capsys):
+    X = blobs(300, 2, 2, seed=2)[0]
+    capsys.readouterr()
+    GaussianMixture(2, verbose=False, random_state=0).fit(X)
+    SkGaussianMixture(2, verbose=False, random_state=0).fit(X)
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("init_params", ["random", "random_from_data"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_max_iter_zero_only_initializes_as_sklearn(overlapping, covariance_type, init_params):
+    """max_iter=0: the initial parameters (of the last of n_init initializations), no bound,
+    no iteration, not converged, and no ConvergenceWarning, as scikit-learn's."""
+    kwargs = dict(n_components=3, covariance_type=covariance_type, init_params=init_params,
+                  random_state=7, n_init=2, max_iter=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = GaussianMixture(**kwargs).fit(overlapping)
+        theirs = SkGaussianMixture(**kwargs).fit(overlapping)
+    # (covariances to 1e-12 absolute: around a picked row, 'diag' and 'spherical' are
+    # reg_covar, 1e-6, which scikit-learn's moments give to 1e-15)
+    for name in ("weights_", "means_", "covariances_"):
+        assert_allclose(getattr(ours, name), getattr(theirs, name), rtol=1e-10, atol=1e-12)
+    assert ours.lower_bound_ == theirs.lower_bound_ == -np.inf
+    assert ours.lower_bounds_ == theirs.lower_bounds_ == []
+    assert ours.n_iter_ == theirs.n_iter_ == 0
+    assert not ours.converged_ and not theirs.converged_
+    assert_array_equal(ours.predict(overlapping), theirs.predict(overlapping))
 
 
 @ignore_convergence

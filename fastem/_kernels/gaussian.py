@@ -325,11 +325,21 @@ def _largest(logp, m, best):
 @njit(**_jit)
 def _total_loglik(X, r0, r1, ll):
     """(sum of the rows' log-likelihoods `ll`, first row of X[r0:r1] holding NaN or infinity
-    or -1): the rows are looked at only when the sum is not finite."""
+    or -1): the rows are looked at only when the sum is not finite.
+
+    A finite row can still have a non-finite log-likelihood: so far from every component
+    (|x| ~ 1e155) that its squared distances overflow, the log-sum-exp meets -inf - (-inf).
+    Its density is 0 to double precision: its `ll` becomes -inf, as scikit-learn's."""
     total = lane_sum(ll, ll.shape[0])
     if np.isfinite(total):
         return total, -1
-    return total, _first_nonfinite(X, r0, r1, ll)
+    bad = _first_nonfinite(X, r0, r1, ll)
+    if bad >= 0:
+        return total, bad
+    for i in range(ll.shape[0]):
+        if not np.isfinite(ll[i]):
+            ll[i] = -np.inf
+    return lane_sum(ll, ll.shape[0]), -1
 
 
 @njit(**_jit)
