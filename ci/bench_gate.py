@@ -159,9 +159,10 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as error:
         print(f"bench_gate: {error}", file=sys.stderr)
         return 2
-    n_iter = args.n_iter or spec.get("n_iter", 3)
-    repeats = args.repeats or spec.get("repeats", 5)
-    threads = args.threads or spec.get("threads", 2)
+    # an explicit 0 is refused below, not taken for "not given"
+    n_iter = spec.get("n_iter", 3) if args.n_iter is None else args.n_iter
+    repeats = spec.get("repeats", 5) if args.repeats is None else args.repeats
+    threads = spec.get("threads", 2) if args.threads is None else args.threads
     budget = float(spec.get("budget_seconds", 30.0))
     if min(n_iter, repeats, threads) < 1 or args.retries < 0:
         parser.error("--n-iter, --repeats and --threads must be at least 1, --retries >= 0")

@@ -32,6 +32,9 @@ __all__ = ["threads", "accumulate", "predict_pass", "em_loop", "FitInterrupted",
 # K = 16 'full' and 2.7% at d = 64 'diag'; 1 MiB was slower at 'diag'.
 _WAVE_BYTES = 2 * 2**20
 
+# At most this much of given responsibilities at a time (GIVEN passes: 'random' initialization).
+_GIVEN_BYTES = 8 * 2**20
+
 _EMPTY_1D = np.empty(0)
 _EMPTY_LABELS = np.empty(0, dtype=np.int64)
 
@@ -163,7 +166,8 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
 
     ``mode`` HARD assigns each row wholly to its nearest mean (``params`` must have unit
     precisions and equal weights, as for k-means' centres; the log-likelihood sum is then 0);
-    GIVEN takes the responsibilities of each chunk from ``resp_for_chunk(start, m)``.
+    GIVEN takes the responsibilities of rows start .. start + m from
+    ``resp_for_chunk(start, m)``, asked for consecutive ranges in row order.
 
     ``rows_scatter``, for 'tied': statistics of an earlier pass over the same rows. The
     unweighted scatter sum_n (x_n - c)(x_n - c)^T depends on the rows alone, so it is moved to
@@ -200,20 +204,28 @@ def accumulate(source, params: GaussianParams, *, chunk_size=None, mode=SOFT,
     no_resp = np.empty((0, K))
     loglik = np.zeros(1)
     n = 0
-    for start, block in source.chunks(chunk_size, prefetch=True):
-        block = kernel_rows(block, params.means.shape[1])
-        m = block.shape[0]
-        resp = None
-        if mode == GIVEN:
-            resp = np.ascontiguousarray(resp_for_chunk(start, m), dtype=np.float64)
-        for a, b in whole_blocks(m):
-            bad = gaussian_pass(
-                kind, mode, block[a:b], shift, centre, prec, aux, const,
-                no_resp if resp is None else resp[a:b], True, BLOCK_ROWS, waves, _tasks(),
-                loglik, stats.s0, stats.s1, s2, _EMPTY_1D, no_resp, _EMPTY_LABELS,
-            )
-            if bad >= 0:
-                _raise_bad_row(start + a, bad)
+    # GIVEN responsibilities are asked for a slice of whole blocks at a time, so that no
+    # (rows, K) array outgrows _GIVEN_BYTES whatever the chunk (a chunk of a 2-feature file
+    # holds millions of rows); the blocks, and so the bits, are the chunk's own.
+    step = max(BLOCK_ROWS, _GIVEN_BYTES // (8 * K) // BLOCK_ROWS * BLOCK_ROWS)
+    for start, chunk in source.chunks(chunk_size, prefetch=True):
+        chunk = kernel_rows(chunk, params.means.shape[1])
+        m = chunk.shape[0]
+        rows = step if mode == GIVEN else max(m, 1)
+        for s in range(0, m, rows):
+            block = chunk[s : s + rows]
+            resp = None
+            if mode == GIVEN:
+                resp = np.ascontiguousarray(resp_for_chunk(start + s, block.shape[0]),
+                                            dtype=np.float64)
+            for a, b in whole_blocks(block.shape[0]):
+                bad = gaussian_pass(
+                    kind, mode, block[a:b], shift, centre, prec, aux, const,
+                    no_resp if resp is None else resp[a:b], True, BLOCK_ROWS, waves, _tasks(),
+                    loglik, stats.s0, stats.s1, s2, _EMPTY_1D, no_resp, _EMPTY_LABELS,
+                )
+                if bad >= 0:
+                    _raise_bad_row(start + s + a, bad)
         n += m
     stats.n_samples = n
     stats.loglik = float(loglik[0])

@@ -27,6 +27,7 @@ __all__ = [
     "COVARIANCE_TYPES",
     "precisions_cholesky_from_covariances",
     "covariances_from_precisions_cholesky",
+    "precisions_from_cholesky",
     "log_gaussian_prob",
     "e_step",
     "m_step",

@@ -165,3 +165,20 @@ def test_the_parsed_shape_reaches_the_bench(monkeypatch):
     assert seen["covariance_types"] == ["tied", "spherical"] and seen["dtype"] == "float32"
     assert seen["n_jobs"] == 1 and seen["plot_path"] is None and seen["whole_fit"]
     assert seen["seed"] == 3
+
+
+@pytest.mark.parametrize("option", ["--repeats", "--n-iter", "--threads"])
+def test_the_benchmark_gate_refuses_zero_instead_of_taking_its_default(capsys, option):
+    """``ci/bench_gate.py --repeats 0`` is a bad argument (exit 2), not "not given": it used to
+    run the whole gate with the thresholds file's setting."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "ci" / "bench_gate.py"
+    spec = importlib.util.spec_from_file_location("bench_gate", path)
+    gate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gate)
+    with pytest.raises(SystemExit) as exit_:
+        gate.main([option, "0"])
+    assert exit_.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err

@@ -484,6 +484,39 @@ def test_a_hard_pass_separates_clusters_closer_than_its_constant_resolves(covari
                     atol=1e-10)
 
 
+@pytest.mark.parametrize("chunk_size", [None, 1280, 1000])
+def test_given_responsibilities_are_asked_for_a_bounded_slice_at_a_time(blobs, monkeypatch,
+                                                                         chunk_size):
+    """'random' initialization's GIVEN pass asks for a chunk's (rows, K) responsibilities a
+    slice of whole blocks at a time, never more than _GIVEN_BYTES of them (a chunk of a
+    2-feature file holds millions of rows), in row order, for the same bits as whole chunks."""
+    import fastem._em
+
+    X = blobs(3000, 3, 2, seed=4)[0]
+    K = 3
+    r = np.random.default_rng(5).uniform(size=(3000, K))
+    r /= r.sum(axis=1, keepdims=True)
+    params = GaussianParams("full", np.full(K, 1 / K), X[:K], _unit_precisions("full", K, 2))
+
+    def given(asked):
+        def resp_for_chunk(start, m):
+            asked.append((start, m))
+            return r[start : start + m]
+        return resp_for_chunk
+
+    whole, sliced = [], []
+    expected = accumulate(ArraySource(X), params, chunk_size=chunk_size, mode=GIVEN,
+                          resp_for_chunk=given(whole))
+    monkeypatch.setattr(fastem._em, "_GIVEN_BYTES", 8 * K * 2 * BLOCK_ROWS)
+    stats = accumulate(ArraySource(X), params, chunk_size=chunk_size, mode=GIVEN,
+                       resp_for_chunk=given(sliced))
+    assert max(m for _, m in sliced) == 2 * BLOCK_ROWS < max(m for _, m in whole)
+    assert [start for start, _ in sliced] == list(np.cumsum([0] + [m for _, m in sliced])[:-1])
+    assert sum(m for _, m in sliced) == 3000
+    for name in ("s0", "s1", "s2"):
+        assert_array_equal(getattr(stats, name), getattr(expected, name))
+
+
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_a_hard_pass_names_the_first_non_finite_row(blobs, covariance_type):
     """HARD passes find bad rows without log-likelihoods: a row with NaN or infinity has no
