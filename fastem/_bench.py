@@ -51,6 +51,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -1442,6 +1443,25 @@ def add_bench_parser(subparsers) -> None:
     parser.set_defaults(func=_run_bench_command, parser=parser)
 
 
+def _unwritable(path) -> str | None:
+    """Why a file could not be written at `path` (its missing folders made first, as the
+    writers do), or None: checked before a run of minutes, not after it."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        return f"{path} is a folder"
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):  # the writers make the missing folders
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        return f"{folder} is not a folder"
+    try:  # a trial file: permissions alone say nothing for root, or for /proc
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return f"cannot write in {folder} ({error.strerror})"
+    return None
+
+
 def _run_bench_command(args) -> int:
     if args.n_samples < args.n_components:
         args.parser.error(f"--n-samples ({args.n_samples}) must be at least --n-components "
@@ -1452,6 +1472,10 @@ def _run_bench_command(args) -> int:
             _check_plotting()
         except ImportError as error:
             args.parser.error(str(error))
+    for option, path in (("--json", args.json), ("--plot", plot)):
+        why = None if path is None else _unwritable(path)
+        if why is not None:
+            args.parser.error(f"argument {option}: {why}")
     itemsize = np.dtype(args.dtype).itemsize
     have = available_bytes()
     need = args.n_samples * args.n_features * itemsize

@@ -182,3 +182,25 @@ def test_the_benchmark_gate_refuses_zero_instead_of_taking_its_default(capsys, o
         gate.main([option, "0"])
     assert exit_.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_bench_refuses_a_json_path_it_could_not_write_before_it_runs(capsys, monkeypatch,
+                                                                     tmp_path):
+    """A --json path that cannot be written is an argument error at once (exit 2), not a
+    traceback after minutes of measuring; folders still missing are made, as before."""
+    import fastem._bench
+
+    ran = []
+    monkeypatch.setattr(fastem._bench, "run_bench", lambda **kwargs: ran.append(kwargs))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for path, message in [(a_file / "x.json", "is not a folder"), (tmp_path, "is a folder")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["bench", "--json", str(path), "--no-plot"])
+        assert exit_.value.code == 2
+        assert f"argument --json: {path if message == 'is a folder' else a_file} {message}" \
+            in capsys.readouterr().err
+    assert ran == []
+    nested = tmp_path / "new" / "folder" / "x.json"
+    assert main(["bench", "--json", str(nested), "--no-plot"]) == 0
+    assert ran[0]["json_path"] == str(nested)
