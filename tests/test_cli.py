@@ -204,3 +204,21 @@ def test_bench_refuses_a_json_path_it_could_not_write_before_it_runs(capsys, mon
     nested = tmp_path / "new" / "folder" / "x.json"
     assert main(["bench", "--json", str(nested), "--no-plot"]) == 0
     assert ran[0]["json_path"] == str(nested)
+
+
+def test_the_benchmarks_warm_up_compiles_the_lloyd_pass_for_each_dtype():
+    """A whole fit's k-means passes over all the rows read the data's dtype: the warm-up
+    compiles them for float32 too (with 512 rows it never reached them, and the first float32
+    whole fit of ``fastem bench`` timed their compile). In a fresh process, so that no other
+    test has compiled them already."""
+    import subprocess
+
+    code = ("import numpy as np; from numba import types; "
+            "from fastem._bench import warm_up_fastem; "
+            "from fastem._kernels.kmeans import _lloyd_task; "
+            "warm_up_fastem(('spherical',), (np.float32,), threads=1); "
+            "print(sorted({str(sig[2].dtype) for sig in _lloyd_task.signatures}))")  # X's
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "float32" in done.stdout.strip().splitlines()[-1]
