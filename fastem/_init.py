@@ -64,11 +64,14 @@ def _picked_rows_stats(covariance_type, rows, n_samples, source, chunk_size):
 
 def _stats_from_method(method, source, K, covariance_type, random_state, chunk_size):
     d = source.n_features
+    n = None
+    if method != "random":  # which draws as it reads, and needs no count
+        # A stream's rows are counted first (and checked: known only now), so that k-means
+        # samples its rows by index, as for any other source, rather than by a reservoir
+        # pass: the same data gives the same model whatever holds it.
+        n = count_rows(source, chunk_size)
+        check_n_samples(n, K)
     if method == "kmeans":
-        # A stream's rows are counted first, so that k-means samples its rows by index, as for
-        # any other source, rather than by a reservoir pass: the same data gives the same
-        # model whatever holds it.
-        check_n_samples(count_rows(source, chunk_size), K)
         centers = kmeans_centers(source, K, random_state=random_state, chunk_size=chunk_size)
         # Hard assignment to the nearest center: unit precisions and equal weights.
         nearest = GaussianParams(covariance_type, np.full(K, 1.0 / K), centers,
@@ -85,8 +88,6 @@ def _stats_from_method(method, source, K, covariance_type, random_state, chunk_s
                                 _unit_precisions(covariance_type, K, d))
         return accumulate(source, around, chunk_size=chunk_size, mode=GIVEN,
                           resp_for_chunk=resp_for_chunk)
-    n = count_rows(source, chunk_size)
-    check_n_samples(n, K)  # a stream's rows are known only now
     if method == "random_from_data":
         if n <= _CHOICE_ROWS:  # scikit-learn's draw, so that both pick the same rows
             indices = random_state.choice(n, size=K, replace=False)
