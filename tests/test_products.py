@@ -5,11 +5,14 @@ import numpy as np
 import pytest
 from numba import njit
 
+from fastem._kernels._llvm import accumulator_groups
 from fastem._kernels._panels import (
     FEW_ROWS,
     LANES,
     MAX_SINGLE_ROWS,
     PANEL_ROWS,
+    _panel_intrinsic,
+    _panel_max_intrinsic,
     few_log_density_product,
     log_density_product,
     panel_product,
@@ -17,8 +20,9 @@ from fastem._kernels._panels import (
     scale_rows,
 )
 from fastem._kernels._prefetch import idle_state
-from fastem._kernels._tiles import (TILE, centred_moments, lane_sum, moments_about_zero,
-                                   row_dot, row_sums, short_tile_products, tile_products)
+from fastem._kernels._tiles import (TILE, _lane_sums_intrinsic, _moment_sums_intrinsic,
+                                   centred_moments, lane_sum, moments_about_zero, row_dot,
+                                   row_sums, short_tile_products, tile_products)
 from fastem._params import PADDED_LOG_DENSITY
 
 
@@ -335,3 +339,59 @@ def test_moments_about_zero_match_numpy(K, d, nb):
             Z_j[0] = Z[j]
             moments_about_zero(R_k, Z_j, nb, alone_first, alone_second, idle_state())
             assert alone_first[0, 0] == first[k, j] and alone_second[0, 0] == second[k, j]
+
+
+@pytest.mark.parametrize("shape", [(8, 2), (8, 1), (4, 2), (4, 4), (2, 4), (1, 4), (3, 5)])
+@pytest.mark.parametrize("limit", [1, 3, 4, 6, 16])
+@pytest.mark.parametrize("column_cost", [1, 4])
+def test_accumulator_groups_cover_the_grid_once(shape, limit, column_cost):
+    """Every accumulator of the grid is in exactly one group, and no group holds more than
+    the limit; a grid within the limit is one group."""
+    groups = accumulator_groups(*shape, column_cost=column_cost, limit=limit)
+    cells = [(u, v) for rows, columns in groups for u in rows for v in columns]
+    assert sorted(cells) == [(u, v) for u in range(shape[0]) for v in range(shape[1])]
+    assert all(len(rows) * len(columns) <= limit for rows, columns in groups)
+    assert (len(groups) == 1) == (shape[0] * shape[1] <= limit)
+
+
+def _grouped_products(limit):
+    """Compiled calls of the register panels, lane-sum tiles and centred moment sums, each
+    sweeping its accumulators in groups of at most `limit`."""
+    add_panel = _panel_intrinsic(2, True, limit=limit)
+    quadratic_panel = _panel_max_intrinsic(2, "quadratic", limit=limit)
+    tile = _lane_sums_intrinsic(TILE, TILE, limit=limit)
+    squares_tile = _lane_sums_intrinsic(TILE, 2, squares=True, limit=limit)
+    moments = _moment_sums_intrinsic(4, limit=limit)
+
+    @njit
+    def products(A, B, out, Y, quad, mx, XT, R, mu, n):
+        add_panel(A, B, out, 0, 0, A.shape[1])
+        quadratic_panel(A, Y, quad, 0, 0, 3, mx, PANEL_ROWS)
+        return tile(XT, R, 0, 0, n), squares_tile(R, XT, 0, 0, n), moments(XT, 0, R, 1, mu, n)
+
+    return products
+
+
+def test_accumulator_groups_change_no_bits():
+    """The panels, tiles and moment sums sweep their accumulators in groups that fit the CPU's
+    registers (``_llvm.ACCUMULATORS``: 16 with AVX-512, 4 with AVX2): the results are the
+    bits of one sweep over them all, whatever the groups, on any CPU."""
+    rng = np.random.default_rng(7)
+    n = 253  # a masked last step in the tiles
+    A = rng.normal(size=(PANEL_ROWS, 40))
+    B = rng.normal(size=(40, 2 * LANES))
+    Y = rng.normal(size=(4, 2 * LANES))  # the constant row and d = 3 features
+    XT = rng.normal(size=(TILE, 256))
+    R = rng.random(size=(TILE, 256))
+    mu = rng.normal(size=TILE)
+    start = rng.normal(size=(PANEL_ROWS, 2 * LANES))
+
+    def run(limit):
+        out, quad, mx = start.copy(), np.empty((PANEL_ROWS, 2 * LANES)), np.empty(2 * LANES)
+        sums = _grouped_products(limit)(A, B, out, Y, quad, mx, XT, R, mu, n)
+        return [out, quad, mx] + [np.array(s) for s in sums]
+
+    whole = run(10**6)
+    np.testing.assert_allclose(whole[0], start + A @ B, rtol=1e-13, atol=1e-13)
+    for limit in (1, 4, 16):
+        assert all(np.array_equal(a, b) for a, b in zip(run(limit), whole)), limit

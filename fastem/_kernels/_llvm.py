@@ -51,3 +51,45 @@ def target_has(feature):
     host's."""
     features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
     return "+" + feature in features.split(",")
+
+
+def _accumulator_budget():
+    """How many 8-lane float64 accumulators a sweep keeps in registers, leaving room for its
+    operands: 16 of AVX-512's 32 vector registers; 4 where there are 16 registers of 256 bits
+    (AVX2: an accumulator is a pair of them); 2 with 128-bit registers."""
+    if target_has("avx512f"):
+        return 16
+    return 4 if target_has("avx") else 2
+
+
+# A sweep with more accumulators than this runs as several sweeps over the same operands, each
+# on a group of them (``accumulator_groups``). Each accumulator's sum keeps its order, so the
+# results are the same bits whichever the grouping: only the time changes. With the panels'
+# 16 accumulators on an AVX2 CPU (AMD EPYC, Zen), LLVM spilled most of them to the stack at
+# every step of the sweep.
+ACCUMULATORS = _accumulator_budget()
+
+
+def accumulator_groups(n_rows, n_columns, column_cost=1, limit=None):
+    """Split an ``n_rows`` x ``n_columns`` grid of accumulators into groups of at most
+    ``limit`` (``ACCUMULATORS``) for sweeps of their own: a list of (rows, columns) ranges.
+
+    Each step of a sweep loads one operand per row and one per column of its group for
+    rows * columns multiply-adds; ``column_cost`` is what a column's operand costs against a
+    row's (the panels broadcast one float64 per row and load a vector per column). The
+    groups take the shape with the least load cost per multiply-add. One group, the whole
+    grid, when it fits."""
+    limit = ACCUMULATORS if limit is None else limit
+    if n_rows * n_columns <= limit:
+        return [(range(n_rows), range(n_columns))]
+    best = None
+    for group_rows in range(1, min(n_rows, limit) + 1):
+        group_columns = min(n_columns, limit // group_rows)
+        cost = (group_rows + column_cost * group_columns) / (group_rows * group_columns)
+        if best is None or cost < best[0]:
+            best = (cost, group_rows, group_columns)
+    _, group_rows, group_columns = best
+    return [(range(u0, min(u0 + group_rows, n_rows)),
+             range(v0, min(v0 + group_columns, n_columns)))
+            for v0 in range(0, n_columns, group_columns)
+            for u0 in range(0, n_rows, group_rows)]

@@ -13,10 +13,15 @@ a panel of 8 rows by 16 columns of the output in registers, as 16 vectors of 8 f
 sweeps the shared dimension once: each step broadcasts 8 entries of A, loads 16 contiguous
 entries of B and issues 16 fused multiply-adds. The vectors are written as LLVM vector types,
 which the backend lowers to AVX-512 registers where the CPU has them (66 to 77 GFLOP/s per
-core here) and to pairs of narrower ones elsewhere. Each output entry is a sum over the shared
-dimension in index order, so the result does not depend on anything but the operands. The
-per-component kernel's (d, d) products of 'full' and 'tied' run here too
-(``gaussian._logp_dense``).
+core on an Intel Emerald Rapids) and to pairs of 256-bit ones on AVX2 CPUs. Those have 16
+vector registers, not 32: there the panel's accumulators are swept in groups of 4 rows by one
+vector (``_llvm.accumulator_groups``), each group over the whole shared dimension, since with
+all 16 in one sweep LLVM spilled them to the stack at every step. On an AMD EPYC (Zen) passes
+of the expanded kernel then took 0.62 of the time at (1M, 16, 16) 'full', 0.65 at (250k, 64,
+16) 'full' and 0.71 at (1M, 16, 16) 'diag'. Each output entry is a sum over the shared
+dimension in index order, whatever the grouping, so the result does not depend on anything
+but the operands. The per-component kernel's (d, d) products of 'full' and 'tied' run here
+too (``gaussian._logp_dense``).
 """
 
 from llvmlite import ir
@@ -30,6 +35,7 @@ from ._llvm import (
     F64,
     LANES,
     VEC,
+    accumulator_groups,
     array_bytes,
     load_vector,
     splat,
@@ -40,7 +46,7 @@ from ._prefetch import END, NEXT, PER_CALL, prefetch_lines
 PANEL_ROWS = 8  # rows of A (and of the output) per panel
 
 
-def _panel_codegen(n_vectors, add, n_rows, with_max, sweep="plain"):
+def _panel_codegen(n_vectors, add, n_rows, with_max, sweep="plain", limit=None):
     """Code adding (`add`) or writing A[m0:m0+n_rows, :n] @ B'[:n, j0:j0+8*n_vectors] into
     the same panel of `out`; `with_max` also folds the panel's rows below K into a running
     column-wise maximum (see :func:`log_density_product`).
@@ -48,7 +54,10 @@ def _panel_codegen(n_vectors, add, n_rows, with_max, sweep="plain"):
     B' is B itself for the 'plain' sweep. For 'quadratic', n is d and B' is the 'full'
     features (``gaussian_expanded``) of the y in B's rows 1..d: B'[f] = B[f] for f <= d,
     then B[1 + a] * B[1 + b] for a <= b in row order, each product formed in registers as
-    its row is needed, so that B' is never stored."""
+    its row is needed, so that B' is never stored.
+
+    The accumulators are swept in groups of at most `limit` (``_llvm.accumulator_groups``),
+    the same bits whatever the groups."""
 
     def codegen(context, builder, signature, args):
         a_ty, b_ty, out_ty = signature.args[:3]
@@ -69,39 +78,43 @@ def _panel_codegen(n_vectors, add, n_rows, with_max, sweep="plain"):
         a_rows = [builder.mul(builder.add(m0, ir.Constant(intp, u)), a_row_stride)
                   for u in range(n_rows)]
 
-        def b_row(i):
-            """The panel's vectors of row i of B."""
-            row = builder.add(builder.mul(i, b_row_stride), col_bytes)
-            return [load_vector(builder, b_base,
-                                builder.add(row, ir.Constant(intp, 8 * LANES * v)))
-                    for v in range(n_vectors)]
+        # Broadcasting A's entry costs one float64 load a row; B's, a vector a column.
+        groups = accumulator_groups(n_rows, n_vectors, column_cost=LANES // 2, limit=limit)
 
-        def step(i, b_vec):
-            """Every accumulator += A[m0 + u, i] * its vector of row i of B'."""
+        def b_row(i, vectors):
+            """The vectors `vectors` of the panel's row i of B."""
+            row = builder.add(builder.mul(i, b_row_stride), col_bytes)
+            return {v: load_vector(builder, b_base,
+                                   builder.add(row, ir.Constant(intp, 8 * LANES * v)))
+                    for v in vectors}
+
+        def step(i, b_vec, rows):
+            """The group's accumulators += A[m0 + u, i] * their vector of row i of B'."""
             a_col = builder.mul(i, a_col_stride)
-            for u in range(n_rows):
+            for u in rows:
                 a_ptr = builder.gep(a_base, [builder.add(a_rows[u], a_col)])
                 a_val = builder.load(builder.bitcast(a_ptr, F64.as_pointer()), align=8)
                 a_vec = splat(builder, a_val)
-                for v in range(n_vectors):
+                for v, b in b_vec.items():
                     slot = acc[u * n_vectors + v]
-                    builder.store(builder.call(fma, [a_vec, b_vec[v], builder.load(slot)]),
-                                  slot)
+                    builder.store(builder.call(fma, [a_vec, b, builder.load(slot)]), slot)
 
-        if sweep == "plain":
-            with cgutils.for_range(builder, n) as loop:
-                step(loop.index, b_row(loop.index))
-        else:  # quadratic: the constant and linear rows as they are, then the products
+        for rows, vectors in groups:
+            if sweep == "plain":
+                with cgutils.for_range(builder, n) as loop:
+                    step(loop.index, b_row(loop.index, vectors), rows)
+                continue
+            # quadratic: the constant and linear rows as they are, then the products
             with cgutils.for_range(builder, builder.add(n, one)) as loop:
-                step(loop.index, b_row(loop.index))
+                step(loop.index, b_row(loop.index, vectors), rows)
             f = cgutils.alloca_once_value(builder, builder.add(n, one))
             with cgutils.for_range(builder, n) as outer:
-                y_a = b_row(builder.add(outer.index, one))
+                y_a = b_row(builder.add(outer.index, one), vectors)
                 with cgutils.for_range_slice(builder, outer.index, n, one,
                                              inc=True) as (b, _):
-                    y_b = b_row(builder.add(b, one))
+                    y_b = b_row(builder.add(b, one), vectors)
                     i = builder.load(f)
-                    step(i, [builder.fmul(y_a[v], y_b[v]) for v in range(n_vectors)])
+                    step(i, {v: builder.fmul(y_a[v], y_b[v]) for v in vectors}, rows)
                     builder.store(builder.add(i, one), f)
         totals = []
         for u in range(n_rows):
@@ -140,20 +153,20 @@ def _panel_codegen(n_vectors, add, n_rows, with_max, sweep="plain"):
     return codegen
 
 
-def _panel_intrinsic(n_vectors, add, n_rows=PANEL_ROWS):
+def _panel_intrinsic(n_vectors, add, n_rows=PANEL_ROWS, limit=None):
     """An intrinsic adding (`add`) or writing A[m0:m0+n_rows, :n] @ B[:n, j0:j0+8*n_vectors]
     into the same panel of `out`. A may have any strides; B's and out's rows must be
-    contiguous."""
+    contiguous. `limit`: as :func:`_panel_codegen`'s (tests)."""
 
     @intrinsic
     def panel(typingctx, A, B, out, m0, j0, n):
         sig = types.void(A, B, out, types.intp, types.intp, types.intp)
-        return sig, _panel_codegen(n_vectors, add, n_rows, False)
+        return sig, _panel_codegen(n_vectors, add, n_rows, False, limit=limit)
 
     return panel
 
 
-def _panel_max_intrinsic(n_vectors, sweep="plain", n_rows=PANEL_ROWS):
+def _panel_max_intrinsic(n_vectors, sweep="plain", n_rows=PANEL_ROWS, limit=None):
     """:func:`_panel_intrinsic`, writing `n_rows` rows, that also folds them into the
     column-wise maximum mx[j0:j0+8*n_vectors] (started from row 0 when m0 is 0) if m0 < `k`;
     with the 'quadratic' sweep of :func:`_panel_codegen`."""
@@ -161,7 +174,7 @@ def _panel_max_intrinsic(n_vectors, sweep="plain", n_rows=PANEL_ROWS):
     @intrinsic
     def panel(typingctx, A, B, out, m0, j0, n, mx, k):
         sig = types.void(A, B, out, types.intp, types.intp, types.intp, mx, types.intp)
-        return sig, _panel_codegen(n_vectors, False, n_rows, True, sweep)
+        return sig, _panel_codegen(n_vectors, False, n_rows, True, sweep, limit)
 
     return panel
 
