@@ -78,8 +78,8 @@ def _panel_codegen(n_vectors, add, n_rows, with_max, sweep="plain", limit=None):
         a_rows = [builder.mul(builder.add(m0, ir.Constant(intp, u)), a_row_stride)
                   for u in range(n_rows)]
 
-        # Broadcasting A's entry costs one float64 load a row; B's, a vector a column.
-        groups = accumulator_groups(n_rows, n_vectors, column_cost=LANES // 2, limit=limit)
+        # A row's operand is one float64, broadcast; a column's, a vector of LANES of them.
+        groups = accumulator_groups(n_rows, n_vectors, column_cost=LANES, limit=limit)
 
         def b_row(i, vectors):
             """The vectors `vectors` of the panel's row i of B."""
