@@ -10,7 +10,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from fastem._em import kernel_rows, threads
 from fastem._kernels._config import BLOCK_ROWS
-from fastem._kernels.kmeans import KPP_BLOCK_ROWS, kpp_min_distances, lloyd_chunk
+from fastem._kernels.kmeans import (CENTER_GROUP, KPP_BLOCK_ROWS, kpp_min_distances,
+                                    lloyd_chunk)
 from fastem._kmeans import _Lloyd, _kmeans_plusplus, kmeans_centers, nearest_centers
 from fastem.data import DataSource, as_source, sample_rows
 
@@ -113,6 +114,29 @@ def test_lloyd_kernel_matches_naive_oracle_at_any_width(d, dtype):
     with threads(2):
         found = run_kernel(X, centers, wave=2)
     assert_matches_oracle(found, naive_lloyd(X, centers), 1e-9)
+
+
+@pytest.mark.parametrize("n_clusters", sorted({1, CENTER_GROUP - 1, CENTER_GROUP + 1,
+                                                2 * CENTER_GROUP + 3} - {0}))
+def test_lloyd_kernel_exact_distances_and_ties_across_center_groups(n_clusters):
+    """The distances run CENTER_GROUP centers at a time: on integer data every distance is
+    exact, and a row as near to two centers goes to the first of them, in the same group or
+    in a later one."""
+    rng = np.random.default_rng(8)
+    d = 5
+    X = rng.integers(-20, 20, size=(BLOCK_ROWS + 37, d)).astype(np.float64)
+    centers = rng.integers(-20, 20, size=(n_clusters, d)).astype(np.float64)
+    if n_clusters > 1:
+        centers[-1] = centers[0]  # a later copy of center 0, in another group when K > group
+        X[:10] = centers[0] + np.eye(d)[np.arange(10) % d]  # nearest to both copies
+    found = run_kernel(X, centers, wave=2)
+    labels, dist, counts, sums = naive_lloyd(X, centers)
+    assert found[0] == [-1]
+    assert_array_equal(found[1], labels)  # argmin takes the first of ties, as the kernel must
+    assert_array_equal(found[2], dist)
+    assert_array_equal(found[3], counts)
+    if n_clusters > 1:
+        assert (found[1][:10] == 0).all()
 
 
 def test_lloyd_kernel_bits_independent_of_wave_and_aligned_chunks():
