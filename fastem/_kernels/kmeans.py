@@ -39,6 +39,7 @@ CENTER_GROUP = min(8, ACCUMULATORS)
 
 
 def _padded_rows(n):
+    """n rounded up to a whole number of center groups."""
     return -(-n // CENTER_GROUP) * CENTER_GROUP
 
 
@@ -255,7 +256,7 @@ def _lloyd_task(wave_start, n_wave, X, centers, block_rows, labels, min_dist, bu
     m, n_features = X.shape
     n_clusters = buf_counts.shape[1]  # `centers` has zero rows past them (lloyd_chunk)
     store = labels.shape[0] > 0
-    width = -(-block_rows // 8) * 8  # whole vectors for _squared_distances
+    width = -(-block_rows // LANES) * LANES  # whole vectors for _squared_distances
     XT = np.zeros((n_features, width))
     finite = np.empty(block_rows, dtype=np.bool_)
     best = np.empty(block_rows, dtype=np.int64)
