@@ -38,11 +38,6 @@ _FASTMATH = set(FASTMATH)
 CENTER_GROUP = min(8, ACCUMULATORS)
 
 
-def _padded_rows(n):
-    """n rounded up to a whole number of center groups."""
-    return -(-n // CENTER_GROUP) * CENTER_GROUP
-
-
 @intrinsic
 def _squared_distances(typingctx, XT, C, k0, D, n):
     """D[g, i] = sum_j (XT[j, i] - C[k0 + g, j])^2 for g < CENTER_GROUP and every i below n
@@ -59,8 +54,9 @@ def _squared_distances(typingctx, XT, C, k0, D, n):
     (100k, 16, 16) 'full', (1M, 16, 16) and (1M, 64, 16) 'diag'. The task's cold compile
     took no measurably longer (2.34-2.52 s against 2.29-2.40).
 
-    XT (d, >= n rounded up), C (>= k0 + CENTER_GROUP, d) and D (CENTER_GROUP, >= n rounded up)
-    are C-contiguous float64; nothing is checked."""
+    A center past C's last is center k0 again, its distances to be discarded (as in
+    ``_tiles._row_sums``). XT (d, >= n rounded up), C (K, d) with k0 < K and D (CENTER_GROUP,
+    >= n rounded up) are C-contiguous float64; nothing else is checked."""
     matrix = types.Array(types.float64, 2, "C")
     if not (XT == matrix and C == matrix and D == matrix):
         return None
@@ -77,8 +73,13 @@ def _squared_distances(typingctx, XT, C, k0, D, n):
         fma = vector_fma(builder)
         zero = ir.Constant(VEC, [0.0] * LANES)
         acc = [cgutils.alloca_once_value(builder, zero) for _ in range(CENTER_GROUP)]
-        c_rows = [builder.mul(builder.add(k0, ir.Constant(intp, g)), c_stride)
-                  for g in range(CENTER_GROUP)]
+        n_centers = cgutils.unpack_tuple(builder, context.make_array(signature.args[1])(
+            context, builder, args[1]).shape, 2)[0]
+        c_rows = []
+        for g in range(CENTER_GROUP):
+            k = builder.add(k0, ir.Constant(intp, g))
+            c_rows.append(builder.mul(
+                builder.select(builder.icmp_signed("<", k, n_centers), k, k0), c_stride))
         n_steps = builder.udiv(builder.add(n, ir.Constant(intp, LANES - 1)),
                                ir.Constant(intp, LANES))
         with cgutils.for_range(builder, n_steps) as step:
@@ -204,10 +205,7 @@ def lloyd_chunk(X, centers, block_rows, counts, sums, inertia, labels, min_dist,
     if n_blocks == 0:
         return -1
     next_block = np.zeros(1, dtype=np.int64)
-    # The distance sweeps take the centers CENTER_GROUP at a time: zero rows past the last.
-    padded = np.zeros((_padded_rows(centers.shape[0]), centers.shape[1]))
-    padded[: centers.shape[0]] = centers
-    args = (X, padded, block_rows, labels, min_dist, buf_counts, buf_sums, buf_inertia,
+    args = (X, centers, block_rows, labels, min_dist, buf_counts, buf_sums, buf_inertia,
             buf_bad, next_block)
     n_tasks = max(1, min(numba.get_num_threads(), wave, n_blocks))
     bad = _lloyd_waves(task_address(_lloyd_task, args), n_blocks, n_tasks,
@@ -254,7 +252,7 @@ def _lloyd_task(wave_start, n_wave, X, centers, block_rows, labels, min_dist, bu
     follow the rows' order). The distances then come CENTER_GROUP centers at a time from
     :func:`_squared_distances`, and each center's, in order, updates the rows' nearest."""
     m, n_features = X.shape
-    n_clusters = buf_counts.shape[1]  # `centers` has zero rows past them (lloyd_chunk)
+    n_clusters = centers.shape[0]
     store = labels.shape[0] > 0
     width = -(-block_rows // LANES) * LANES  # whole vectors for _squared_distances
     XT = np.zeros((n_features, width))
