@@ -16,6 +16,7 @@ from fastem._kernels._math import (
     _exp_by_table,
     _exp_by_table_ir,
     exp_nonpositive,
+    exps_nonpositive_ir,
     log_at_least_one,
 )
 
@@ -37,6 +38,12 @@ def _apply(function, x):
 def _vector_exp(exp_ir):
     """A compiled function applying `exp_ir` to x (a multiple of 8 long), one 8-lane vector
     at a time."""
+    return _vectors_applied(lambda builder, values: [exp_ir(builder, v) for v in values], 1)
+
+
+def _vectors_applied(exps_ir, count):
+    """A compiled function applying `exps_ir` (a list of 8-lane vectors to as many) to x, a
+    multiple of 8 `count` long, `count` vectors at a time."""
 
     @intrinsic
     def apply_ir(typingctx, x, out):
@@ -45,10 +52,13 @@ def _vector_exp(exp_ir):
                       for ty, a in zip(signature.args, args)]
             n = cgutils.unpack_tuple(builder, arrays[0].shape, 1)[0]
             x_ptr, out_ptr = (builder.bitcast(a.data, VEC.as_pointer()) for a in arrays)
-            with cgutils.for_range(builder, builder.udiv(n, ir.Constant(n.type, 8))) as loop:
-                value = builder.load(builder.gep(x_ptr, [loop.index]), align=8)
-                builder.store(exp_ir(builder, value), builder.gep(out_ptr, [loop.index]),
-                              align=8)
+            steps = builder.udiv(n, ir.Constant(n.type, 8 * count))
+            with cgutils.for_range(builder, steps) as loop:
+                first = builder.mul(loop.index, ir.Constant(n.type, count))
+                where = [builder.add(first, ir.Constant(n.type, u)) for u in range(count)]
+                values = [builder.load(builder.gep(x_ptr, [w]), align=8) for w in where]
+                for w, e in zip(where, exps_ir(builder, values)):
+                    builder.store(e, builder.gep(out_ptr, [w]), align=8)
             return context.get_dummy_value()
 
         return types.void(x, out), codegen
@@ -112,6 +122,19 @@ def test_vector_exp_is_its_scalar_form_to_the_bit(variant):
               -rng.uniform(0, 600, 40_000), -np.log(2) * np.arange(1, 1601) / 32]
     x = x[: x.size // 8 * 8]
     np.testing.assert_array_equal(_vector_exp(vector_ir)(x), _apply(scalar, x))
+
+
+@pytest.mark.parametrize("count, interleave", [(1, 1), (2, 2), (3, 2), (4, 4), (5, 3)])
+def test_interleaved_exps_are_each_the_scalar_exp_to_the_bit(count, interleave):
+    """The log-sum-exp emits several vectors' exps operation by operation together
+    (``_logsumexp.EXP_INTERLEAVE``); whatever the vectors and the interleave, each lane must be
+    the kernels' scalar exp, bit for bit, and no lane may take another's value."""
+    rng = np.random.default_rng(4)
+    x = np.r_[0.0, -np.logspace(-14, np.log10(700.0), 4_000), -rng.uniform(0, 600, 4_000)]
+    x = rng.permutation(x)[: x.size // (8 * count) * (8 * count)]
+    interleaved = _vectors_applied(
+        lambda builder, values: exps_nonpositive_ir(builder, values, interleave), count)
+    np.testing.assert_array_equal(interleaved(x), _apply_exp(x))
 
 
 def test_kernels_exp_is_the_table_where_the_cpu_has_avx512():

@@ -12,18 +12,20 @@ others. The exp and log are ``_math``'s scalar functions written as LLVM vector 
 for operation, and the sums run in the same order as those loops, so the results are the
 same bits (``tests/test_logsumexp.py`` keeps the loops as its reference).
 
-Measured against the whole-block loops, a pass of the expanded kernel at d = 2, K = 8 took
-5.8% less ('diag' 4.1%), at d = 16, K = 16 'diag' 1.1% less. With one group at a time it took
-11% more: the exp's chain of 13 dependent multiply-adds, then the log's, then a division,
-every 8 rows. With 4 groups, 4.6% less. Both kernels run it.
+Measured against the whole-block loops on an AVX-512 Xeon, a pass of the expanded kernel at
+d = 2, K = 8 took 5.8% less ('diag' 4.1%), at d = 16, K = 16 'diag' 1.1% less. With one group
+at a time it took 11% more: the exp's chain of 13 dependent multiply-adds, then the log's, then
+a division, every 8 rows. With 4 groups, 4.6% less. With half the registers (AVX2), fewer
+groups go side by side and their exps are interleaved operation by operation (GROUPS,
+EXP_INTERLEAVE). Both kernels run it.
 """
 
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from ._llvm import VEC, array_bytes, load_vector
-from ._math import exp_nonpositive_ir, log_at_least_one_ir
+from ._llvm import ACCUMULATORS, VEC, array_bytes, load_vector
+from ._math import exps_nonpositive_ir, log_at_least_one_ir
 
 # A responsibility below e^-575 (1e-250) of its row's largest term is set to 0. The row's
 # log-likelihood cannot notice (its sum of terms is at least 1), and a statistic changes by less
@@ -34,8 +36,15 @@ from ._math import exp_nonpositive_ir, log_at_least_one_ir
 # well-separated mixture took 1.51 s instead of 1.20-1.26.
 LOG_RESPONSIBILITY_FLOOR = -575.0
 
-# Groups of 8 rows taken through the components together.
-GROUPS = 8
+# Groups of 8 rows taken through the components together, and how many of them have their exps
+# emitted operation by operation together (``_math.exps_nonpositive_ir``): the chains of
+# dependent multiply-adds of the polynomial exp then overlap. With AVX-512's 32 registers, 8
+# groups, each exp in turn (measured there). With AVX2's 16 (AMD EPYC, Zen) a group's vector
+# is a pair of registers: 4 groups with their 4 exps interleaved took 0.82-0.88 of the time of
+# 8 groups one exp at a time ((1M, 2, 8) 'full' and 'diag', (2, 4) and (2, 64) 'full', (2, 16)
+# 'spherical', (16, 4) 'diag', 1 thread), and 0.90-0.95 of 8 groups interleaved in pairs.
+GROUPS = 8 if ACCUMULATORS >= 16 else 4
+EXP_INTERLEAVE = 1 if ACCUMULATORS >= 16 else GROUPS
 
 
 def _is_matrix(a):
@@ -100,16 +109,16 @@ def normalize_columns(typingctx, logp, R, ll, mx, K, inverses):
                 builder.store(zero, totals[u])
             with cgutils.for_range(builder, n_components) as component:
                 k = component.index
-                for u, col in enumerate(cols):
-                    t = builder.fsub(load_vector(builder, logp_base,
-                                                 builder.add(builder.mul(k, logp_stride), col)),
-                                     largest[u])
-                    e = builder.select(builder.fcmp_ordered(">=", t, floor),
-                                       exp_nonpositive_ir(builder, t), zero)
-                    builder.store(e, vector_ptr(r_base,
-                                                builder.add(builder.mul(k, r_stride), col)),
-                                  align=8)
-                    builder.store(builder.fadd(builder.load(totals[u]), e), totals[u])
+                for u0 in range(0, count, EXP_INTERLEAVE):
+                    together = range(u0, min(u0 + EXP_INTERLEAVE, count))
+                    ts = [builder.fsub(load_vector(builder, logp_base, builder.add(
+                        builder.mul(k, logp_stride), cols[u])), largest[u]) for u in together]
+                    exps = exps_nonpositive_ir(builder, ts, EXP_INTERLEAVE)
+                    for u, t, e in zip(together, ts, exps):
+                        e = builder.select(builder.fcmp_ordered(">=", t, floor), e, zero)
+                        builder.store(e, vector_ptr(r_base, builder.add(
+                            builder.mul(k, r_stride), cols[u])), align=8)
+                        builder.store(builder.fadd(builder.load(totals[u]), e), totals[u])
             inverses = []
             for u, col in enumerate(cols):
                 s = builder.load(totals[u])

@@ -226,34 +226,51 @@ def _splat_constant(vector_type, value):
 def exp_nonpositive_ir(builder, x):
     """:func:`exp_nonpositive` of each lane of the float64 vector x, for lanes that are at
     least -708 (others: any value; the caller selects them away)."""
-    if EXP_BY_TABLE and x.type.count == 8:
-        return _exp_by_table_ir(builder, x)
-    return _exp_by_polynomial_ir(builder, x)
+    return exps_nonpositive_ir(builder, [x], 1)[0]
 
 
-def _reduced_ir(builder, x, steps_per_ln2, rounding, step_hi, step_lo, coefficients):
-    """(x / step rounded to n plus `rounding`, n, r = x - n step, the polynomial of
-    `coefficients` (leading first) at r), as the scalar exps compute them."""
-    vt = x.type
+def exps_nonpositive_ir(builder, xs, interleave):
+    """:func:`exp_nonpositive_ir` of each vector of the list `xs`, emitted `interleave` vectors
+    at a time operation by operation (each operation for all of them before the next), so
+    that their chains of dependent multiply-adds overlap in the CPU (``_logsumexp``). Each
+    lane's operations are the same whatever the interleave: so are its bits. The table exp
+    (AVX-512, 32 registers) is emitted one vector at a time, as it was measured."""
+    if EXP_BY_TABLE and xs[0].type.count == 8:
+        return [_exp_by_table_ir(builder, x) for x in xs]
+    out = []
+    for first in range(0, len(xs), interleave):
+        out += _exps_by_polynomial_ir(builder, xs[first : first + interleave])
+    return out
+
+
+def _reduced_ir(builder, xs, steps_per_ln2, rounding, step_hi, step_lo, coefficients):
+    """For each vector x of `xs`: (x / step rounded to n plus `rounding`, n, r = x - n step,
+    the polynomial of `coefficients` (leading first) at r), as the scalar exps compute them,
+    each operation for every x before the next."""
+    vt = xs[0].type
     fma = _vector_fma(builder, vt)
     rounding = _splat_constant(vt, rounding)
-    shifted = builder.call(fma, [x, _splat_constant(vt, steps_per_ln2), rounding])
-    n = builder.fsub(shifted, rounding)
-    r = builder.call(fma, [n, _splat_constant(vt, -step_hi), x])
-    r = builder.call(fma, [n, _splat_constant(vt, -step_lo), r])
-    p = _splat_constant(vt, coefficients[0])
+    shifted = [builder.call(fma, [x, _splat_constant(vt, steps_per_ln2), rounding]) for x in xs]
+    n = [builder.fsub(s, rounding) for s in shifted]
+    r = [builder.call(fma, [m, _splat_constant(vt, -step_hi), x]) for m, x in zip(n, xs)]
+    r = [builder.call(fma, [m, _splat_constant(vt, -step_lo), q]) for m, q in zip(n, r)]
+    p = [_splat_constant(vt, coefficients[0])] * len(xs)
     for c in coefficients[1:]:
-        p = builder.call(fma, [p, r, _splat_constant(vt, c)])
+        p = [builder.call(fma, [a, b, _splat_constant(vt, c)]) for a, b in zip(p, r)]
     return shifted, n, r, p
 
 
 def _exp_by_polynomial_ir(builder, x):
-    vt = x.type
+    return _exps_by_polynomial_ir(builder, [x])[0]
+
+
+def _exps_by_polynomial_ir(builder, xs):
+    vt = xs[0].type
     it = ir.VectorType(ir.IntType(64), vt.count)
-    shifted, _, _, p = _reduced_ir(builder, x, _LOG2E, _ROUNDING, _LN2_HI, _LN2_LO,
+    shifted, _, _, p = _reduced_ir(builder, xs, _LOG2E, _ROUNDING, _LN2_HI, _LN2_LO,
                                    _EXP_COEFFICIENTS)
-    bits = builder.shl(builder.bitcast(shifted, it), _splat_constant(it, 52))
-    return builder.fmul(p, builder.bitcast(bits, vt))
+    bits = [builder.shl(builder.bitcast(s, it), _splat_constant(it, 52)) for s in shifted]
+    return [builder.fmul(q, builder.bitcast(b, vt)) for q, b in zip(p, bits)]
 
 
 def _exp_by_table_ir(builder, x):
@@ -261,8 +278,8 @@ def _exp_by_table_ir(builder, x):
     vt = x.type
     it = ir.VectorType(ir.IntType(64), vt.count)
     fma = _vector_fma(builder, vt)
-    shifted, n, r, q = _reduced_ir(builder, x, _SIXTEENTHS_PER_LN2, _TABLE_ROUNDING,
-                                   _LN2_16_HI, _LN2_16_LO, _EXP_Q)
+    (shifted,), (n,), (r,), (q,) = _reduced_ir(builder, [x], _SIXTEENTHS_PER_LN2,
+                                               _TABLE_ROUNDING, _LN2_16_HI, _LN2_16_LO, _EXP_Q)
     pick = cgutils.get_or_insert_function(  # lane i: table[index[i] mod 16]
         builder.module, ir.FunctionType(vt, [vt, it, vt]), "llvm.x86.avx512.vpermi2var.pd.512")
     step = builder.call(pick, [ir.Constant(vt, _EXP_TABLE[:8]), builder.bitcast(shifted, it),
