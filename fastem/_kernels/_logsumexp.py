@@ -40,9 +40,10 @@ LOG_RESPONSIBILITY_FLOOR = -575.0
 # emitted operation by operation together (``_math.exps_nonpositive_ir``): the chains of
 # dependent multiply-adds of the polynomial exp then overlap. With AVX-512's 32 registers, 8
 # groups, each exp in turn (measured there). With AVX2's 16 (AMD EPYC, Zen) a group's vector
-# is a pair of registers: 4 groups with their 4 exps interleaved took 0.82-0.88 of the time of
-# 8 groups one exp at a time ((1M, 2, 8) 'full' and 'diag', (2, 4) and (2, 64) 'full', (2, 16)
-# 'spherical', (16, 4) 'diag', 1 thread), and 0.90-0.95 of 8 groups interleaved in pairs.
+# is a pair of registers, and 8 groups one exp at a time spilled: with 4 groups and their 4
+# exps interleaved, passes over 1M rows took 0.78-0.84 of the time at d = 2 ('full' with 4 to
+# 64 components, 'diag', 'tied', 'spherical') and 0.90-0.94 at d = 16 'diag' (2 threads), and
+# 0.90-0.95 of the time of 8 groups with exps interleaved in pairs (1 thread).
 GROUPS = 8 if ACCUMULATORS >= 16 else 4
 EXP_INTERLEAVE = 1 if ACCUMULATORS >= 16 else GROUPS
 
