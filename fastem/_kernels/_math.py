@@ -161,7 +161,7 @@ def _exp_by_table(x):
 @njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def exp_nonpositive(x):
     """exp(x) for x <= 0, within 1 ulp (measured) down to -708; exactly 0 below -708.75 (and
-    for -inf), NaN for NaN: the scalar form of the kernels' exp (:func:`exp_nonpositive_ir`),
+    for -inf), NaN for NaN: the scalar form of the kernels' exp (:func:`exps_nonpositive_ir`),
     bit for bit.
 
     The two-part step of ln 2 needs the kernels' fast-math to exclude reassociation, which
@@ -223,18 +223,15 @@ def _splat_constant(vector_type, value):
     return ir.Constant(vector_type, [value] * vector_type.count)
 
 
-def exp_nonpositive_ir(builder, x):
-    """:func:`exp_nonpositive` of each lane of the float64 vector x, for lanes that are at
-    least -708 (others: any value; the caller selects them away)."""
-    return exps_nonpositive_ir(builder, [x], 1)[0]
-
-
 def exps_nonpositive_ir(builder, xs, interleave):
-    """:func:`exp_nonpositive_ir` of each vector of the list `xs`, emitted `interleave` vectors
-    at a time operation by operation (each operation for all of them before the next), so
-    that their chains of dependent multiply-adds overlap in the CPU (``_logsumexp``). Each
-    lane's operations are the same whatever the interleave: so are its bits. The table exp
-    (AVX-512, 32 registers) is emitted one vector at a time, as it was measured."""
+    """:func:`exp_nonpositive` of each lane of each float64 vector of the list `xs`, for lanes
+    that are at least -708 (others: any value; the caller selects them away).
+
+    The polynomial exp is emitted `interleave` vectors at a time, operation by operation (each
+    operation for all of them before the next), so that their chains of dependent multiply-adds
+    overlap in the CPU (``_logsumexp``). Each lane's operations are the same whatever the
+    interleave: so are its bits. The table exp (AVX-512, 32 registers) is emitted one vector at
+    a time, as it was measured."""
     if EXP_BY_TABLE and xs[0].type.count == 8:
         return [_exp_by_table_ir(builder, x) for x in xs]
     out = []
