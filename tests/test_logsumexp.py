@@ -72,3 +72,47 @@ def test_fused_log_sum_exp_gives_the_same_bits(K, groups):
     assert np.isnan(ll[5]) and (K == 1 or (R == 0.0).any())
     finite = np.isfinite(ll)
     np.testing.assert_allclose(R[:, finite].sum(axis=0), 1.0, rtol=1e-15)
+
+
+@njit
+def _largest_loops(logp, m, best):
+    """Each row's largest log-density and its first component, one component at a time over
+    the block: `if x > m`, so a NaN in the first component stays and later ones are passed
+    over."""
+    K, n = logp.shape
+    for i in range(n):
+        m[i] = logp[0, i]
+        best[i] = 0
+    for k in range(1, K):
+        for i in range(n):
+            if logp[k, i] > m[i]:
+                m[i] = logp[k, i]
+                best[i] = k
+
+
+@pytest.mark.parametrize("K", [1, 2, 5, 8])
+def test_column_maxima_are_the_loops_largest_and_first_of_ties(K):
+    """The kernels' row maxima (``_logsumexp.column_maxima``, 8 rows in registers), with and
+    without the components, against the loops: the same values to the bit, ties to the first
+    component, a NaN in the first component kept and one in another passed over."""
+    rng = np.random.default_rng(K)
+    n_rows = 8 * 13
+    logp = _log_densities(rng, K, n_rows)
+    logp[[0, -1], 16:24] = logp[:, 16:24].max(axis=0) + 1.0  # the first and last tie, largest
+    logp[0, 30] = np.nan  # kept
+    logp[-1, 40] = np.nan  # passed over where K > 1
+    m_ref, best_ref = np.empty(n_rows), np.empty(n_rows, dtype=np.int64)
+    _largest_loops(logp, m_ref, best_ref)
+
+    m, best = np.full(n_rows, -7.0), np.full(n_rows, -7, dtype=np.int64)
+    _largest(logp, m, best)
+    np.testing.assert_array_equal(m, m_ref)
+    np.testing.assert_array_equal(best, best_ref)
+    m_only = np.full(n_rows, -7.0)
+    _largest(logp, m_only, np.empty(0, dtype=np.int64))
+    np.testing.assert_array_equal(m_only, m_ref)
+    # What the comparison covered: the NaN kept, and (K > 1) a passed-over NaN and ties
+    assert np.isnan(m[30])
+    if K > 1:
+        assert (best_ref[16:24] == 0).all() and (best_ref > 0).any()
+        assert not np.isnan(m[40])

@@ -24,7 +24,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from ._llvm import ACCUMULATORS, VEC, array_bytes, load_vector
+from ._llvm import ACCUMULATORS, VEC, array_bytes, load_vector, splat
 from ._math import exps_nonpositive_ir, log_at_least_one_ir
 
 # A responsibility below e^-575 (1e-250) of its row's largest term is set to 0. The row's
@@ -145,6 +145,77 @@ def normalize_columns(typingctx, logp, R, ll, mx, K, inverses):
         done = builder.mul(n_sets, ir.Constant(intp, GROUPS))
         with cgutils.for_range(builder, builder.sub(n_groups, done)) as rest:
             groups(builder.add(done, rest.index), 1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _is_index_row(a):
+    return (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+            and a.dtype == types.int64)
+
+
+@intrinsic
+def column_maxima(typingctx, logp, m, best):
+    """For every row i < logp.shape[1] (a multiple of 8): m[i] = the largest of logp[:, i],
+    as `if x > m: m = x` over the rows of logp from the first, and, unless `best` is empty,
+    best[i] = the row it is in, the first of any ties. A NaN in the first row stays; one
+    elsewhere is passed over, as in :func:`normalize_columns`.
+
+    8 columns at a time, their maxima (and rows) held in registers through logp's rows and
+    stored once. Written as loops over the block, each row's step stores only where its test
+    holds, and LLVM makes those masked stores (vmaskmovpd), a dozen micro-ops each on AMD's
+    Zen: a tenth of a pass at d = 2, K = 4 'diag' on an AMD EPYC.
+
+    Nothing is checked: logp has at least one row, m (and a non-empty `best`) at least
+    logp.shape[1] entries.
+    """
+    if not (_is_matrix(logp) and _is_row(m) and _is_index_row(best)):
+        return None
+    sig = types.void(logp, m, best)
+
+    def codegen(context, builder, signature, args):
+        logp_ty, m_ty, best_ty = signature.args
+        logp_array = context.make_array(logp_ty)(context, builder, args[0])
+        logp_base, logp_stride = array_bytes(context, builder, logp_ty, args[0])
+        n_rows, n_columns = cgutils.unpack_tuple(builder, logp_array.shape, 2)
+        intp = n_rows.type
+        m_base = builder.bitcast(context.make_array(m_ty)(context, builder, args[1]).data,
+                                 logp_base.type)
+        best_array = context.make_array(best_ty)(context, builder, args[2])
+        best_base = builder.bitcast(best_array.data, logp_base.type)
+        labels = builder.icmp_signed(
+            ">", cgutils.unpack_tuple(builder, best_array.shape, 1)[0], ir.Constant(intp, 0))
+        index_vector = ir.VectorType(ir.IntType(64), 8)
+
+        def sweep(with_rows):
+            with cgutils.for_range(builder, builder.udiv(n_columns, ir.Constant(intp, 8))) as v:
+                col = builder.mul(v.index, ir.Constant(intp, 64))  # bytes: 8 float64
+                largest = cgutils.alloca_once_value(builder, load_vector(builder, logp_base, col))
+                where = cgutils.alloca_once_value(builder, ir.Constant(index_vector, [0] * 8))
+                with cgutils.for_range_slice(builder, ir.Constant(intp, 1), n_rows,
+                                              ir.Constant(intp, 1)) as (k, _):
+                    x = load_vector(builder, logp_base, builder.add(builder.mul(k, logp_stride),
+                                                                    col))
+                    so_far = builder.load(largest)
+                    larger = builder.fcmp_ordered(">", x, so_far)
+                    builder.store(builder.select(larger, x, so_far), largest)
+                    if with_rows:
+                        k_vector = splat(builder, builder.sext(k, ir.IntType(64))
+                                         if k.type.width < 64 else k, index_vector)
+                        builder.store(builder.select(larger, k_vector, builder.load(where)),
+                                      where)
+                builder.store(builder.load(largest), builder.bitcast(
+                    builder.gep(m_base, [col]), VEC.as_pointer()), align=8)
+                if with_rows:
+                    builder.store(builder.load(where), builder.bitcast(
+                        builder.gep(best_base, [col]), index_vector.as_pointer()), align=8)
+
+        with builder.if_else(labels) as (then, otherwise):
+            with then:
+                sweep(True)
+            with otherwise:
+                sweep(False)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -59,7 +59,7 @@ from ._atomic import blocks_per_take, following_block, take_next
 from ._config import JIT, prefer_wide_vectors
 from ._launch import one_at_a_time
 from ._llvm import LANES
-from ._logsumexp import normalize_columns
+from ._logsumexp import column_maxima, normalize_columns
 from ._math import fused_multiply_add
 from ._panels import PANEL_ROWS, log_density_product, panel_calls
 from ._prefetch import END, NEXT, PER_CALL, STATE_SIZE, UNLIMITED, aim, prefetch_lines
@@ -302,24 +302,9 @@ def _largest(logp, m, best):
     """m[i] = the largest log-density of row i (column i of logp), as `if x > m: m = x` over
     the components in order from the first, and, unless `best` is empty (a fit wants no
     labels), best[i] = that component, the first of any ties. A NaN in the first component
-    stays; one elsewhere is passed over, as in the log-sum-exp (``_logsumexp``)."""
-    prefer_wide_vectors()
-    K, nb = logp.shape
-    for i in range(nb):
-        m[i] = logp[0, i]
-    if best.shape[0] > 0:
-        for i in range(nb):
-            best[i] = 0
-        for k in range(1, K):
-            for i in range(nb):
-                if logp[k, i] > m[i]:
-                    m[i] = logp[k, i]
-                    best[i] = k
-        return
-    for k in range(1, K):
-        for i in range(nb):
-            if logp[k, i] > m[i]:
-                m[i] = logp[k, i]
+    stays; one elsewhere is passed over, as in the log-sum-exp. In registers, 8 rows at a
+    time (``_logsumexp.column_maxima``): logp's rows are whole vectors."""
+    column_maxima(logp, m, best)
 
 
 @njit(**_jit)
