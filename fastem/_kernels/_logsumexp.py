@@ -53,9 +53,9 @@ def _is_matrix(a):
             and a.dtype == types.float64)
 
 
-def _is_row(a):
+def _is_row(a, dtype=types.float64):
     return (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
-            and a.dtype == types.float64)
+            and a.dtype == dtype)
 
 
 @intrinsic
@@ -150,11 +150,6 @@ def normalize_columns(typingctx, logp, R, ll, mx, K, inverses):
     return sig, codegen
 
 
-def _is_index_row(a):
-    return (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
-            and a.dtype == types.int64)
-
-
 @intrinsic
 def column_maxima(typingctx, logp, m, best):
     """For every row i < logp.shape[1] (a multiple of 8): m[i] = the largest of logp[:, i],
@@ -170,7 +165,7 @@ def column_maxima(typingctx, logp, m, best):
     Nothing is checked: logp has at least one row, m (and a non-empty `best`) at least
     logp.shape[1] entries.
     """
-    if not (_is_matrix(logp) and _is_row(m) and _is_index_row(best)):
+    if not (_is_matrix(logp) and _is_row(m) and _is_row(best, types.int64)):
         return None
     sig = types.void(logp, m, best)
 
@@ -201,8 +196,7 @@ def column_maxima(typingctx, logp, m, best):
                     larger = builder.fcmp_ordered(">", x, so_far)
                     builder.store(builder.select(larger, x, so_far), largest)
                     if with_rows:
-                        k_vector = splat(builder, builder.sext(k, ir.IntType(64))
-                                         if k.type.width < 64 else k, index_vector)
+                        k_vector = splat(builder, k, index_vector)  # intp: 64 bits
                         builder.store(builder.select(larger, k_vector, builder.load(where)),
                                       where)
                 builder.store(builder.load(largest), builder.bitcast(
