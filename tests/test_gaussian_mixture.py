@@ -1198,10 +1198,17 @@ def test_diagonal_log_densities_are_each_components_own_sum(n_features, covarian
     assert_allclose(logp, expected, rtol=1e-14, atol=0)
 
 
+@numba.njit
+def _call_compiled(function, *args):
+    """function(*args), called from compiled code: the kernels' tasks have no Python entry."""
+    return function(*args)
+
+
 def test_each_kernel_refuses_the_layouts_of_the_other(overlapping):
     """The per-component kernel's tasks are compiled as three functions, chosen in Python by
     covariance type, and the expanded kernel's as four, by block layout and for 'tied'; called
-    directly with another's, a task raises rather than run code it was compiled without."""
+    directly with another's, a task raises rather than run code it was compiled without.
+    (Tasks are called from compiled code only: from a compiled function here.)"""
     X = overlapping[:BLOCK_ROWS]
     K, d = 3, X.shape[1]
     weights, means, _, precisions = random_start(X, "diag", K, seed=23)
@@ -1210,21 +1217,23 @@ def test_each_kernel_refuses_the_layouts_of_the_other(overlapping):
     kind, shift, centre, prec, aux, const = params.kernel_layout()
     for wrong in (fastem._kernels.gaussian._full_task, fastem._kernels.gaussian._tied_task):
         with pytest.raises(ValueError, match="covariance type"):
-            wrong(0, 1, kind, 0, kernel_rows(X, d), shift, centre, np.zeros(d), prec,
-                  np.empty((0, 0)), aux, const, np.empty((0, K)), True, BLOCK_ROWS, BLOCK_ROWS,
-                  1, np.zeros((1, K)), np.zeros((1, K, d)), np.zeros((1, K, 1, d)), np.zeros(1),
-                  np.zeros(1, np.int64), np.empty(0), np.empty((0, K)),
-                  np.empty(0, dtype=np.int64), np.zeros(1, np.int64))
+            _call_compiled(wrong, 0, 1, kind, 0, kernel_rows(X, d), shift, centre, np.zeros(d),
+                           prec, np.empty((0, 0)), aux, const, np.empty((0, K)), True,
+                           BLOCK_ROWS, BLOCK_ROWS, 1, np.zeros((1, K)), np.zeros((1, K, d)),
+                           np.zeros((1, K, 1, d)), np.zeros(1), np.zeros(1, np.int64),
+                           np.empty(0), np.empty((0, K)), np.empty(0, dtype=np.int64),
+                           np.zeros(1, np.int64))
     gx = fastem._kernels.gaussian_expanded
 
     def expanded_task(task, params, X):
         K = params.n_components
         kind, centre, eta, row_factor = params.expanded_layout()
         Kv, Fp = eta.shape
-        task(0, 1, kind, kernel_rows(X, X.shape[1]), centre, eta, row_factor, K, True,
-             BLOCK_ROWS, gx.sub_rows(kind, Fp, Kv, BLOCK_ROWS), 1, np.zeros((1, Fp, Kv)),
-             np.zeros((1, 1, 0, 0)), np.zeros(1), np.zeros(1, np.int64), np.empty(0),
-             np.empty((0, K)), np.empty(0, np.int64), np.zeros(1, np.int64))
+        _call_compiled(task, 0, 1, kind, kernel_rows(X, X.shape[1]), centre, eta, row_factor,
+                       K, True, BLOCK_ROWS, gx.sub_rows(kind, Fp, Kv, BLOCK_ROWS), 1,
+                       np.zeros((1, Fp, Kv)), np.zeros((1, 1, 0, 0)), np.zeros(1),
+                       np.zeros(1, np.int64), np.empty(0), np.empty((0, K)),
+                       np.empty(0, np.int64), np.zeros(1, np.int64))
 
     weights, means, _, precisions = random_start(X, "full", 8, seed=24)
     params = GaussianParams("full", weights, means,

@@ -9,7 +9,7 @@ from fastem import GaussianMixture
 from fastem._em import kernel_rows, threads
 from fastem._kernels._atomic import following_block
 from fastem._kernels._config import BLOCK_ROWS
-from fastem._kernels._waves import TASK_FAILED, task_address
+from fastem._kernels._waves import TASK_FAILED, launcher_address, task_address
 from fastem._kernels.gaussian import HARD, _diagonal_task, _full_task, _waves, gaussian_pass
 from fastem._kernels.gaussian_expanded import expanded_pass
 from fastem._params import GaussianParams, precisions_cholesky_from_covariances
@@ -54,8 +54,8 @@ def test_a_task_that_raises_makes_the_pass_fail():
     args = _task_args(_layout("diag", 2, 3, 3), X, 4)
     s0, s1, s2, loglik = np.zeros(2), np.zeros((2, 3)), np.zeros((2, 1, 3)), np.zeros(1)
     with threads(2):
-        bad = _waves(task_address(_full_task, args), 4, 4, 2, np.zeros(1, dtype=np.int64),
-                     *args, loglik, s0, s1, s2)
+        bad = _waves(launcher_address(), task_address(_full_task, args), 4, 4, 2,
+                     np.zeros(1, dtype=np.int64), *args, loglik, s0, s1, s2)
     assert bad == TASK_FAILED
     assert loglik[0] == 0 and not s0.any()
 

@@ -9,8 +9,8 @@ One pass, :func:`gaussian_pass`, serves every covariance type and every use:
 
 Its parallel tasks are compiled as two functions from one body, one for 'full' and 'tied', one
 for 'diag' and 'spherical', so that a model compiles only the code of its own covariance
-type's family; the parallel loop that runs them calls them by address (``_waves``), so that
-their code is compiled once rather than again in each of the loop's wrappers.
+type's family; they are called by address (``_waves``), so that their code is compiled once
+rather than again in each of a parallel loop's wrappers.
 
 For mixtures of the sizes listed in ``fastem._params.EXPANDED_FEATURES``,
 ``gaussian_expanded.expanded_pass`` is faster and is used instead wherever its accuracy allows;
@@ -56,7 +56,7 @@ from numba import njit
 
 from ._aligned import aligned_empty, aligned_matrix, aligned_zeros, row_length
 from ._atomic import blocks_per_take, following_block, take_next
-from ._config import JIT, prefer_wide_vectors
+from ._config import JIT, njit_internal, prefer_wide_vectors
 from ._launch import one_at_a_time
 from ._llvm import LANES
 from ._logsumexp import column_maxima, normalize_columns
@@ -67,7 +67,7 @@ from ._tiles import (centred_moments, lane_sum, moments_about_zero, row_dot, row
                      tile_products)
 from ._transpose import load_columns
 from ._views import borrowed, keep_alive
-from ._waves import TASK_FAILED, run_waves, task_address
+from ._waves import TASK_FAILED, launcher_address, run_waves, task_address
 
 FULL, TIED, DIAG, SPHERICAL = 0, 1, 2, 3
 SOFT, HARD, GIVEN = 0, 1, 2  # responsibilities: posterior, one-hot nearest mean, given
@@ -93,7 +93,7 @@ _jit = JIT
 # products with (d, d) matrices are single products on (d, nb) operands (``_panels.py``).
 
 
-@njit(**_jit)
+@njit_internal(**_jit)
 def _first_nonfinite(X, r0, r1, ll):
     """First row of r0:r1 holding NaN or infinity, or -1.
 
@@ -110,7 +110,7 @@ def _first_nonfinite(X, r0, r1, ll):
     return -1
 
 
-@njit(**_jit)
+@njit_internal(**_jit)
 def _centre(XT, mu, DT):
     """DT = XT - mu[:, None]."""
     prefer_wide_vectors()
@@ -121,15 +121,15 @@ def _centre(XT, mu, DT):
             DT[j, i] = XT[j, i] - m
 
 
-# Inlined into the task (through _block), which then calls the compiled log-densities itself: a
-# function of its own between them would optimize their code once more.
+# Inlined into the task, which then calls the compiled log-densities itself: a function of its
+# own between them would optimize their code once more.
 @njit(inline="always", **_jit)
 def _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT, pf):
     """logp[k, i] = log w_k + log N(x_i | mu_k, Sigma_k) for the rows of one block, 'full' or
     'tied'; `prec_rows` is prec's (d, d) matrices stacked (:func:`_precision_rows`).
 
     The rest is the task's scratch: `acc` (nb,), `DT` (d, nb) and `YT` (prec_rows.shape[0],
-    nb). For 'tied', DT holds the rows less c already (loaded so, :func:`_block`), and XT
+    nb). For 'tied', DT holds the rows less c already (loaded so, by the task), and XT
     is empty. `pf`: the task's prefetch state, aimed at the next block's rows (``_prefetch``).
     """
     prefer_wide_vectors()
@@ -240,7 +240,7 @@ def _compiled_log_densities(name, scaled):
 
     log_densities.__name__ = log_densities.__qualname__ = name  # Numba's cache files, profiles
     log_densities.__doc__ = _log_densities.py_func.__doc__
-    return njit(**_jit)(log_densities)
+    return njit_internal(**_jit)(log_densities)
 
 
 @njit(inline="always", **_jit)
@@ -307,7 +307,7 @@ def _largest(logp, m, best):
     column_maxima(logp, m, best)
 
 
-@njit(**_jit)
+@njit_internal(**_jit)
 def _total_loglik(X, r0, r1, ll):
     """(sum of the rows' log-likelihoods `ll`, first row of X[r0:r1] holding NaN or infinity
     or -1): the rows are looked at only when the sum is not finite.
@@ -327,7 +327,7 @@ def _total_loglik(X, r0, r1, ll):
     return -np.inf, -1
 
 
-@njit(**_jit)
+@njit_internal(**_jit)
 def _write_rows(r0, ll, R, best, row_loglik, resp_out, labels):
     """The per-row outputs that were asked for (non-empty), for the rows from r0 on."""
     nb = ll.shape[0]
@@ -344,8 +344,8 @@ def _write_rows(r0, ll, R, best, row_loglik, resp_out, labels):
                 resp_out[r0 + i, k] = R[k, i]
 
 
-# Inlined into the task (through _block), whose kind is a constant for 'full' and 'tied': Numba
-# then compiles only that kind's branch and products.
+# Inlined into the task, whose kind is a constant for 'full' and 'tied': Numba then compiles
+# only that kind's branch and products.
 @njit(inline="always", **_jit)
 def _stats_dense(kind, XT, R, shift, nb, p1, p2, DT, WT):
     """One block's first and second moments over its `nb` rows into its slot (p1, p2), 'full'
@@ -400,7 +400,7 @@ HARD_GATHER_MIN_FEATURES = 3
 HARD_GATHER_MIN_COMPONENTS = 16
 
 
-@njit(**_jit)
+@njit_internal(**_jit)
 def _stats_full_hard(XT, best, shift, nb, p1, p2, DT, index):
     """:func:`_stats_dense` for 'full' where each row is wholly its component `best[i]`'s
     (HARD: the pass that turns k-means' centres into a mixture): each component's moments
@@ -435,7 +435,7 @@ def _stats_full_hard(XT, best, shift, nb, p1, p2, DT, index):
     _mirror_upper(p2)
 
 
-@njit(**_jit)
+@njit_internal(**_jit)
 def _stats_diagonal(kind, XT, R, shift, nb, p1, p2, second, DS, pf):
     """One block's first and second moments over its `nb` rows into its slot (p1, p2), 'diag'
     or 'spherical'; `second` (K, d) and `DS` (dp, L), whose first d rows are XT, are the
@@ -467,98 +467,6 @@ def _stats_diagonal(kind, XT, R, shift, nb, p1, p2, second, DS, pf):
             for j in range(d):
                 sq += second[k, j]
             p2[k, 0, 0] = sq
-
-
-# Inlined (at Numba's level) into the task, its one caller: Numba optimizes a called
-# function's code again inside every function above it, and this level cost 1 s of the cold
-# compile. There `dense` is a constant, and so is `kind` for 'full' and 'tied': Numba compiles
-# only their covariances' functions.
-@njit(inline="always", **_jit)
-def _block(dense, kind, mode, X, r0, r1, shift, centre, origin, prec, prec_rows, aux, const,
-           resp_in, compute_stats, p0, p1, p2, row_loglik, resp_out, labels, scratch, pf):
-    """Process rows r0:r1 into slot (p0, p1, p2) and the per-row outputs; `dense`: whether
-    `kind` is 'full' or 'tied', whose `prec_rows` are :func:`_precision_rows`; `origin` is
-    d zeros.
-
-    `scratch` is the calling task's buffers (:func:`_task_scratch`), of the block's size and
-    reused block after block; `pf`, its prefetch state, aimed at the next block's rows
-    (``_prefetch``). Returns (sum of the rows' log-likelihoods, first non-finite row
-    or -1).
-    """
-    prefer_wide_vectors()
-    nb = r1 - r0
-    K = shift.shape[0]
-    XT, R, logp, best_buf, ll, work, acc, DT, YT, DS, WT, second, index = scratch
-    nbp = logp.shape[1]  # the scratch's row length: nb padded (_scratch_row_length)
-    if dense:
-        # 'tied''s rows are wanted only less c, for the log-densities and the statistics
-        # alike: loaded so, they skip a pass over the block. 'full' loads them less `origin`
-        # (zeros), the same compiled copy; one of its own cost this kernel 0.7-1.4 s of cold
-        # compile.
-        load_columns(X, r0, r1, DT if kind == TIED else XT, centre if kind == TIED else origin)
-    else:
-        load_columns(X, r0, r1, XT, centre)
-    total = 0.0
-    if mode == GIVEN:
-        bad = _first_nonfinite(X, r0, r1, ll[:0])
-        if bad >= 0:
-            return 0.0, bad
-        for i in range(nb):
-            for k in range(K):
-                R[k, i] = resp_in[r0 + i, k]
-    else:
-        if dense and mode == HARD:
-            # Unit precisions and equal weights (``fastem._em.accumulate`` checks them): the
-            # most likely component is the nearest mean, and (x - c) P_k is x - c itself, so
-            # 'full' and 'tied' skip the product with P_k, for the same bits (a product with
-            # the identity is exact on finite rows). Every component reads the same rows, DT
-            # (stride 0), typed as _logp_dense's stride for each kind ('full' an int64, 'tied'
-            # the literal 0) so that each reuses the log-densities compiled for it: another
-            # type compiles them again (1.2 s).
-            if kind == FULL:
-                _centre(XT, centre, DT)
-                _unit_log_densities(kind, DT, np.int64(0), aux, aux[:, :0], const, logp, pf)
-            else:
-                _unit_log_densities(kind, DT, 0, aux, aux[:, :0], const, logp, pf)
-        elif dense:
-            _logp_dense(kind, XT, centre, prec_rows, aux, const, logp, acc, DT, YT, pf)
-        else:
-            _logp_diagonal(kind, XT, aux, prec, const, logp, pf)
-        # Over the scratch's whole rows: the padding past nb, zeros, gets finite log-densities
-        # and responsibilities, which no statistic reads (they stop at nb).
-        best = best_buf[: nbp if mode == HARD or labels.shape[0] > 0 else 0]
-        _largest(logp, work[0], best)
-        if mode == HARD:
-            # No exps: the pass wants each row's nearest mean, not its log-likelihood. HARD
-            # passes over 1M rows took 0.38 of the time at d = 64, K = 16 'full', 0.5-0.6 at
-            # (16, 16) and (3, 16) 'full', 0.65-0.8 at d = 2, K = 8 and 0.8-0.9 at (16, 16)
-            # 'diag' and 'tied'. A row holding NaN or infinity has no finite log-density, so
-            # its largest is not finite either: only those rows are looked at.
-            bad = _first_nonfinite(X, r0, r1, work[0][:nb])
-            if bad >= 0:
-                return 0.0, bad
-            for k in range(K):
-                for i in range(nb):
-                    R[k, i] = 0.0
-            for i in range(nb):
-                R[best[i], i] = 1.0
-        else:
-            normalize_columns(logp, R, ll, work[0], K, ll[:0])  # R scaled: read per component
-            total, bad = _total_loglik(X, r0, r1, ll[:nb])
-            if bad >= 0:
-                return 0.0, bad
-            _write_rows(r0, ll[:nb], R, best, row_loglik, resp_out, labels)
-    if compute_stats:
-        row_sums(R, nb, p0)
-        if dense:  # a constant: the 'diag' and 'spherical' task compiles neither
-            if kind == FULL and mode == HARD and (shift.shape[1] >= HARD_GATHER_MIN_FEATURES
-                                                  or K >= HARD_GATHER_MIN_COMPONENTS):
-                _stats_full_hard(XT, best, shift, nb, p1, p2, DS, index)
-            else:
-                _stats_dense(kind, XT, R, shift, nb, p1, p2, DS, WT)
-        else:
-            _stats_diagonal(kind, XT, R, shift, nb, p1, p2, second, DS, pf)
-    return total, -1
 
 
 @njit(inline="always", **_jit)
@@ -689,8 +597,8 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
     task = task_address(_full_task if kind == FULL else _tied_task if kind == TIED
                         else _diagonal_task, args)
     with one_at_a_time():
-        bad = _waves(task, n_blocks, W, max(1, min(n_tasks, W)), np.zeros(1, dtype=np.int64),
-                     *args, loglik, s0, s1, s2)
+        bad = _waves(launcher_address(), task, n_blocks, W, max(1, min(n_tasks, W)),
+                     np.zeros(1, dtype=np.int64), *args, loglik, s0, s1, s2)
     if bad == TASK_FAILED:
         raise MemoryError("gaussian_pass: a kernel task could not allocate its scratch buffers")
     return bad
@@ -699,14 +607,15 @@ def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compu
 _NO_PRECISION_ROWS = np.empty((0, 0))
 
 
-@njit(parallel=True, **_jit)
-def _waves(task, n_blocks, wave_blocks, n_tasks, failed, kind, mode, X, shift, centre, origin,
-           prec, prec_rows, aux, const, resp_in, compute_stats, block_rows, rows, take, p0, p1,
-           p2, part_ll, part_bad, row_loglik, resp_out, labels, next_block, loglik, s0, s1, s2):
+@njit(**_jit)
+def _waves(launcher, task, n_blocks, wave_blocks, n_tasks, failed, kind, mode, X, shift, centre,
+           origin, prec, prec_rows, aux, const, resp_in, compute_stats, block_rows, rows, take,
+           p0, p1, p2, part_ll, part_bad, row_loglik, resp_out, labels, next_block, loglik, s0,
+           s1, s2):
     """``_waves.run_waves`` over the task at address `task` (:func:`_full_task`,
     :func:`_tied_task` or :func:`_diagonal_task`), its arguments passed one by one (see
-    there)."""
-    return run_waves(task, n_blocks, wave_blocks, n_tasks, next_block, failed,
+    there), launched by ``_waves.launch`` at address `launcher`."""
+    return run_waves(launcher, task, n_blocks, wave_blocks, n_tasks, next_block, failed,
                      (kind, mode, X, shift, centre, origin, prec, prec_rows, aux, const,
                       resp_in, compute_stats, block_rows, rows, take, p0, p1, p2, part_ll,
                       part_bad, row_loglik, resp_out, labels, next_block),
@@ -755,8 +664,10 @@ def _compiled_task(name, only):
              compute_stats, block_rows, rows, take, p0, p1, p2, part_ll, part_bad, row_loglik,
              resp_out, labels, next_block):
         """Blocks w0 + w of a wave (w < nw), taken `take` at a time from `next_block` until
-        none is left, each into its slot w of (p0, p1, p2, part_ll, part_bad). Makes its
-        scratch once, for blocks of `rows` rows. Returns 0."""
+        none is left, each into its slot w of (p0, p1, p2, part_ll, part_bad): the sum of its
+        rows' log-likelihoods, and its first row holding NaN or infinity or -1. Makes its
+        scratch once, for blocks of `rows` rows; `origin` is d zeros. Returns 0."""
+        prefer_wide_vectors()
         own_kind = kind == only if dense else kind == DIAG or kind == SPHERICAL
         if not own_kind:
             raise ValueError("gaussian_pass: this kernel does not run this covariance type")
@@ -774,10 +685,11 @@ def _compiled_task(name, only):
         p0_, p1_, p2_ = borrowed(p0), borrowed(p1), borrowed(p2)
         row_loglik_, resp_out_ = borrowed(row_loglik), borrowed(resp_out)
         labels_ = borrowed(labels)
-        scratch = borrowed(owned)
+        XT, R, logp, best_buf, ll, work, acc, DT, YT, DS, WT, second, index = borrowed(owned)
+        nbp = logp.shape[1]  # the scratch's row length: rows padded (_scratch_row_length)
         pf_owned = np.zeros(STATE_SIZE, dtype=np.int64)
         pf = borrowed(pf_owned)
-        calls = _prefetch_calls(dense, K, d, prec_rows.shape[0], _scratch_row_length(d, rows))
+        calls = _prefetch_calls(dense, K, d, prec_rows.shape[0], nbp)
         # The next take is claimed before this one runs (``_atomic.following_block``).
         first = take_next(next_block) * take
         while first < nw:
@@ -785,20 +697,98 @@ def _compiled_task(name, only):
             last = min(first + take, nw)
             for w in range(first, last):
                 r0 = (w0 + w) * block_rows
+                r1 = r0 + rows
                 following = following_block(w, last, then, nw)
                 r_next = (w0 + following) * block_rows if following >= 0 else -1
-                aim(pf, X, r_next, rows, calls, UNLIMITED)
-                part_ll[w], part_bad[w] = _block(
-                    dense, kind, mode, X_, r0, r0 + rows, shift_, centre_, origin_, prec_,
-                    prec_rows_, aux_, const_, resp_in_, compute_stats, p0_[w], p1_[w], p2_[w],
-                    row_loglik_, resp_out_, labels_, scratch, pf,
-                )
+                # pf: aimed at the next block's rows (``_prefetch``)
+                aim(pf, X_, r_next, rows, calls, UNLIMITED)
+                # The block r0:r1, with the scratch made for its size. Its code is written
+                # here, in the task, rather than in a function inlined into it: Numba's
+                # inliner copied that function block by block, each copy with all of its
+                # variables, in 0.9 s of the 'full' kernel's cold compile (and a compiled
+                # function of its own, called, would be optimized again inside the task).
+                if dense:
+                    # 'tied''s rows are wanted only less c, for the log-densities and the
+                    # statistics alike: loaded so, they skip a pass over the block. 'full'
+                    # loads them less `origin` (zeros), the same compiled copy; one of its own
+                    # cost this kernel 0.7-1.4 s of cold compile.
+                    load_columns(X_, r0, r1, DT if kind == TIED else XT,
+                                 centre_ if kind == TIED else origin_)
+                else:
+                    load_columns(X_, r0, r1, XT, centre_)
+                total, bad = 0.0, -1
+                if mode == GIVEN:
+                    bad = _first_nonfinite(X_, r0, r1, ll[:0])
+                    if bad < 0:
+                        for i in range(rows):
+                            for k in range(K):
+                                R[k, i] = resp_in_[r0 + i, k]
+                else:
+                    if dense and mode == HARD:
+                        # Unit precisions and equal weights (``fastem._em.accumulate`` checks
+                        # them): the most likely component is the nearest mean, and (x - c)
+                        # P_k is x - c itself, so 'full' and 'tied' skip the product with P_k,
+                        # for the same bits (a product with the identity is exact on finite
+                        # rows). Every component reads the same rows, DT (stride 0), typed as
+                        # _logp_dense's stride for each kind ('full' an int64, 'tied' the
+                        # literal 0) so that each reuses the log-densities compiled for it:
+                        # another type compiles them again (1.2 s).
+                        if kind == FULL:
+                            _centre(XT, centre_, DT)
+                            _unit_log_densities(kind, DT, np.int64(0), aux_, aux_[:, :0],
+                                                const_, logp, pf)
+                        else:
+                            _unit_log_densities(kind, DT, 0, aux_, aux_[:, :0], const_, logp,
+                                                pf)
+                    elif dense:
+                        _logp_dense(kind, XT, centre_, prec_rows_, aux_, const_, logp, acc, DT,
+                                    YT, pf)
+                    else:
+                        _logp_diagonal(kind, XT, aux_, prec_, const_, logp, pf)
+                    # Over the scratch's whole rows: the padding past the block's rows, zeros,
+                    # gets finite log-densities and responsibilities, which no statistic reads.
+                    best = best_buf[: nbp if mode == HARD or labels_.shape[0] > 0 else 0]
+                    _largest(logp, work[0], best)
+                    if mode == HARD:
+                        # No exps: the pass wants each row's nearest mean, not its
+                        # log-likelihood. HARD passes over 1M rows took 0.38 of the time at
+                        # d = 64, K = 16 'full', 0.5-0.6 at (16, 16) and (3, 16) 'full',
+                        # 0.65-0.8 at d = 2, K = 8 and 0.8-0.9 at (16, 16) 'diag' and 'tied'. A
+                        # row holding NaN or infinity has no finite log-density, so its largest
+                        # is not finite either: only those rows are looked at.
+                        bad = _first_nonfinite(X_, r0, r1, work[0][:rows])
+                        if bad < 0:
+                            for k in range(K):
+                                for i in range(rows):
+                                    R[k, i] = 0.0
+                            for i in range(rows):
+                                R[best[i], i] = 1.0
+                    else:
+                        # R scaled: read per component
+                        normalize_columns(logp, R, ll, work[0], K, ll[:0])
+                        total, bad = _total_loglik(X_, r0, r1, ll[:rows])
+                        if bad < 0:
+                            _write_rows(r0, ll[:rows], R, best, row_loglik_, resp_out_,
+                                        labels_)
+                if compute_stats and bad < 0:
+                    row_sums(R, rows, p0_[w])
+                    if dense:  # a constant: the 'diag' and 'spherical' task compiles neither
+                        if kind == FULL and mode == HARD and (
+                                d >= HARD_GATHER_MIN_FEATURES
+                                or K >= HARD_GATHER_MIN_COMPONENTS):
+                            _stats_full_hard(XT, best, shift_, rows, p1_[w], p2_[w], DS, index)
+                        else:
+                            _stats_dense(kind, XT, R, shift_, rows, p1_[w], p2_[w], DS, WT)
+                    else:
+                        _stats_diagonal(kind, XT, R, shift_, rows, p1_[w], p2_[w], second, DS,
+                                        pf)
+                part_ll[w], part_bad[w] = (0.0 if bad >= 0 else total), bad
             first = then
         keep_alive((owned, pf_owned))
         return 0
 
     task.__name__ = task.__qualname__ = name  # for Numba's cache files, and profiles
-    return njit(**_jit)(task)
+    return njit_internal(**_jit)(task)
 
 
 _full_task = _compiled_task("_full_task", FULL)

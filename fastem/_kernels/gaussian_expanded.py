@@ -47,7 +47,7 @@ from numba import njit
 
 from ._aligned import aligned_array, aligned_empty, aligned_zeros
 from ._atomic import blocks_per_take, following_block, take_next
-from ._config import JIT, prefer_wide_vectors
+from ._config import JIT, njit_internal, prefer_wide_vectors
 from ._launch import one_at_a_time
 from ._logsumexp import normalize_columns
 from ._math import fused_multiply_add
@@ -65,7 +65,7 @@ from ._prefetch import STATE_SIZE, aim
 from ._tiles import TILE, short_tile_products
 from ._transpose import diag_features_tile, load_columns, transpose_tile
 from ._views import borrowed, flat, keep_alive, matrix
-from ._waves import TASK_FAILED, run_waves, task_address
+from ._waves import TASK_FAILED, launcher_address, run_waves, task_address
 from .gaussian import (
     DIAG,
     FULL,
@@ -208,7 +208,7 @@ def _features(kind, Phi, d, nb):
             row += 1
 
 
-@njit(**_jit)
+@njit_internal(**_jit)
 def _zero_padding(Phi, F, nb, zeroed):
     """Zero Phi's padding: the row columns past nb of every feature, and the feature rows past
     F. Those rows are never written, so they are zeroed only when the layout (Phi's row
@@ -232,7 +232,7 @@ def _scales_features(F, K):
     return 2 * F <= K
 
 
-@njit(**_jit)
+@njit_internal(**_jit)
 def _scale_features(Phi, F, inverses):
     """Phi[f, i] *= inverses[i] for f < F and every column i: each row's features over its sum
     of exps (``normalize_columns``' `inverses`), so that Phi's products with the exps are the
@@ -254,7 +254,7 @@ def _scale_features(Phi, F, inverses):
 TIED_SWEEP_MAX_FEATURES = 5
 
 
-@njit(**_jit)
+@njit_internal(**_jit)
 def _tied_terms(Phi, phi, d, nb, row_factor, Z, acc, ll, compute_stats, scatter, pf):
     """What 'tied' adds to a whole block whose y fill Phi's rows 1..d (``phi`` its buffer):
     the term no component changes, ll[i] -= |U^T y_i|^2 / 2, left out of the log-sum-exp;
@@ -324,7 +324,7 @@ def _stores_features(kind, d, Kv):
     return Kv > UNSTORED_MAX_COMPONENTS_AT_64 or d < 64
 
 
-@njit(**_jit)
+@njit_internal(**_jit)
 def _full_stats(Phi, RT, W, slot, d, nb, pf):
     """slot += Phi' RT for the 'full' features Phi' of the rows y in Phi's rows 1..d (row 0
     ones, rows past d zero), without Phi': its rows 0..d directly, then for each a the rows
@@ -635,7 +635,7 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
             part_ll, part_bad, row_loglik, resp_out, labels, next_block)
     address = task_address(task, args)
     with one_at_a_time():
-        bad = _waves(address, n_blocks, W, max(1, min(n_tasks, W)),
+        bad = _waves(launcher_address(), address, n_blocks, W, max(1, min(n_tasks, W)),
                      np.zeros(1, dtype=np.int64), *args, np.empty((W, 0)), np.empty(0), loglik,
                      stats, scatter)
     if bad == TASK_FAILED:
@@ -643,16 +643,16 @@ def expanded_pass(kind, X, centre, eta, row_factor, K, compute_stats, block_rows
     return bad
 
 
-@njit(parallel=True, **_jit)
-def _waves(task, n_blocks, wave_blocks, n_tasks, failed, kind, X, centre, eta, row_factor, K,
-           compute_stats, block_rows, S, take, slots, scatter_slots, part_ll, part_bad,
-           row_loglik, resp_out, labels, next_block, no_slots, no_stats, loglik, stats,
+@njit(**_jit)
+def _waves(launcher, task, n_blocks, wave_blocks, n_tasks, failed, kind, X, centre, eta,
+           row_factor, K, compute_stats, block_rows, S, take, slots, scatter_slots, part_ll,
+           part_bad, row_loglik, resp_out, labels, next_block, no_slots, no_stats, loglik, stats,
            scatter):
     """``_waves.run_waves`` over the task at address `task` (one of the four below), its
     arguments passed one by one (see there). The shared merge adds up to three statistics:
     this kernel's in the middle place (`no_slots` and `no_stats` empty in the first), and
     'tied''s scatter in the last."""
-    return run_waves(task, n_blocks, wave_blocks, n_tasks, next_block, failed,
+    return run_waves(launcher, task, n_blocks, wave_blocks, n_tasks, next_block, failed,
                      (kind, X, centre, eta, row_factor, K, compute_stats, block_rows, S, take,
                       slots, scatter_slots, part_ll, part_bad, row_loglik, resp_out, labels,
                       next_block),
@@ -737,7 +737,7 @@ def _compiled_task(name, whole_blocks, stored, tied):
         return 0
 
     task.__name__ = task.__qualname__ = name  # for Numba's cache files, and profiles
-    return njit(**_jit)(task)
+    return njit_internal(**_jit)(task)
 
 
 # The tasks; a model needs only one of them.

@@ -3,9 +3,10 @@
 Callers (``fastem/_kmeans.py``) validate every shape before calling: these kernels do not
 check bounds.
 
-The Lloyd pass is laid out as the Gaussian kernels are: a parallel loop over waves of blocks
-(:func:`_lloyd_waves`) whose tasks (:func:`_lloyd_task`), compiled apart and called by their
-address (``_waves``), take the blocks from a shared counter.
+The Lloyd pass is laid out as the Gaussian kernels are: waves of blocks (:func:`_lloyd_waves`)
+whose tasks (:func:`_lloyd_task`), compiled apart and called by their address through the one
+parallel loop of every kernel (``_waves.launch``), take the blocks from a shared counter; the
+k-means++ seeding's distances (:func:`kpp_min_distances`) run the same way.
 
 Determinism. :func:`lloyd_chunk` gives each block of ``block_rows`` consecutive rows its own
 slot in the wave buffers; a block's partial statistics depend only on its rows and the
@@ -19,16 +20,16 @@ exactly the order written.
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange
+from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._atomic import take_next
-from ._config import CACHE, FASTMATH
+from ._config import CACHE, FASTMATH, njit_internal
 from ._llvm import (ACCUMULATORS, F64, LANES, VEC, array_bytes, load_vector, splat,
                     vector_fma)
 from ._transpose import load_columns
-from ._waves import TASK_FAILED, run_wave, task_address
+from ._waves import TASK_FAILED, launcher_address, run_wave, task_address
 
 # numba accepts a bool, dict or set for ``fastmath``, not the frozenset of _config.
 _FASTMATH = set(FASTMATH)
@@ -106,7 +107,7 @@ def _squared_distances(typingctx, XT, C, k0, D, n):
 
 # fastmath=False explicitly: Numba otherwise inherits the calling kernel's fast-math flags, and
 # the additions must happen exactly in block order.
-@njit(nogil=True, cache=CACHE, fastmath=False)
+@njit_internal(nogil=True, cache=CACHE, fastmath=False, no_cfunc_wrapper=True)
 def merge_blocks(n_blocks, buf_counts, buf_sums, buf_inertia, buf_bad, counts, sums, inertia):
     """Add the first ``n_blocks`` block partials, in block order, into the accumulators.
 
@@ -208,7 +209,7 @@ def lloyd_chunk(X, centers, block_rows, counts, sums, inertia, labels, min_dist,
     args = (X, centers, block_rows, labels, min_dist, buf_counts, buf_sums, buf_inertia,
             buf_bad, next_block)
     n_tasks = max(1, min(numba.get_num_threads(), wave, n_blocks))
-    bad = _lloyd_waves(task_address(_lloyd_task, args), n_blocks, n_tasks,
+    bad = _lloyd_waves(launcher_address(), task_address(_lloyd_task, args), n_blocks, n_tasks,
                        np.zeros(1, dtype=np.int64), *args, counts, sums, inertia)
     if bad == TASK_FAILED:
         raise MemoryError("lloyd_chunk: a kernel task could not allocate its scratch buffers")
@@ -219,18 +220,19 @@ def lloyd_chunk(X, centers, block_rows, counts, sums, inertia, labels, min_dist,
 # with the block's code in the prange body, Numba compiled it into each of the loop's four
 # libraries, and the kernel's cold compile took 4.3 s against 2.1 s for the scalar loop it
 # replaced.
-@njit(parallel=True, nogil=True, cache=CACHE, fastmath=_FASTMATH)
-def _lloyd_waves(task, n_blocks, n_tasks, failed, X, centers, block_rows, labels, min_dist,
-                 buf_counts, buf_sums, buf_inertia, buf_bad, next_block, counts, sums, inertia):
+@njit(nogil=True, cache=CACHE, fastmath=_FASTMATH, no_cfunc_wrapper=True)
+def _lloyd_waves(launcher, task, n_blocks, n_tasks, failed, X, centers, block_rows, labels,
+                 min_dist, buf_counts, buf_sums, buf_inertia, buf_bad, next_block, counts, sums,
+                 inertia):
     """The waves of :func:`lloyd_chunk`: `n_tasks` calls of the task at address `task` on each
-    wave's blocks (on this thread if one), then the merge. Returns the first bad row, -1, or
-    TASK_FAILED."""
+    wave's blocks (on this thread if one, else launched by ``_waves.launch`` at address
+    `launcher`), then the merge. Returns the first bad row, -1, or TASK_FAILED."""
     args = (X, centers, block_rows, labels, min_dist, buf_counts, buf_sums, buf_inertia,
             buf_bad, next_block)
     wave = buf_counts.shape[0]
     for wave_start in range(0, n_blocks, wave):
         n_wave = min(wave, n_blocks - wave_start)
-        if not run_wave(task, wave_start, n_wave, n_tasks, next_block, failed, args):
+        if not run_wave(launcher, task, wave_start, n_wave, n_tasks, next_block, failed, args):
             return TASK_FAILED
         first_bad = merge_blocks(n_wave, buf_counts, buf_sums, buf_inertia, buf_bad,
                                  counts, sums, inertia)
@@ -239,7 +241,7 @@ def _lloyd_waves(task, n_blocks, n_tasks, failed, X, centers, block_rows, labels
     return -1
 
 
-@njit(nogil=True, cache=CACHE, fastmath=_FASTMATH)
+@njit_internal(nogil=True, cache=CACHE, fastmath=_FASTMATH, no_cfunc_wrapper=True)
 def _lloyd_task(wave_start, n_wave, X, centers, block_rows, labels, min_dist, buf_counts,
                 buf_sums, buf_inertia, buf_bad, next_block):
     """Blocks wave_start + b of a wave (b < n_wave), taken one at a time from `next_block`,
@@ -260,6 +262,10 @@ def _lloyd_task(wave_start, n_wave, X, centers, block_rows, labels, min_dist, bu
     best = np.empty(block_rows, dtype=np.int64)
     best_dist = np.empty(block_rows)
     dist = np.empty((CENTER_GROUP, width))
+    # The rows less zeros, which leaves each one's bits: the Gaussian kernels' call of
+    # load_columns takes a centre, and one compiled copy then serves both (its own took
+    # 0.6-0.7 s of a default fit's cold compile).
+    origin = np.zeros(n_features)
     b = take_next(next_block)
     while b < n_wave:
         r0 = (wave_start + b) * block_rows
@@ -269,7 +275,7 @@ def _lloyd_task(wave_start, n_wave, X, centers, block_rows, labels, min_dist, bu
             buf_counts[b, k] = 0
             for j in range(n_features):
                 buf_sums[b, k, j] = 0.0
-        load_columns(X, r0, r1, XT, None)
+        load_columns(X, r0, r1, XT, origin)
         for i in range(nb):
             finite[i] = True
             best[i] = 0
@@ -308,16 +314,19 @@ def _lloyd_task(wave_start, n_wave, X, centers, block_rows, labels, min_dist, bu
     return 0
 
 
-# Rows per parallel iteration of :func:`kpp_min_distances`. The passes run their parallel loops
-# with Numba's chunk size 1 (``fastem._em.threads``), which hands out each iteration on its
-# own: with one row an iteration, seeding 10k rows took 1.3-1.6 ms a candidate set on 1 or 2
-# threads against 0.1 ms for the same loop without prange, most of a 10k-row fit's time.
+# Rows per block of :func:`kpp_min_distances`, the unit its tasks take from their counter: with
+# one row at a time (then a parallel loop's iterations, handed out one by one), seeding 10k rows
+# took 1.3-1.6 ms a candidate set on 1 or 2 threads against 0.1 ms for the same loop without
+# threads, most of a 10k-row fit's time.
 KPP_BLOCK_ROWS = 1024
 
 
-@njit(parallel=True, nogil=True, cache=CACHE, fastmath=_FASTMATH)
 def kpp_min_distances(X, candidates, closest, out):
     """k-means++ seeding step: squared distance to the nearest center if a candidate is added.
+
+    The rows run in blocks of KPP_BLOCK_ROWS, taken from a shared counter by one task per
+    thread (:func:`_kpp_task`, launched as the Lloyd pass's are); each distance is the same
+    whichever task computes it.
 
     Parameters
     ----------
@@ -332,10 +341,38 @@ def kpp_min_distances(X, candidates, closest, out):
         Output: ``out[t, i] = min(closest[i], ||X[i] - X[candidates[t]]||^2)``. The row of the
         chosen candidate becomes the next ``closest``.
     """
+    n_blocks = (X.shape[0] + KPP_BLOCK_ROWS - 1) // KPP_BLOCK_ROWS
+    if n_blocks == 0:
+        return
+    args = (X, candidates, closest, out, np.zeros(1, dtype=np.int64))
+    n_tasks = max(1, min(numba.get_num_threads(), n_blocks))
+    if _kpp_wave(launcher_address(), task_address(_kpp_task, args), n_blocks, n_tasks,
+                 np.zeros(1, dtype=np.int64), *args) == TASK_FAILED:
+        raise MemoryError("kpp_min_distances: a kernel task failed")
+
+
+@njit(nogil=True, cache=CACHE, fastmath=_FASTMATH, no_cfunc_wrapper=True)
+def _kpp_wave(launcher, task, n_blocks, n_tasks, failed, X, candidates, closest, out,
+              next_block):
+    """One wave of every block: `n_tasks` calls of the task at address `task` (on this thread
+    if one, else launched by ``_waves.launch`` at address `launcher`). Returns 0 or
+    TASK_FAILED."""
+    args = (X, candidates, closest, out, next_block)
+    if not run_wave(launcher, task, 0, n_blocks, n_tasks, next_block, failed, args):
+        return TASK_FAILED
+    return 0
+
+
+@njit_internal(nogil=True, cache=CACHE, fastmath=_FASTMATH, no_cfunc_wrapper=True)
+def _kpp_task(first_block, n_blocks, X, candidates, closest, out, next_block):
+    """Blocks first_block + b of :func:`kpp_min_distances` (b < n_blocks), taken one at a
+    time from `next_block`. Returns 0."""
     n, n_features = X.shape
     n_candidates = candidates.shape[0]
-    for b in prange((n + KPP_BLOCK_ROWS - 1) // KPP_BLOCK_ROWS):
-        for i in range(b * KPP_BLOCK_ROWS, min(n, (b + 1) * KPP_BLOCK_ROWS)):
+    b = take_next(next_block)
+    while b < n_blocks:
+        start = (first_block + b) * KPP_BLOCK_ROWS
+        for i in range(start, min(n, start + KPP_BLOCK_ROWS)):
             for t in range(n_candidates):
                 c = candidates[t]
                 dist = 0.0
@@ -343,3 +380,5 @@ def kpp_min_distances(X, candidates, closest, out):
                     u = X[i, j] - X[c, j]
                     dist += u * u
                 out[t, i] = min(dist, closest[i])
+        b = take_next(next_block)
+    return 0
