@@ -54,7 +54,8 @@ a shift of zeros their statistics are about c itself, in fewer operations
 import numpy as np
 from numba import njit
 
-from ._aligned import aligned_empty, aligned_matrix, aligned_zeros, row_length
+from ._aligned import (aligned_empty, aligned_int64_empty, aligned_int64_zeros,
+                       aligned_matrix, aligned_zeros, row_length)
 from ._atomic import blocks_per_take, following_block, take_next
 from ._config import JIT, njit_internal, prefer_wide_vectors
 from ._launch import one_at_a_time
@@ -509,10 +510,10 @@ def _task_scratch(kind, d, K, n_y, rows):
     # R in whole tiles of 4 components for the products of the statistics (_stats_dense's for
     # 'tied', _stats_diagonal's), its rows past K zero
     K_R = K if kind == FULL else (K + 3) // 4 * 4
-    return (XT, aligned_zeros(K_R, L), aligned_zeros(K, L), np.empty(L, dtype=np.int64),
+    return (XT, aligned_zeros(K_R, L), aligned_zeros(K, L), aligned_int64_empty(L),
             aligned_empty(L), aligned_matrix(2, L), aligned_empty(L if dense else 0), DT,
             aligned_matrix(n_y, L), DS, aligned_zeros(dp if kind == FULL else 0, L),
-            np.empty((K, d)), np.empty(K + 1 + L if kind == FULL else 0, dtype=np.int64))
+            aligned_matrix(K, d), aligned_int64_empty(K + 1 + L if kind == FULL else 0))
 
 
 def gaussian_pass(kind, mode, X, shift, centre, prec, aux, const, resp_in, compute_stats,
@@ -687,7 +688,7 @@ def _compiled_task(name, only):
         labels_ = borrowed(labels)
         XT, R, logp, best_buf, ll, work, acc, DT, YT, DS, WT, second, index = borrowed(owned)
         nbp = logp.shape[1]  # the scratch's row length: rows padded (_scratch_row_length)
-        pf_owned = np.zeros(STATE_SIZE, dtype=np.int64)
+        pf_owned = aligned_int64_zeros(STATE_SIZE)
         pf = borrowed(pf_owned)
         calls = _prefetch_calls(dense, K, d, prec_rows.shape[0], nbp)
         # The next take is claimed before this one runs (``_atomic.following_block``).

@@ -45,7 +45,8 @@ body is compiled as several functions, here four: for layouts whose blocks run w
 import numpy as np
 from numba import njit
 
-from ._aligned import aligned_array, aligned_empty, aligned_zeros
+from ._aligned import (aligned_array, aligned_empty, aligned_int64_empty,
+                       aligned_int64_zeros, aligned_zeros)
 from ._atomic import blocks_per_take, following_block, take_next
 from ._config import JIT, njit_internal, prefer_wide_vectors
 from ._launch import one_at_a_time
@@ -539,7 +540,7 @@ def _small_block(tied, kind, X, r0, r1, centre, eta, row_factor, K, compute_stat
 def _task_buffers(Fp, Kv, z_rows, S):
     """One task's scratch for sub-blocks of S rows (see :func:`_block`), made once per task."""
     return (aligned_empty(Fp * S), aligned_empty(Kv * S), aligned_empty(Kv * S),
-            aligned_zeros(1, S * Kv)[0], np.empty(S, dtype=np.int64), aligned_empty(S),
+            aligned_zeros(1, S * Kv)[0], aligned_int64_empty(S), aligned_empty(S),
             aligned_empty(3 * S), np.full(1, -1, dtype=np.int64), aligned_empty(z_rows * S))
 
 
@@ -706,7 +707,7 @@ def _compiled_task(name, whole_blocks, stored, tied):
         row_factor_, row_loglik_ = borrowed(row_factor), borrowed(row_loglik)
         resp_out_, labels_ = borrowed(resp_out), borrowed(labels)
         scratch = borrowed(owned)
-        pf_owned = np.zeros(STATE_SIZE, dtype=np.int64)
+        pf_owned = aligned_int64_zeros(STATE_SIZE)
         pf = borrowed(pf_owned)
         F = n_features_expanded(kind, d)
         calls = _prefetch_calls(whole_blocks, stored, F, Kv, K, d, min(S, block_rows))

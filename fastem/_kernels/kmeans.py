@@ -24,6 +24,8 @@ from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from ._aligned import (aligned_empty, aligned_int64_empty, aligned_matrix,
+                       aligned_zeros)
 from ._atomic import take_next
 from ._config import CACHE, FASTMATH, njit_internal
 from ._llvm import (ACCUMULATORS, F64, LANES, VEC, array_bytes, load_vector, splat,
@@ -257,15 +259,15 @@ def _lloyd_task(wave_start, n_wave, X, centers, block_rows, labels, min_dist, bu
     n_clusters = centers.shape[0]
     store = labels.shape[0] > 0
     width = -(-block_rows // LANES) * LANES  # whole vectors for _squared_distances
-    XT = np.zeros((n_features, width))
+    XT = aligned_zeros(n_features, width)
     finite = np.empty(block_rows, dtype=np.bool_)
-    best = np.empty(block_rows, dtype=np.int64)
-    best_dist = np.empty(block_rows)
-    dist = np.empty((CENTER_GROUP, width))
+    best = aligned_int64_empty(block_rows)
+    best_dist = aligned_empty(block_rows)
+    dist = aligned_matrix(CENTER_GROUP, width)
     # The rows less zeros, which leaves each one's bits: the Gaussian kernels' call of
     # load_columns takes a centre, and one compiled copy then serves both (its own took
     # 0.6-0.7 s of a default fit's cold compile).
-    origin = np.zeros(n_features)
+    origin = aligned_zeros(1, n_features)[0]
     b = take_next(next_block)
     while b < n_wave:
         r0 = (wave_start + b) * block_rows
