@@ -32,6 +32,8 @@ A wave of one task is called directly, not launched: on a call of one block (a p
 few rows), the launch and the wait for it took 30-35 µs of a one-row ``predict``'s 91-95.
 """
 
+import functools
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -63,17 +65,22 @@ def call_at(typingctx, address, w0, nw, args):
     arg_types = (types.int64, types.int64, *args.types)
 
     def codegen(context, builder, signature, llargs):
-        call_conv = context.call_conv
-        fnty = call_conv.get_function_type(types.int64, arg_types)
-        function = builder.inttoptr(llargs[0], fnty.as_pointer())
         values = [context.cast(builder, llargs[1], w0, types.int64),
                   context.cast(builder, llargs[2], nw, types.int64)]
         values += [builder.extract_value(llargs[3], i) for i in range(len(args.types))]
-        status, result = call_conv.call_function(builder, function, types.int64, arg_types,
-                                                 values)
-        return builder.select(status.is_error, ir.Constant(result.type, TASK_FAILED), result)
+        return _task_call(context, builder, llargs[0], arg_types, values)
 
     return types.int64(address, w0, nw, args), codegen
+
+
+def _task_call(context, builder, address, arg_types, values):
+    """IR of :func:`call_at`'s call: the int64 result of the Numba-compiled function at
+    `address` (an i64) on `values`, of `arg_types`, or TASK_FAILED if it raised."""
+    call_conv = context.call_conv
+    fnty = call_conv.get_function_type(types.int64, arg_types)
+    function = builder.inttoptr(address, fnty.as_pointer())
+    status, result = call_conv.call_function(builder, function, types.int64, arg_types, values)
+    return builder.select(status.is_error, ir.Constant(result.type, TASK_FAILED), result)
 
 
 _ADDRESSES = {}
@@ -124,13 +131,9 @@ def task_entry(typingctx, task, args):
         body = ir.IRBuilder(entry.append_basic_block("entry"))
         payload_ptr, w0, nw = entry.args
         payload = body.load(body.bitcast(payload_ptr, payload_llty.as_pointer()))
-        call_conv = context.call_conv
-        function = body.inttoptr(body.extract_value(payload, 0),
-                                 call_conv.get_function_type(types.int64, arg_types).as_pointer())
         values = [w0, nw] + [body.extract_value(body.extract_value(payload, 1), i)
                              for i in range(len(args.types))]
-        status, result = call_conv.call_function(body, function, types.int64, arg_types, values)
-        body.ret(body.select(status.is_error, ir.Constant(i64, TASK_FAILED), result))
+        body.ret(_task_call(context, body, body.extract_value(payload, 0), arg_types, values))
 
         task_value = context.cast(builder, llargs[0], task, types.int64)
         packed = context.make_tuple(builder, payload_type, [task_value, llargs[1]])
@@ -175,6 +178,7 @@ def launch(w0, nw, entry, payload, n_tasks, failed):
     return 0
 
 
+@functools.cache
 def launcher_address() -> int:
     """The address of :func:`launch`, compiled (or loaded from the cache) the first time."""
     return task_address(launch, (0, 0, 1, np.zeros(1, dtype=np.int64)))
