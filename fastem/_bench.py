@@ -861,11 +861,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The vector instructions fastem's kernels compile for (``fastem._kernels._llvm``): its speed
+# against the peers differs most between these, so the CI benchmark gate may keep thresholds
+# for each (``ci/bench_thresholds.json``).
+CPU_CLASSES = ("avx512", "avx2", "other")
+
+
+def cpu_class() -> str:
+    """'avx512' where the kernels compile for AVX-512 (32 vector registers of 512 bits),
+    'avx2' for AVX2 without it (16 of 256 bits), else 'other' (see CPU_CLASSES)."""
+    from ._kernels._llvm import target_has
+
+    if target_has("avx512f"):
+        return "avx512"
+    return "avx2" if target_has("avx2") else "other"
+
+
 def machine_lines(threads) -> list[str]:
     """Markdown bullet lines: CPU, versions, OpenBLAS environment and kernel."""
     lines = [
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; {threads} threads per peer; "
-        f"load average {_load_average()}",
+        f"- CPU: {cpu_model()} ({cpu_class()}), {os.cpu_count()} logical cores; {threads} "
+        f"threads per peer; load average {_load_average()}",
         f"- Python {platform.python_version()}, numpy {_version('numpy')}, "
         f"numba {_version('numba')}, scikit-learn {_version('scikit-learn')}, "
         f"scikit-learn-intelex (daal4py) {_version('scikit-learn-intelex')}, "

@@ -167,10 +167,8 @@ def test_the_parsed_shape_reaches_the_bench(monkeypatch):
     assert seen["seed"] == 3
 
 
-@pytest.mark.parametrize("option", ["--repeats", "--n-iter", "--threads"])
-def test_the_benchmark_gate_refuses_zero_instead_of_taking_its_default(capsys, option):
-    """``ci/bench_gate.py --repeats 0`` is a bad argument (exit 2), not "not given": it used to
-    run the whole gate with the thresholds file's setting."""
+def _bench_gate():
+    """``ci/bench_gate.py`` as a module (it is a script, not part of the package)."""
     import importlib.util
     from pathlib import Path
 
@@ -178,10 +176,69 @@ def test_the_benchmark_gate_refuses_zero_instead_of_taking_its_default(capsys, o
     spec = importlib.util.spec_from_file_location("bench_gate", path)
     gate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gate)
+    return gate
+
+
+@pytest.mark.parametrize("option", ["--repeats", "--n-iter", "--threads"])
+def test_the_benchmark_gate_refuses_zero_instead_of_taking_its_default(capsys, option):
+    """``ci/bench_gate.py --repeats 0`` is a bad argument (exit 2), not "not given": it used to
+    run the whole gate with the thresholds file's setting."""
+    gate = _bench_gate()
     with pytest.raises(SystemExit) as exit_:
         gate.main([option, "0"])
     assert exit_.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_the_benchmark_gate_takes_the_thresholds_of_the_cpu_class_it_runs_on():
+    """A case's ``by_cpu`` thresholds replace its ``min_speedup`` for the peers they name, on
+    that class of CPU only; the shipped file validates."""
+    import fastem._bench
+
+    gate = _bench_gate()
+    spec = gate.load_thresholds(gate.DEFAULT_THRESHOLDS)
+    assert all(set(gate.thresholds_for(case, cpu)) == set(case["min_speedup"])
+               for case in spec["cases"] for cpu in fastem._bench.CPU_CLASSES)
+    case = {"min_speedup": {"sklearn": 3.5, "reference": 4.5},
+            "by_cpu": {"avx2": {"sklearn": 11.0}}}
+    assert gate.thresholds_for(case, "avx2") == {"sklearn": 11.0, "reference": 4.5}
+    assert gate.thresholds_for(case, "avx512") == {"sklearn": 3.5, "reference": 4.5}
+    assert gate.thresholds_for(case, "other") == {"sklearn": 3.5, "reference": 4.5}
+
+
+@pytest.mark.parametrize("by_cpu, message", [
+    ({"sse2": {"sklearn": 2.0}}, "by_cpu of 200×2×8 full must map some of"),
+    ([], "by_cpu of 200×2×8 full must map some of"),
+    ({"avx2": {}}, "by_cpu 'avx2' of 200×2×8 full must map some of its min_speedup's peers"),
+    ({"avx2": {"daal4py": 2.0}}, "by_cpu 'avx2' of 200×2×8 full"),
+    ({"avx2": {"sklearn": 0}}, "by_cpu 'avx2' of 200×2×8 full"),
+    ({"avx2": {"sklearn": "9"}}, "by_cpu 'avx2' of 200×2×8 full"),
+])
+def test_the_benchmark_gate_refuses_bad_thresholds_for_a_cpu_class(tmp_path, capsys, by_cpu,
+                                                                    message):
+    """A thresholds file whose ``by_cpu`` names an unknown class or peer, or no peer, or a
+    threshold that is not a positive number, is a bad file (exit 2) saying which case."""
+    gate = _bench_gate()
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps({"cases": [{
+        "shape": [200, 2, 8], "covariance_type": "full",
+        "min_speedup": {"sklearn": 3.5, "reference": 4.5}, "by_cpu": by_cpu}]}))
+    assert gate.main(["--thresholds", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("features, expected", [
+    ({"avx512f", "avx2", "avx"}, "avx512"), ({"avx2", "avx"}, "avx2"), ({"avx"}, "other"),
+    (set(), "other"),
+])
+def test_cpu_class_is_the_vector_instructions_the_kernels_compile_for(monkeypatch, features,
+                                                                      expected):
+    """The class follows the features Numba compiles for: AVX-512, else AVX2, else other."""
+    import fastem._bench
+    import fastem._kernels._llvm as llvm
+
+    monkeypatch.setattr(llvm, "target_has", lambda feature: feature in features)
+    assert fastem._bench.cpu_class() == expected
 
 
 def test_bench_refuses_a_json_path_it_could_not_write_before_it_runs(capsys, monkeypatch,
