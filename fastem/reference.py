@@ -15,11 +15,16 @@ code with it):
 
 Unlike scikit-learn, the second moments are always computed from centred data
 (``x - mean_k``), so that data with a large offset loses no precision.
+
+Every function checks its arrays' shapes against one another and the values its formulas
+cannot take (NaN or infinity in the data or the parameters, negative weights, factors whose
+diagonal is not positive), and says which array was wrong and what it expected.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -42,6 +47,70 @@ def _check_covariance_type(covariance_type):
         raise ValueError(
             f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}"
         )
+
+
+# The shape of a covariance (or of its precision's Cholesky factor) per covariance type, in
+# the number of components K and of features d.
+_SHAPES = {"full": ("K", "d", "d"), "tied": ("d", "d"), "diag": ("K", "d"),
+           "spherical": ("K",)}
+
+
+def _check_data(X):
+    """X as a 2-D float array of finite values with at least one row and one feature."""
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(f"X must be a 2-D array of shape (n_samples, n_features) with at "
+                         f"least one of each, got shape {X.shape}")
+    if not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
+        raise ValueError(f"X must hold real numbers, got dtype {X.dtype}")
+    if not np.isfinite(X).all():
+        raise ValueError("X holds NaN or infinity: remove or impute those rows first")
+    return X if np.issubdtype(X.dtype, np.floating) else X.astype(np.float64)
+
+
+def _check_shape(name, a, covariance_type, K=None, d=None):
+    """`a` as an array of the shape _SHAPES gives `covariance_type`, with K components and d
+    features where they are given (else any); returns it."""
+    a = np.asarray(a)
+    sizes = {"K": K, "d": d}
+    axes = _SHAPES[covariance_type]
+    square = len(axes) >= 2 and axes[-2:] == ("d", "d")
+    if (a.ndim != len(axes)
+            or any(sizes[axis] is not None and n != sizes[axis] for axis, n in zip(axes, a.shape))
+            or (square and a.shape[-1] != a.shape[-2])):
+        expected = ", ".join(str(sizes[axis] or axis) for axis in axes)
+        raise ValueError(f"{name} must have shape ({expected}{',' if len(axes) == 1 else ''}) "
+                         f"for covariance_type={covariance_type!r}, got {a.shape}")
+    return a
+
+
+def _check_model(X, means, precisions_cholesky, covariance_type, weights=None):
+    """The model's arrays, checked against each other and X (see :func:`_check_shape`)."""
+    _check_covariance_type(covariance_type)
+    X = _check_data(X)
+    means = np.asarray(means)
+    if means.ndim != 2 or means.shape[0] < 1 or means.shape[1] != X.shape[1]:
+        raise ValueError(f"means must have shape (n_components, {X.shape[1]}) for X of "
+                         f"{X.shape[1]} features, got {means.shape}")
+    K, d = means.shape
+    precisions_cholesky = _check_shape("precisions_cholesky", precisions_cholesky,
+                                       covariance_type, K, d)
+    if not np.isfinite(means).all():
+        raise ValueError("means hold NaN or infinity")
+    # the log-determinant is the sum of the logs of the factors' diagonals
+    diagonals = (np.diagonal(precisions_cholesky, axis1=-2, axis2=-1)
+                 if covariance_type in ("full", "tied") else precisions_cholesky)
+    if not (np.isfinite(precisions_cholesky).all() and (diagonals > 0).all()):
+        raise ValueError("precisions_cholesky must be finite, with positive diagonals ('full', "
+                         "'tied') or entries ('diag', 'spherical')")
+    if weights is not None:
+        weights = np.asarray(weights)
+        if weights.shape != (K,):
+            raise ValueError(f"weights must have shape ({K},) for {K} components, got "
+                             f"{weights.shape}")
+        if not (np.isfinite(weights).all() and (weights >= 0).all()):
+            raise ValueError("weights must be finite and >= 0")
+    return X, means, precisions_cholesky, weights
 
 
 def _inverse_lower_cholesky_transposed(covariance):
@@ -68,7 +137,7 @@ def precisions_cholesky_from_covariances(covariances, covariance_type):
         where ``L`` is the lower Cholesky factor of the covariance; otherwise ``1 / sqrt(C)``.
     """
     _check_covariance_type(covariance_type)
-    covariances = np.asarray(covariances)
+    covariances = _check_shape("covariances", covariances, covariance_type)
     if covariance_type == "full":
         return np.stack([_inverse_lower_cholesky_transposed(c) for c in covariances])
     if covariance_type == "tied":
@@ -93,7 +162,8 @@ def covariances_from_precisions_cholesky(precisions_cholesky, covariance_type):
         ``inv(U).T @ inv(U)``; for 'diag'/'spherical' it is ``1 / p**2``.
     """
     _check_covariance_type(covariance_type)
-    precisions_cholesky = np.asarray(precisions_cholesky)
+    precisions_cholesky = _check_shape("precisions_cholesky", precisions_cholesky,
+                                       covariance_type)
     if covariance_type in ("full", "tied"):
         full = covariance_type == "full"
         prec_chol = precisions_cholesky if full else precisions_cholesky[np.newaxis]
@@ -108,7 +178,7 @@ def precisions_from_cholesky(precisions_cholesky, covariance_type):
     """The precision matrices ``U @ U.T`` (squares for 'diag'/'spherical'): what scikit-learn's
     ``precisions_`` holds and its ``precisions_init`` takes."""
     _check_covariance_type(covariance_type)
-    u = np.asarray(precisions_cholesky)
+    u = _check_shape("precisions_cholesky", precisions_cholesky, covariance_type)
     if covariance_type == "full":
         return u @ np.swapaxes(u, 1, 2)
     if covariance_type == "tied":
@@ -138,8 +208,7 @@ def log_gaussian_prob(X, means, precisions_cholesky, covariance_type):
     log_prob : ndarray of shape (N, K)
         Log densities, without the log weights.
     """
-    _check_covariance_type(covariance_type)
-    X, means, prec_chol = np.asarray(X), np.asarray(means), np.asarray(precisions_cholesky)
+    X, means, prec_chol, _ = _check_model(X, means, precisions_cholesky, covariance_type)
     n_features = X.shape[1]
     diff = X[:, np.newaxis, :] - means[np.newaxis, :, :]  # (N, K, d)
     if covariance_type == "full":
@@ -177,6 +246,8 @@ def e_step(X, weights, means, precisions_cholesky, covariance_type):
     mean_log_likelihood : float
         ``mean_n log sum_k w_k N(x_n | mu_k, Sigma_k)`` (scikit-learn's lower bound).
     """
+    X, means, precisions_cholesky, weights = _check_model(X, means, precisions_cholesky,
+                                                          covariance_type, weights)
     weighted = log_gaussian_prob(X, means, precisions_cholesky, covariance_type)
     weighted = weighted + np.log(weights)
     row_max = weighted.max(axis=1, keepdims=True)  # log-sum-exp, shifted for stability
@@ -210,7 +281,12 @@ def m_step(X, resp, covariance_type, reg_covar):
         'spherical' the mean of 'diag'. ``reg_covar`` is then added to the diagonal.
     """
     _check_covariance_type(covariance_type)
-    X, resp = np.asarray(X), np.asarray(resp)
+    X, resp = _check_data(X), np.asarray(resp)
+    if resp.ndim != 2 or resp.shape[0] != X.shape[0] or resp.shape[1] < 1:
+        raise ValueError(f"resp must have shape ({X.shape[0]}, n_components) for X of "
+                         f"{X.shape[0]} rows, got {resp.shape}")
+    if not isinstance(reg_covar, numbers.Real) or not np.isfinite(reg_covar) or reg_covar < 0:
+        raise ValueError(f"reg_covar must be a finite number >= 0, got {reg_covar!r}")
     n_features = X.shape[1]
     # The 10 * eps keeps an empty component from dividing by zero (as scikit-learn does).
     nk = resp.sum(axis=0) + 10 * np.finfo(resp.dtype).eps
@@ -258,10 +334,10 @@ def em(X, weights, means, precisions_cholesky, covariance_type="full", reg_covar
         the parameters *before* this iteration's M-step), and ``'weights'``, ``'means'``,
         ``'covariances'``, ``'precisions_cholesky'`` (the parameters *after* it).
     """
-    _check_covariance_type(covariance_type)
-    X = np.asarray(X)
-    weights, means = np.asarray(weights), np.asarray(means)
-    precisions_cholesky = np.asarray(precisions_cholesky)
+    X, means, precisions_cholesky, weights = _check_model(X, means, precisions_cholesky,
+                                                          covariance_type, weights)
+    if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
+        raise ValueError(f"n_iter must be an integer >= 0, got {n_iter!r}")
     history = []
     for _ in range(n_iter):
         log_resp, lower_bound = e_step(X, weights, means, precisions_cholesky, covariance_type)

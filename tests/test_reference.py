@@ -229,3 +229,88 @@ def test_m_step_is_centred(covariance_type):
 def test_unknown_covariance_type_raises(call):
     with pytest.raises(ValueError, match="full.*tied.*diag.*spherical"):
         call()
+
+
+def _model(covariance_type, K=3, d=2):
+    """Valid (X, weights, means, precisions_cholesky) for 4 rows, K components, d features."""
+    rng = np.random.default_rng(0)
+    prec_chol = ref.precisions_cholesky_from_covariances(
+        random_covariances(rng, covariance_type, K, d), covariance_type)
+    return rng.normal(size=(4, d)), np.full(K, 1.0 / K), rng.normal(size=(K, d)), prec_chol
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("change, message", [
+    (dict(X=np.ones(4)), r"X must be a 2-D array .* got shape \(4,\)"),
+    (dict(X=np.ones((0, 2))), r"X must be a 2-D array .* got shape \(0, 2\)"),
+    (dict(X=np.array([["a", "b"]])), "X must hold real numbers"),
+    (dict(X=np.array([[0.0, np.nan]])), "X holds NaN or infinity"),
+    (dict(X=np.ones((4, 3))), r"means must have shape \(n_components, 3\) .* got \(3, 2\)"),
+    (dict(means=np.ones((3, 2, 1))), r"means must have shape \(n_components, 2\)"),
+    (dict(means=np.full((3, 2), np.inf)), "means hold NaN or infinity"),
+    (dict(weights=np.ones(2) / 2), r"weights must have shape \(3,\) for 3 components"),
+    (dict(weights=np.array([0.5, 0.6, -0.1])), "weights must be finite and >= 0"),
+    (dict(prec_chol=np.ones((2, 2, 2, 2))), "precisions_cholesky must have shape"),
+    (dict(prec_chol="negative"), "precisions_cholesky must be finite, with positive"),
+])
+def test_bad_models_are_refused_with_what_was_wrong(covariance_type, change, message):
+    """Each entry point that takes a model refuses shapes that do not fit together and values
+    its formulas cannot take, saying which array and what was expected."""
+    X, weights, means, prec_chol = _model(covariance_type)
+    given = {**dict(X=X, weights=weights, means=means, prec_chol=prec_chol), **change}
+    if isinstance(given["prec_chol"], str):
+        given["prec_chol"] = -prec_chol
+    X, weights, means, prec_chol = given["X"], given["weights"], given["means"], given["prec_chol"]
+    calls = [lambda: ref.e_step(X, weights, means, prec_chol, covariance_type),
+             lambda: ref.em(X, weights, means, prec_chol, covariance_type, n_iter=1)]
+    if "weights" not in change:
+        calls.append(lambda: ref.log_gaussian_prob(X, means, prec_chol, covariance_type))
+    for call in calls:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+@pytest.mark.parametrize("covariance_type, shape, expected", [
+    ("full", (3, 2, 3), r"\(K, d, d\)"), ("full", (2, 2), r"\(K, d, d\)"),
+    ("tied", (3, 2, 2), r"\(d, d\)"), ("tied", (2, 3), r"\(d, d\)"),
+    ("diag", (3,), r"\(K, d\)"), ("spherical", (3, 1), r"\(K,\)"),
+])
+def test_conversions_refuse_arrays_of_another_covariance_types_shape(covariance_type, shape,
+                                                                      expected):
+    a = np.ones(shape)
+    for call, name in [(ref.precisions_cholesky_from_covariances, "covariances"),
+                       (ref.covariances_from_precisions_cholesky, "precisions_cholesky"),
+                       (ref.precisions_from_cholesky, "precisions_cholesky")]:
+        with pytest.raises(ValueError, match=rf"{name} must have shape {expected} for "
+                                             rf"covariance_type='{covariance_type}', got"):
+            call(a, covariance_type)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(resp=np.ones((3, 3)) / 3), r"resp must have shape \(4, n_components\)"),
+    (dict(resp=np.ones(4)), r"resp must have shape \(4, n_components\)"),
+    (dict(reg_covar=-1e-6), "reg_covar must be a finite number >= 0"),
+    (dict(reg_covar=np.nan), "reg_covar must be a finite number >= 0"),
+    (dict(reg_covar="1e-6"), "reg_covar must be a finite number >= 0"),
+])
+def test_m_step_refuses_responsibilities_or_regularization_it_cannot_use(change, message):
+    given = {**dict(X=np.ones((4, 2)), resp=np.ones((4, 3)) / 3, reg_covar=1e-6), **change}
+    with pytest.raises(ValueError, match=message):
+        ref.m_step(given["X"], given["resp"], "full", given["reg_covar"])
+
+
+@pytest.mark.parametrize("n_iter", [-1, 1.5, True, "3"])
+def test_em_refuses_a_number_of_iterations_that_is_not_a_count(n_iter):
+    X, weights, means, prec_chol = _model("diag")
+    with pytest.raises(ValueError, match="n_iter must be an integer >= 0"):
+        ref.em(X, weights, means, prec_chol, "diag", n_iter=n_iter)
+
+
+def test_integer_data_is_taken_as_float():
+    """Integer rows give the same model as the same rows in float64 (they are converted)."""
+    X, weights, means, prec_chol = _model("full")
+    X = np.round(X * 10).astype(np.int64)
+    by_int = ref.em(X, weights, means, prec_chol, "full", n_iter=2)[-1]
+    by_float = ref.em(X.astype(np.float64), weights, means, prec_chol, "full", n_iter=2)[-1]
+    assert by_int["lower_bound"] == by_float["lower_bound"]
+    np.testing.assert_array_equal(by_int["means"], by_float["means"])
