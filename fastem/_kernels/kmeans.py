@@ -243,6 +243,27 @@ def _lloyd_waves(launcher, task, n_blocks, n_tasks, failed, X, centers, block_ro
     return -1
 
 
+@njit(inline="always", nogil=True, cache=CACHE, fastmath=_FASTMATH)
+def _nearest_of_group(dist, k0, best, best_dist, nb):
+    """For each row i < nb, the nearest of its best_dist[i] (center best[i]) and the group's
+    CENTER_GROUP distances dist[:, i] (centers k0 + g), taken in order, a tie kept by the
+    earlier center.
+
+    Row by row, the group's centers held in registers and each row's nearest stored once:
+    updated center by center along the rows, the test of each row selected which rows to
+    store, and LLVM made masked stores of them (vmaskmovpd, a dozen micro-ops each on AMD's
+    Zen). The comparisons are the same, in the same order, so the same bits. k-means
+    initializations (seeding, sample iterations, full passes; AMD EPYC, 2 threads) took
+    0.5-0.6 of the time at (1M, 2, 64), 0.6-0.8 at (1M, 2, 8), 0.8-0.9 at (1M, 16, 16) and
+    0.92-0.97 at (1M, 64, 16)."""
+    for i in range(nb):
+        nearest, where = best_dist[i], best[i]
+        for g in range(CENTER_GROUP):  # a constant: unrolled, and the rows vectorized
+            if dist[g, i] < nearest:
+                nearest, where = dist[g, i], k0 + g
+        best_dist[i], best[i] = nearest, where
+
+
 @njit_internal(nogil=True, cache=CACHE, fastmath=_FASTMATH, no_cfunc_wrapper=True)
 def _lloyd_task(wave_start, n_wave, X, centers, block_rows, labels, min_dist, buf_counts,
                 buf_sums, buf_inertia, buf_bad, next_block):
@@ -287,11 +308,14 @@ def _lloyd_task(wave_start, n_wave, X, centers, block_rows, labels, min_dist, bu
                 finite[i] &= np.isfinite(XT[j, i])
         for k0 in range(0, n_clusters, CENTER_GROUP):
             _squared_distances(XT, centers, k0, dist, nb)
-            for g in range(min(CENTER_GROUP, n_clusters - k0)):
-                for i in range(nb):
-                    if dist[g, i] < best_dist[i]:
-                        best_dist[i] = dist[g, i]
-                        best[i] = k0 + g
+            if k0 + CENTER_GROUP <= n_clusters:
+                _nearest_of_group(dist, k0, best, best_dist, nb)
+            else:  # the last, partial group
+                for g in range(n_clusters - k0):
+                    for i in range(nb):
+                        if dist[g, i] < best_dist[i]:
+                            best_dist[i] = dist[g, i]
+                            best[i] = k0 + g
         block_inertia = 0.0
         block_bad = -1
         for i in range(nb):
