@@ -247,7 +247,9 @@ def _lloyd_waves(launcher, task, n_blocks, n_tasks, failed, X, centers, block_ro
 def _nearest_of_group(dist, k0, best, best_dist, nb):
     """For each row i < nb, the nearest of its best_dist[i] (center best[i]) and the group's
     CENTER_GROUP distances dist[:, i] (centers k0 + g), taken in order, a tie kept by the
-    earlier center.
+    earlier center. In the last group, the distances past the last center are center k0's
+    again (:func:`_squared_distances`), never nearer than center k0 itself: the result is the
+    group's real centers'.
 
     Row by row, the group's centers held in registers and each row's nearest stored once:
     updated center by center along the rows, the test of each row selected which rows to
@@ -308,14 +310,7 @@ def _lloyd_task(wave_start, n_wave, X, centers, block_rows, labels, min_dist, bu
                 finite[i] &= np.isfinite(XT[j, i])
         for k0 in range(0, n_clusters, CENTER_GROUP):
             _squared_distances(XT, centers, k0, dist, nb)
-            if k0 + CENTER_GROUP <= n_clusters:
-                _nearest_of_group(dist, k0, best, best_dist, nb)
-            else:  # the last, partial group
-                for g in range(n_clusters - k0):
-                    for i in range(nb):
-                        if dist[g, i] < best_dist[i]:
-                            best_dist[i] = dist[g, i]
-                            best[i] = k0 + g
+            _nearest_of_group(dist, k0, best, best_dist, nb)
         block_inertia = 0.0
         block_bad = -1
         for i in range(nb):
