@@ -113,6 +113,11 @@ def _check_model(X, means, precisions_cholesky, covariance_type, weights=None):
     return X, means, precisions_cholesky, weights
 
 
+def _check_reg_covar(reg_covar):
+    if not isinstance(reg_covar, numbers.Real) or not np.isfinite(reg_covar) or reg_covar < 0:
+        raise ValueError(f"reg_covar must be a finite number >= 0, got {reg_covar!r}")
+
+
 def _inverse_lower_cholesky_transposed(covariance):
     """``inv(L).T`` for ``covariance = L @ L.T``: upper triangular, precision ``U @ U.T``."""
     lower = np.linalg.cholesky(covariance)
@@ -209,6 +214,11 @@ def log_gaussian_prob(X, means, precisions_cholesky, covariance_type):
         Log densities, without the log weights.
     """
     X, means, prec_chol, _ = _check_model(X, means, precisions_cholesky, covariance_type)
+    return _log_gaussian_prob(X, means, prec_chol, covariance_type)
+
+
+def _log_gaussian_prob(X, means, prec_chol, covariance_type):
+    """:func:`log_gaussian_prob` of checked arrays (:func:`_check_model`)."""
     n_features = X.shape[1]
     diff = X[:, np.newaxis, :] - means[np.newaxis, :, :]  # (N, K, d)
     if covariance_type == "full":
@@ -248,7 +258,12 @@ def e_step(X, weights, means, precisions_cholesky, covariance_type):
     """
     X, means, precisions_cholesky, weights = _check_model(X, means, precisions_cholesky,
                                                           covariance_type, weights)
-    weighted = log_gaussian_prob(X, means, precisions_cholesky, covariance_type)
+    return _e_step(X, weights, means, precisions_cholesky, covariance_type)
+
+
+def _e_step(X, weights, means, precisions_cholesky, covariance_type):
+    """:func:`e_step` of checked arrays (:func:`_check_model`)."""
+    weighted = _log_gaussian_prob(X, means, precisions_cholesky, covariance_type)
     weighted = weighted + np.log(weights)
     row_max = weighted.max(axis=1, keepdims=True)  # log-sum-exp, shifted for stability
     log_norm = row_max + np.log(np.exp(weighted - row_max).sum(axis=1, keepdims=True))
@@ -285,8 +300,12 @@ def m_step(X, resp, covariance_type, reg_covar):
     if resp.ndim != 2 or resp.shape[0] != X.shape[0] or resp.shape[1] < 1:
         raise ValueError(f"resp must have shape ({X.shape[0]}, n_components) for X of "
                          f"{X.shape[0]} rows, got {resp.shape}")
-    if not isinstance(reg_covar, numbers.Real) or not np.isfinite(reg_covar) or reg_covar < 0:
-        raise ValueError(f"reg_covar must be a finite number >= 0, got {reg_covar!r}")
+    _check_reg_covar(reg_covar)
+    return _m_step(X, resp, covariance_type, reg_covar)
+
+
+def _m_step(X, resp, covariance_type, reg_covar):
+    """:func:`m_step` of checked arrays: X (:func:`_check_data`) and resp of X's rows."""
     n_features = X.shape[1]
     # The 10 * eps keeps an empty component from dividing by zero (as scikit-learn does).
     nk = resp.sum(axis=0) + 10 * np.finfo(resp.dtype).eps
@@ -336,12 +355,13 @@ def em(X, weights, means, precisions_cholesky, covariance_type="full", reg_covar
     """
     X, means, precisions_cholesky, weights = _check_model(X, means, precisions_cholesky,
                                                           covariance_type, weights)
+    _check_reg_covar(reg_covar)
     if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
         raise ValueError(f"n_iter must be an integer >= 0, got {n_iter!r}")
     history = []
-    for _ in range(n_iter):
-        log_resp, lower_bound = e_step(X, weights, means, precisions_cholesky, covariance_type)
-        weights, means, covariances = m_step(X, np.exp(log_resp), covariance_type, reg_covar)
+    for _ in range(n_iter):  # checked once, above
+        log_resp, lower_bound = _e_step(X, weights, means, precisions_cholesky, covariance_type)
+        weights, means, covariances = _m_step(X, np.exp(log_resp), covariance_type, reg_covar)
         precisions_cholesky = precisions_cholesky_from_covariances(covariances, covariance_type)
         history.append(
             {
