@@ -58,8 +58,9 @@ def _squared_distances(typingctx, XT, C, k0, D, n):
     took no measurably longer (2.34-2.52 s against 2.29-2.40).
 
     A center past C's last is center k0 again (as in ``_tiles._row_sums``), its distances
-    never nearer than center k0's (:func:`_nearest_of_group`). XT (d, >= n rounded up), C (K, d) with k0 < K and D (CENTER_GROUP,
-    >= n rounded up) are C-contiguous float64; nothing else is checked."""
+    never nearer than center k0's (:func:`_nearest_of_group`). XT (d, >= n rounded up), C
+    (K, d) with k0 < K and D (CENTER_GROUP, >= n rounded up) are C-contiguous float64; nothing
+    else is checked."""
     matrix = types.Array(types.float64, 2, "C")
     if not (XT == matrix and C == matrix and D == matrix):
         return None
