@@ -18,7 +18,9 @@ Unlike scikit-learn, the second moments are always computed from centred data
 
 Every function checks its arrays' shapes against one another and the values its formulas
 cannot take (NaN or infinity in the data or the parameters, negative weights, factors whose
-diagonal is not positive), and says which array was wrong and what it expected.
+diagonal is not positive), and says which array was wrong and what it expected. These checks
+are its own, beside the estimator's (``fastem._validation``): the oracle imports nothing from
+the package it checks, so that a mistake there cannot hide on both sides of a test.
 """
 
 from __future__ import annotations
