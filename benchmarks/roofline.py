@@ -56,10 +56,15 @@ This module is imported by ``test_suite.py`` and can be run on its own::
     python benchmarks/roofline.py --grid     # and fastem's pass over its floor, d x K x cov
 
 ``--grid`` times one fastem pass (the E-step and the statistics, from the benchmarks' common
-start; median of ``--repeats``) at N rows (``--rows``, default 1M) for d in {2, 16, 64}, K in
-{4, 16, 64} and the four covariance types, and prints it over the floor measured just
-before: where fastem stands against the machine at every shape of the suite's grid, in a few
-minutes.
+start) at N rows (``--rows``, default 1M) for d in {2, 16, 64}, K in {4, 16, 64} and the four
+covariance types, and prints it over the floor: where fastem stands against the machine at
+every shape of the suite's grid. It goes over the whole grid ``--rounds`` times (default 3),
+each round a median of ``--repeats`` passes at every shape, and measures the ceilings again
+before each round after the first. A shape's time is the median of its rounds, its floor comes
+from the best ceilings of all rounds, and the rounds' range is printed beside it. Shared
+machines have slow spells (a process can run at half speed for seconds at a time, often just
+after an idle spell): one timing per shape, taken once, put one shape at 6.7 times its floor
+where twenty later runs gave 3.5-4.6; rounds spread each shape's timings over the whole run.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ from numba import njit, prange
 from fastem._bench import (  # noqa: F401  (re-exported: the one implementation of the model)
     Ceilings,
     achieved,
+    best_ceilings,
     flops_per_row,
     measure_ceilings,
     pass_bytes,
@@ -82,8 +88,8 @@ from fastem._bench import (  # noqa: F401  (re-exported: the one implementation 
     roofline_floor,
 )
 
-__all__ = ["measure", "numba_sum_bandwidth", "Ceilings", "achieved", "flops_per_row",
-           "pass_bytes", "pass_flops", "roofline_floor"]
+__all__ = ["measure", "measure_again", "best_ceilings", "numba_sum_bandwidth", "Ceilings",
+           "achieved", "flops_per_row", "pass_bytes", "pass_flops", "roofline_floor"]
 
 GIB = 2**30
 SUM_BLOCK = 1 << 17  # float64 values per block of the parallel sum (1 MiB)
@@ -132,6 +138,11 @@ def numba_sum_bandwidth(a, threads=2, repeats=5) -> float:
 def measure(threads=2, read_bytes=GIB, gemm_n=2048, repeats=5) -> Ceilings:
     """The machine's ceilings now (cached for the process): read bandwidth (best of the
     parallel Numba sum and numpy's sums) and DGEMM/SGEMM rates."""
+    return measure_again(threads, read_bytes, gemm_n, repeats)
+
+
+def measure_again(threads=2, read_bytes=GIB, gemm_n=2048, repeats=5) -> Ceilings:
+    """:func:`measure`, not cached: the ceilings at this moment."""
     return measure_ceilings(
         threads, read_bytes=read_bytes, gemm_n=gemm_n, repeats=repeats,
         read_methods={f"numba prange sum, {threads} threads": numba_sum_bandwidth},
@@ -150,11 +161,12 @@ def describe(ceilings: Ceilings) -> list[str]:
     ]
 
 
-def pass_seconds(X, n_components, covariance_type, threads=2, repeats=5) -> float:
-    """Median time of one fastem pass (E-step and statistics) over X from the benchmarks'
-    common start, after one untimed pass (which compiles or loads the kernel): a pass of an EM
-    iteration after the first, so 'tied' takes its unweighted scatter from the untimed pass
-    (``fastem._em.accumulate``'s ``rows_scatter``), as a fit does."""
+def prepare_pass(X, n_components, covariance_type, threads=2):
+    """A function that runs one fastem pass (E-step and statistics) over X from the
+    benchmarks' common start and returns its seconds. One untimed pass runs here (it compiles
+    or loads the kernel): the timed passes are those of an EM iteration after the first, so
+    'tied' takes its unweighted scatter from the untimed pass (``fastem._em.accumulate``'s
+    ``rows_scatter``), as a fit does."""
     import time
 
     from fastem._bench import make_start
@@ -166,33 +178,68 @@ def pass_seconds(X, n_components, covariance_type, threads=2, repeats=5) -> floa
     params = GaussianParams(covariance_type, start.weights, start.means,
                             start.precisions_cholesky, start.covariances)
     source = ArraySource(X)
-    times = []
     with fastem_threads(threads):
         first = accumulate(source, params)
-        rows_scatter = first if covariance_type == "tied" else None
-        for _ in range(repeats):
+    rows_scatter = first if covariance_type == "tied" else None
+
+    def timed_pass() -> float:
+        with fastem_threads(threads):
             t0 = time.perf_counter()
             accumulate(source, params, rows_scatter=rows_scatter)
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+            return time.perf_counter() - t0
+
+    return timed_pass
 
 
-def grid(ceilings: Ceilings, n_samples=1_000_000, threads=2, repeats=5,
+def pass_seconds(X, n_components, covariance_type, threads=2, repeats=5) -> float:
+    """Median time of one fastem pass over X (:func:`prepare_pass`) of ``repeats``."""
+    timed_pass = prepare_pass(X, n_components, covariance_type, threads)
+    return float(np.median([timed_pass() for _ in range(repeats)]))
+
+
+def grid(ceilings: Ceilings, n_samples=1_000_000, threads=2, repeats=5, rounds=3,
          features=(2, 16, 64), components=(4, 16, 64),
-         covariance_types=("full", "tied", "diag", "spherical")):
-    """Print fastem's pass time over its roofline floor for every shape of the grid."""
+         covariance_types=("full", "tied", "diag", "spherical"), say=None):
+    """Print fastem's pass time over its roofline floor for every shape of the grid.
+
+    Every shape is prepared first (its rows, its start and one untimed pass), then the grid is
+    timed `rounds` times over, each time the median of `repeats` passes a shape; the ceilings
+    are measured again before every round after the first (`ceilings` is the first round's).
+    A shape's time is the median of its rounds and its floor that of the best ceilings seen.
+    `say` (default: print to stderr) reports the progress of the rounds.
+    """
+    import time
+
     from fastem._bench import make_data
 
-    print("| N x d x K | cov | fastem s/pass | floor | bound | time / floor |")
-    print("|---|---|---:|---:|---:|---:|")
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    cases = []  # (d, K, covariance type, timed pass)
     for d in features:
         for k in components:
             X = make_data(n_samples, d, k)
             for cov in covariance_types:
-                seconds = pass_seconds(X, k, cov, threads=threads, repeats=repeats)
-                floor, bound = roofline_floor(n_samples, d, k, cov, 8, ceilings)
-                print(f"| {n_samples:,} x {d} x {k} | {cov} | {seconds:.4f} | "
-                      f"{floor * 1e3:.2f} ms | {bound} | {seconds / floor:.2f}x |", flush=True)
+                cases.append((d, k, cov, prepare_pass(X, k, cov, threads)))
+    measured, times = [ceilings], [[] for _ in cases]
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        if r:
+            measured.append(measure_again(threads, ceilings.read_bytes, ceilings.gemm_n,
+                                          repeats))
+        for case, case_times in zip(cases, times):
+            case_times.append(float(np.median([case[3]() for _ in range(repeats)])))
+        say(f"round {r + 1} of {rounds}: {time.perf_counter() - t0:.0f} s")
+    best = best_ceilings(measured)
+    for line in describe(best):
+        print(f"best of {len(measured)}: {line}")
+    print()
+    print("| N x d x K | cov | fastem s/pass | rounds' range | floor | bound | time / floor |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for (d, k, cov, _), case_times in zip(cases, times):
+        seconds = float(np.median(case_times))
+        floor, bound = roofline_floor(n_samples, d, k, cov, 8, best)
+        print(f"| {n_samples:,} x {d} x {k} | {cov} | {seconds:.4f} | "
+              f"{min(case_times):.4f}-{max(case_times):.4f} | {floor * 1e3:.2f} ms | {bound} | "
+              f"{seconds / floor:.2f}x |", flush=True)
 
 
 def main(argv=None) -> int:
@@ -207,7 +254,11 @@ def main(argv=None) -> int:
                         help="also time fastem's pass over its floor at every shape of the "
                              "grid d in {2, 16, 64}, K in {4, 16, 64}, four covariance types")
     parser.add_argument("--rows", type=float, default=1e6, help="N for --grid")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="times --grid goes over every shape (the median is printed)")
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error("--rounds and --repeats must be at least 1")
     c = measure(args.threads, repeats=args.repeats)
     for line in describe(c):
         print(line)
@@ -221,7 +272,8 @@ def main(argv=None) -> int:
                   f"{flops_per_row(d, k, cov, 'kernel'):,.0f} | {floor * 1e3:.2f} ms | {bound} |")
     if args.grid:
         print()
-        grid(c, n_samples=int(args.rows), threads=args.threads, repeats=args.repeats)
+        grid(c, n_samples=int(args.rows), threads=args.threads, repeats=args.repeats,
+             rounds=args.rounds)
     return 0
 
 
