@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,7 +33,7 @@ import numpy as np  # noqa: E402
 import _peers  # noqa: E402
 from _peers import shape_label  # noqa: E402
 
-from fastem._bench import _fmt_seconds, cpu_model  # noqa: E402
+from fastem._bench import _fmt_seconds, machine_lines  # noqa: E402
 
 MIB = 2**20
 
@@ -63,32 +60,6 @@ def _parse_list(allowed):
             raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}; got {text!r}")
         return items
     return parse
-
-
-def _version(dist):
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def machine_header(threads):
-    lines = [
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; {threads} threads per peer",
-        f"- Python {platform.python_version()}, numpy {_version('numpy')}, "
-        f"numba {_version('numba')}, scikit-learn {_version('scikit-learn')}, "
-        f"scikit-learn-intelex (daal4py) {_version('scikit-learn-intelex')}, "
-        f"fastem {_version('fastem')}",
-        f"- {_peers.openblas_env()} (read, never changed here)",
-    ]
-    for info in _peers.blas_info():
-        lines.append(
-            f"- BLAS: {info.get('internal_api')} {info.get('version')}, "
-            f"architecture {info.get('architecture', '?')}, "
-            f"threading {info.get('threading_layer', '?')}, {info.get('num_threads')} threads "
-            f"by default ({Path(info.get('filepath', '?')).name})"
-        )
-    return lines
 
 
 def _agree(peer, result, expected):
@@ -182,7 +153,7 @@ def print_scaling(args, records):
     print(f"### fastem on 1 thread against {args.threads} (up to {args.repeats} rounds of "
           f"{args.n_iter} iterations)")
     print()
-    for line in machine_header(args.threads):
+    for line in machine_lines(args.threads):
         print(line)
     print()
     print(f"| N×d×K | cov | 1 thread s/iter | {args.threads} threads s/iter | fastem speed-up "
@@ -210,7 +181,7 @@ def print_tables(args, peers, rows, notes, compile_times):
     print(f"### EM iteration, float64, {args.threads} threads "
           f"(median of up to {args.repeats} runs of {args.n_iter} iterations)")
     print()
-    for line in machine_header(args.threads):
+    for line in machine_lines(args.threads):
         print(line)
     print()
     head = ["N×d×K", "cov"] + [f"{p} s/iter" for p in peers]
@@ -297,14 +268,14 @@ def main(argv=None):
             args.json.write_text(json.dumps({
                 "args": {k: (str(v) if isinstance(v, Path) else v)
                          for k, v in vars(args).items()},
-                "machine": machine_header(args.threads), "scaling": records}, indent=2))
+                "machine": machine_lines(args.threads), "scaling": records}, indent=2))
         return 0
     peers, rows, notes, records, compile_times = run_report(args)
     print_tables(args, peers, rows, notes, compile_times)
     if args.json:
         args.json.write_text(json.dumps({
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "machine": machine_header(args.threads),
+            "machine": machine_lines(args.threads),
             "results": records, "compile": compile_times, "notes": notes,
         }, indent=2))
     return 0

@@ -828,7 +828,6 @@ def measure_ceilings(threads=2, *, read_bytes=GIB, gemm_n=2048, repeats=5, read_
                     gemm_gflops=gemm, gemm_n=gemm_n, threads=threads, blas=blas)
 
 
-
 def best_ceilings(measured) -> Ceilings:
     """The best of several measurements of the same ceilings, each rate its highest: what the
     machine can do, where a slow spell of a shared machine lowered one measurement. The other
@@ -909,6 +908,7 @@ def machine_lines(threads) -> list[str]:
         lines.append(
             f"- BLAS: {info.get('internal_api')} {info.get('version')}, "
             f"architecture {info.get('architecture', '?')}, "
+            f"threading {info.get('threading_layer', '?')}, "
             f"{info.get('num_threads')} threads by default "
             f"({os.path.basename(info.get('filepath', '?'))})"
         )
