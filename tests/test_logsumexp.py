@@ -1,6 +1,8 @@
 """The kernels' fused log-sum-exp against the plain whole-block loops it replaced, written
 with the scalar exp and log: the same bits, including below the responsibility floor, at -inf
-and NaN."""
+and NaN; and its sum of a block's log-likelihoods (a fit's), against the sum of the rows'."""
+
+import math
 
 import numpy as np
 import pytest
@@ -13,8 +15,8 @@ from fastem._kernels.gaussian import _largest
 
 
 @njit
-def _fused(logp, R, ll, mx, K, inverses):
-    normalize_columns(logp, R, ll, mx, K, inverses)
+def _fused(logp, R, ll, mx, K, inverses, by_rows=True, n_valid=0):
+    return normalize_columns(logp, R, ll, mx, K, inverses, by_rows, n_valid)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy")  # as the kernels compile
@@ -116,3 +118,59 @@ def test_column_maxima_are_the_loops_largest_and_first_of_ties(K):
     if K > 1:
         assert (best_ref[16:24] == 0).all() and (best_ref > 0).any()
         assert not np.isnan(m[40])
+
+
+def _clean_log_densities(rng, K, n_rows):
+    """Log-densities of rows every component explains, some far from all but one."""
+    logp = rng.normal(scale=30.0, size=(K, n_rows)) - 5.0
+    logp[1:, ::7] -= 700.0  # below the floor of the first component
+    return logp
+
+
+@pytest.mark.parametrize("K", [1, 4, 16, 64])
+@pytest.mark.parametrize("n_rows, n_valid", [(8, 8), (8, 3), (8 * 33, 256),
+                                             (8 * (4 * GROUPS + 1), 8 * (4 * GROUPS + 1) - 5)])
+def test_the_block_sum_is_the_sum_of_the_rows_log_likelihoods(K, n_rows, n_valid):
+    """Without by_rows, ll[0] is the sum of the first n_valid rows' log-likelihoods to within
+    rounding (one log a lane of a product of mantissas instead of one a row), the padding past
+    them left out whatever it holds; ll is not otherwise written, and R is the same bits."""
+    rng = np.random.default_rng(K * 1000 + n_rows + n_valid)
+    logp = _clean_log_densities(rng, K, n_rows)
+    logp[:, n_valid:] = np.nan  # padding: would make any sum that read it NaN
+    largest = np.empty(n_rows)
+    _largest(logp, largest, np.empty(0, dtype=np.int64))
+    R_rows, ll_rows = np.empty((K, n_rows)), np.empty(n_rows)
+    _fused(logp, R_rows, ll_rows, largest, K, np.empty(0), True, n_rows)
+    expected = math.fsum(ll_rows[:n_valid])
+
+    for inverses in (np.empty(0), np.empty(n_rows)):
+        R, ll = np.full((K, n_rows), -7.0), np.full(n_rows, -7.0)
+        assert _fused(logp, R, ll, largest, K, inverses, False, n_valid)
+        np.testing.assert_allclose(ll[0], expected, rtol=1e-14,
+                                   atol=1e-15 * np.abs(ll_rows[:n_valid]).sum())
+        assert (ll[1:] == -7.0).all()
+        R_by_rows = np.full((K, n_rows), -7.0)
+        _fused(logp, R_by_rows, np.empty(n_rows), largest, K, inverses, True, n_rows)
+        np.testing.assert_array_equal(R, R_by_rows)
+
+
+@pytest.mark.parametrize("K", [1, 5])
+@pytest.mark.parametrize("case", ["unexplained", "nan"])
+def test_a_block_whose_sum_is_not_finite_is_done_again_by_rows(K, case):
+    """A row no component explains (all -inf) or one holding NaN makes the block's sum not
+    finite: the block is then done again by rows, and the result says so, with every row's
+    log-likelihood and the responsibilities to the bit of a pass by rows."""
+    rng = np.random.default_rng(K)
+    n_rows = 8 * 5
+    logp = _clean_log_densities(rng, K, n_rows)
+    logp[:, 11] = -np.inf if case == "unexplained" else np.nan
+    largest = np.empty(n_rows)
+    _largest(logp, largest, np.empty(0, dtype=np.int64))
+    R_rows, ll_rows = np.empty((K, n_rows)), np.empty(n_rows)
+    assert not _fused(logp, R_rows, ll_rows, largest, K, np.empty(0), True, n_rows)
+
+    R, ll = np.full((K, n_rows), -7.0), np.full(n_rows, -7.0)
+    assert not _fused(logp, R, ll, largest, K, np.empty(0), False, n_rows)
+    np.testing.assert_array_equal(ll, ll_rows)
+    np.testing.assert_array_equal(R, R_rows)
+    assert np.isnan(ll[11]) and np.isfinite(np.delete(ll, 11)).all()

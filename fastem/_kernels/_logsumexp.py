@@ -18,14 +18,25 @@ at a time it took 11% more: the exp's chain of 13 dependent multiply-adds, then 
 a division, every 8 rows. With 4 groups, 4.6% less. With half the registers (AVX2), fewer
 groups go side by side and their exps are interleaved operation by operation (GROUPS,
 EXP_INTERLEAVE). Both kernels run it.
+
+A fit wants the sum of a block's log-likelihoods, not each row's, and a log per row (about 30
+vector operations and a division) is as much work as two exps. Without `by_rows`, each lane
+keeps the sum of its rows' largest log-densities, of the exponents of their sums s and the
+product of the mantissas, and takes one log per block. On an AMD EPYC (Zen, AVX2; 1M rows,
+2 threads, paired rounds in one process, ``benchmarks/compare_revisions.py``), passes took
+0.89-0.91 of the time at d = 2 with 4 components, 0.94-0.99 with 16 and 64 ('tied', whose
+expanded kernel keeps its rows' log-likelihoods for a term of its own, 0.96-1.0), and
+0.96-0.99 at d = 16 with 4; cold compile the same (19.9-20.4 s against 19.8-21.0).
 """
 
+import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from ._llvm import ACCUMULATORS, VEC, array_bytes, load_vector, splat
-from ._math import exps_nonpositive_ir, log_at_least_one_ir
+from ._llvm import ACCUMULATORS, F64, I32, VEC, array_bytes, load_vector, splat
+from ._math import (exponent_and_mantissa_ir, exps_nonpositive_ir, log_at_least_one_ir,
+                    plus_ln2_multiple_ir)
 
 # A responsibility below e^-575 (1e-250) of its row's largest term is set to 0. The row's
 # log-likelihood cannot notice (its sum of terms is at least 1), and a statistic changes by less
@@ -59,23 +70,36 @@ def _is_row(a, dtype=types.float64):
 
 
 @intrinsic
-def normalize_columns(typingctx, logp, R, ll, mx, K, inverses):
+def normalize_columns(typingctx, logp, R, ll, mx, K, inverses, by_rows, n_valid):
     """For every row i < logp.shape[1] (a multiple of 8): R[k, i] = exp(logp[k, i] - mx[i]) / s
-    for k < K (0 below LOG_RESPONSIBILITY_FLOOR), s the sum of those exps, and ll[i] = mx[i]
-    + log(s), given the rows' largest log-densities ``mx`` (``gaussian._largest``, or the
-    product that made them).
+    for k < K (0 below LOG_RESPONSIBILITY_FLOOR), s the sum of those exps, and the row's
+    log-likelihood mx[i] + log(s), given the rows' largest log-densities ``mx``
+    (``gaussian._largest``, or the product that made them).
+
+    With `by_rows`, ll[i] = that log-likelihood for every row, and the result is False.
+    Without, the result is True and ll[0] = their sum over the rows i < `n_valid` (the rest are
+    a block's padding), ll not otherwise written: a fit wants only the sum (see the module's
+    docstring). The sum is taken lane by lane as sum(mx) + sum(e) ln 2 + log(prod(m)) with
+    s = 2^e m, m in [1, 2): one log a lane per block rather than one a row, the product of a
+    lane's m below 2^(logp.shape[1] / 8). It is the sum of the log-likelihoods of `by_rows` to
+    within rounding (about 1e-16 of it), not their bits. Where it is not finite (a row with
+    NaN, or one no component explains), the block is done again by rows, and the result is
+    False: the caller then has every row's log-likelihood, to find the rows at fault.
 
     With a non-empty `inverses`, R keeps the exps unscaled and inverses[i] = 1 / s instead:
     R[k, i] * inverses[i] is then the responsibility above, to the bit, and a caller whose
     statistics are sums of R times features may scale its F features instead of R's K rows.
+    R is the same, to the bit, with or without `by_rows`.
 
-    Nothing is checked: logp has at least K rows, R at least K rows and as many columns, ll and
-    mx (and a non-empty `inverses`) at least logp.shape[1] entries.
+    Nothing is checked: logp has at least K rows and fewer than 8192 columns, R at least K rows
+    and as many columns, ll and mx (and a non-empty `inverses`) at least logp.shape[1]
+    entries.
     """
     if not (_is_matrix(logp) and _is_matrix(R) and _is_row(ll) and _is_row(mx)
-            and isinstance(K, types.Integer) and _is_row(inverses)):
+            and isinstance(K, types.Integer) and _is_row(inverses)
+            and isinstance(by_rows, types.Boolean) and isinstance(n_valid, types.Integer)):
         return None
-    sig = types.void(logp, R, ll, mx, types.intp, inverses)
+    sig = types.boolean(logp, R, ll, mx, types.intp, inverses, types.boolean, types.intp)
 
     def codegen(context, builder, signature, args):
         logp_ty, r_ty, ll_ty, mx_ty = signature.args[:4]
@@ -93,9 +117,19 @@ def normalize_columns(typingctx, logp, R, ll, mx, K, inverses):
             ">", cgutils.unpack_tuple(builder, inverses_array.shape, 1)[0], ir.Constant(intp, 0))
         n_rows = cgutils.unpack_tuple(
             builder, context.make_array(logp_ty)(context, builder, args[0]).shape, 2)[1]
+        n_valid = args[7]
         zero = ir.Constant(VEC, [0.0] * 8)
         floor = ir.Constant(VEC, [LOG_RESPONSIBILITY_FLOOR] * 8)
         totals = [cgutils.alloca_once_value(builder, zero) for _ in range(GROUPS)]
+        # The block's sum of log-likelihoods, lane by lane: sum of the largest log-densities,
+        # sum of the exponents of the sums s and product of their mantissas (in [1, 2))
+        block_largest = cgutils.alloca_once(builder, VEC)
+        block_exponents = cgutils.alloca_once(builder, LANE_INTS)
+        block_mantissas = cgutils.alloca_once(builder, VEC)
+        # Whether this pass writes every row's log-likelihood: a pass without, whose sum is
+        # not finite, is followed by one with.
+        rows_wanted = cgutils.alloca_once_value(
+            builder, context.cast(builder, args[6], signature.args[6], types.boolean))
 
         def vector_ptr(base, offset):
             return builder.bitcast(builder.gep(base, [offset]), VEC.as_pointer())
@@ -120,12 +154,19 @@ def normalize_columns(typingctx, logp, R, ll, mx, K, inverses):
                         builder.store(e, vector_ptr(r_base, builder.add(
                             builder.mul(k, r_stride), cols[u])), align=8)
                         builder.store(builder.fadd(builder.load(totals[u]), e), totals[u])
-            inverses = []
-            for u, col in enumerate(cols):
-                s = builder.load(totals[u])
-                builder.store(builder.fadd(largest[u], log_at_least_one_ir(builder, s)),
-                              vector_ptr(ll_base, col), align=8)
-                inverses.append(builder.fdiv(ir.Constant(VEC, [1.0] * 8), s))
+            sums = [builder.load(totals[u]) for u in range(count)]
+            with builder.if_else(by_rows) as (then, otherwise):
+                with then:
+                    for u, col in enumerate(cols):
+                        builder.store(builder.fadd(largest[u], log_at_least_one_ir(builder,
+                                                                                   sums[u])),
+                                      vector_ptr(ll_base, col), align=8)
+                with otherwise:
+                    for u in range(count):
+                        _add_to_block_sum(builder, sums[u], largest[u], builder.add(
+                            first, ir.Constant(intp, u)), n_valid, block_largest,
+                            block_exponents, block_mantissas)
+            inverses = [builder.fdiv(ir.Constant(VEC, [1.0] * 8), s) for s in sums]
             with builder.if_else(hand_back) as (then, otherwise):
                 with then:
                     for u, col in enumerate(cols):
@@ -140,14 +181,74 @@ def normalize_columns(typingctx, logp, R, ll, mx, K, inverses):
 
         n_groups = builder.udiv(n_rows, ir.Constant(intp, 8))
         n_sets = builder.udiv(n_groups, ir.Constant(intp, GROUPS))
+        one_pass = builder.append_basic_block("normalize_columns.pass")
+        passes_done = builder.append_basic_block("normalize_columns.done")
+        builder.branch(one_pass)
+        builder.position_at_end(one_pass)
+        by_rows = builder.load(rows_wanted)  # read by groups()
+        builder.store(zero, block_largest)
+        builder.store(ir.Constant(LANE_INTS, [0] * 8), block_exponents)
+        builder.store(ir.Constant(VEC, [1.0] * 8), block_mantissas)
         with cgutils.for_range(builder, n_sets) as group_set:
             groups(builder.mul(group_set.index, ir.Constant(intp, GROUPS)), GROUPS)
         done = builder.mul(n_sets, ir.Constant(intp, GROUPS))
         with cgutils.for_range(builder, builder.sub(n_groups, done)) as rest:
             groups(builder.add(done, rest.index), 1)
-        return context.get_dummy_value()
+        with builder.if_then(builder.not_(by_rows)):
+            total = _block_sum(builder, block_largest, block_exponents, block_mantissas)
+            finite = builder.and_(builder.fcmp_ordered("<", total, ir.Constant(F64, np.inf)),
+                                  builder.fcmp_ordered(">", total, ir.Constant(F64, -np.inf)))
+            with builder.if_else(finite) as (then, otherwise):
+                with then:
+                    builder.store(total, builder.bitcast(ll_base, F64.as_pointer()))
+                with otherwise:
+                    builder.store(ir.Constant(ir.IntType(1), 1), rows_wanted)
+        again = builder.icmp_unsigned("!=", builder.load(rows_wanted), by_rows)
+        builder.cbranch(again, one_pass, passes_done)
+        builder.position_at_end(passes_done)
+        return builder.not_(builder.load(rows_wanted))
 
     return sig, codegen
+
+
+LANE_INTS = ir.VectorType(ir.IntType(64), 8)
+
+
+def _add_to_block_sum(builder, s, largest, group, n_valid, block_largest, block_exponents,
+                      block_mantissas):
+    """Add the log-likelihoods largest + log(s) of the 8 rows of `group` (rows 8 group to
+    8 group + 7) that are below `n_valid` to the block's lane sums: `largest` to
+    `block_largest` and, with s = 2^e m (m in [1, 2)), e to `block_exponents` and m into the
+    product `block_mantissas`. An s that is not finite and at least 1 (a NaN, where a row's
+    log-densities are NaN or all -inf) makes its lane's product NaN, as its log would be."""
+    first_row = builder.mul(group, ir.Constant(group.type, 8))
+    rows = builder.add(splat(builder, first_row, LANE_INTS),
+                       ir.Constant(LANE_INTS, list(range(8))))
+    counted = builder.icmp_signed("<", rows, splat(builder, n_valid, LANE_INTS))
+    exponent, mantissa = exponent_and_mantissa_ir(builder, s)
+    valid = builder.and_(builder.fcmp_ordered(">=", s, ir.Constant(VEC, [1.0] * 8)),
+                         builder.fcmp_ordered("<", s, ir.Constant(VEC, [float("inf")] * 8)))
+    mantissa = builder.select(valid, mantissa, ir.Constant(VEC, [float("nan")] * 8))
+    builder.store(builder.fadd(builder.load(block_largest), builder.select(
+        counted, largest, ir.Constant(VEC, [0.0] * 8))), block_largest)
+    builder.store(builder.add(builder.load(block_exponents), builder.select(
+        counted, exponent, ir.Constant(LANE_INTS, [0] * 8))), block_exponents)
+    builder.store(builder.fmul(builder.load(block_mantissas), builder.select(
+        counted, mantissa, ir.Constant(VEC, [1.0] * 8))), block_mantissas)
+
+
+def _block_sum(builder, block_largest, block_exponents, block_mantissas):
+    """The block's sum of log-likelihoods from its lane sums (:func:`_add_to_block_sum`):
+    each lane's sum of largest log-densities + its exponents' ln 2 + the log of its product
+    of mantissas, then the 8 lanes in order."""
+    lanes = plus_ln2_multiple_ir(
+        builder, builder.sitofp(builder.load(block_exponents), VEC),
+        log_at_least_one_ir(builder, builder.load(block_mantissas)))
+    lanes = builder.fadd(builder.load(block_largest), lanes)
+    total = builder.extract_element(lanes, ir.Constant(I32, 0))
+    for lane in range(1, 8):
+        total = builder.fadd(total, builder.extract_element(lanes, ir.Constant(I32, lane)))
+    return total
 
 
 @intrinsic

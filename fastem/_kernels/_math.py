@@ -296,10 +296,7 @@ def log_at_least_one_ir(builder, x):
     vt = x.type
     it = ir.VectorType(ir.IntType(64), vt.count)
     fma = _vector_fma(builder, vt)
-    bits = builder.bitcast(x, it)
-    e = builder.sub(builder.ashr(bits, _splat_constant(it, 52)), _splat_constant(it, 1023))
-    m = builder.bitcast(builder.or_(builder.and_(bits, _splat_constant(it, _MANTISSA)),
-                                    _splat_constant(it, _EXPONENT_ONE)), vt)
+    e, m = exponent_and_mantissa_ir(builder, x)
     high = builder.fcmp_ordered(">", m, _splat_constant(vt, _SQRT2))
     m = builder.select(high, builder.fmul(m, _splat_constant(vt, 0.5)), m)
     e = builder.select(high, builder.add(e, _splat_constant(it, 1)), e)
@@ -310,9 +307,27 @@ def log_at_least_one_ir(builder, x):
     for c in _INV_ODD_REST:
         p = builder.call(fma, [p, z2, _splat_constant(vt, c)])
     log_m = builder.fmul(builder.fmul(_splat_constant(vt, 2.0), z), p)
-    ef = builder.sitofp(e, vt)
-    inner = builder.call(fma, [ef, _splat_constant(vt, _LN2_LO), log_m])
-    result = builder.call(fma, [ef, _splat_constant(vt, _LN2_HI), inner])
+    result = plus_ln2_multiple_ir(builder, builder.sitofp(e, vt), log_m)
     valid = builder.and_(builder.fcmp_ordered(">=", x, one),
                          builder.fcmp_ordered("<", x, _splat_constant(vt, np.inf)))
     return builder.select(valid, result, _splat_constant(vt, np.nan))
+
+
+def exponent_and_mantissa_ir(builder, x):
+    """(e, m) with x = 2^e m, m in [1, 2), for each lane of the float64 vector x (finite, at
+    least 1; other lanes get values that mean nothing): e an int64 vector, m float64."""
+    it = ir.VectorType(ir.IntType(64), x.type.count)
+    bits = builder.bitcast(x, it)
+    e = builder.sub(builder.ashr(bits, _splat_constant(it, 52)), _splat_constant(it, 1023))
+    m = builder.bitcast(builder.or_(builder.and_(bits, _splat_constant(it, _MANTISSA)),
+                                    _splat_constant(it, _EXPONENT_ONE)), x.type)
+    return e, m
+
+
+def plus_ln2_multiple_ir(builder, e, x):
+    """e ln 2 + x for each lane of the float64 vectors e (whole numbers) and x, with ln 2 in
+    two parts, as :func:`log_at_least_one` adds its exponent's."""
+    vt = x.type
+    fma = _vector_fma(builder, vt)
+    inner = builder.call(fma, [e, _splat_constant(vt, _LN2_LO), x])
+    return builder.call(fma, [e, _splat_constant(vt, _LN2_HI), inner])

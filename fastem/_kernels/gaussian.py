@@ -765,9 +765,13 @@ def _compiled_task(name, only):
                             for i in range(rows):
                                 R[best[i], i] = 1.0
                     else:
-                        # R scaled: read per component
-                        normalize_columns(logp, R, ll, work[0], K, ll[:0])
-                        total, bad = _total_loglik(X_, r0, r1, ll[:rows])
+                        # R scaled: read per component. Each row's log-likelihood only
+                        # if it is wanted, else their sum in ll[0] (when it is finite).
+                        if normalize_columns(logp, R, ll, work[0], K, ll[:0],
+                                             row_loglik_.shape[0] > 0, rows):
+                            total, bad = ll[0], -1
+                        else:
+                            total, bad = _total_loglik(X_, r0, r1, ll[:rows])
                         if bad < 0:
                             _write_rows(r0, ll[:rows], R, best, row_loglik_, resp_out_,
                                         labels_)

@@ -398,10 +398,12 @@ def _sub_block(stored, kind, X, s0, s1, centre, eta, K, F, compute_stats, slot, 
         log_density_product(eta, Phi, logp, F, work[0], K, np.intp(0), pf)
     else:
         quadratic_log_density_product(eta, Phi, logp, d, work[0], K, pf)
-    normalize_columns(logp_K, R, ll, work[0], K, inverses)
+    # Each row's log-likelihood if it is wanted, else their sum in ll[0] (when it is finite)
+    summed = normalize_columns(logp_K, R, ll, work[0], K, inverses, row_loglik.shape[0] > 0,
+                               nb)
     if best.shape[0] > 0:  # the labels are wanted
         _largest(logp_K, work[1], best)
-    total, bad = _total_loglik(X, s0, s1, ll_buf[:nb])
+    total, bad = (ll[0], -1) if summed else _total_loglik(X, s0, s1, ll_buf[:nb])
     if bad >= 0:
         return 0.0, bad
     _write_rows(s0, ll_buf[:nb], R, best, row_loglik, resp_out, labels)
@@ -510,13 +512,16 @@ def _small_block(tied, kind, X, r0, r1, centre, eta, row_factor, K, compute_stat
         few_log_density_product(eta, Phi, logp, F, work[0], K, pf)
     else:
         log_density_product(eta, Phi, logp, F, work[0], K, np.intp(0), pf)
-    normalize_columns(logp_K, R_K, ll, work[0], K, inverses)
+    # Each row's log-likelihood if it is wanted (and for 'tied', which adds a term of its own
+    # to each), else their sum in ll[0] (when it is finite)
+    summed = normalize_columns(logp_K, R_K, ll, work[0], K, inverses,
+                               tied or row_loglik.shape[0] > 0, nb)
     if best.shape[0] > 0:  # the labels are wanted
         _largest(logp_K, work[1], best)
     if tied:
         _tied_terms(Phi, phi, d, nb, row_factor, matrix(z_buf, row_factor.shape[0], nbp),
                     work[1], ll, compute_stats and scatter.shape[0] > 0, scatter, pf)
-    total, bad = _total_loglik(X, r0, r1, ll_buf[:nb])
+    total, bad = (ll[0], -1) if summed else _total_loglik(X, r0, r1, ll_buf[:nb])
     if bad >= 0:
         return 0.0, bad
     _write_rows(r0, ll_buf[:nb], R_K, best, row_loglik, resp_out, labels)
