@@ -59,12 +59,12 @@ This module is imported by ``test_suite.py`` and can be run on its own::
 start) at N rows (``--rows``, default 1M) for d in {2, 16, 64}, K in {4, 16, 64} and the four
 covariance types, and prints it over the floor: where fastem stands against the machine at
 every shape of the suite's grid. It goes over the whole grid ``--rounds`` times (default 3),
-each round a median of ``--repeats`` passes at every shape, and measures the ceilings again
-before each round after the first. A shape's time is the median of its rounds, its floor comes
-from the best ceilings of all rounds, and the rounds' range is printed beside it. Shared
-machines have slow spells (a process can run at half speed for seconds at a time, often just
-after an idle spell): one timing per shape, taken once, put one shape at 6.7 times its floor
-where twenty later runs gave 3.5-4.6; rounds spread each shape's timings over the whole run.
+each round a median of ``--repeats`` passes at every shape, over the floor from the ceilings
+measured just before that round; a shape's figures are the medians of its rounds, printed
+with their range. Shared machines have slow spells (a process can run at half speed for
+seconds at a time, often just after an idle spell): one timing per shape, taken once, put one
+shape at 6.7 times its floor where twenty later runs gave 3.5-4.6. Rounds spread each shape's
+timings over the whole run, and each is set against ceilings measured in its own minutes.
 """
 
 from __future__ import annotations
@@ -80,7 +80,6 @@ from numba import njit, prange
 from fastem._bench import (  # noqa: F401  (re-exported: the one implementation of the model)
     Ceilings,
     achieved,
-    best_ceilings,
     flops_per_row,
     measure_ceilings,
     pass_bytes,
@@ -88,8 +87,8 @@ from fastem._bench import (  # noqa: F401  (re-exported: the one implementation 
     roofline_floor,
 )
 
-__all__ = ["measure", "measure_again", "best_ceilings", "numba_sum_bandwidth", "Ceilings",
-           "achieved", "flops_per_row", "pass_bytes", "pass_flops", "roofline_floor"]
+__all__ = ["measure", "measure_again", "numba_sum_bandwidth", "Ceilings", "achieved",
+           "flops_per_row", "pass_bytes", "pass_flops", "roofline_floor"]
 
 GIB = 2**30
 SUM_BLOCK = 1 << 17  # float64 values per block of the parallel sum (1 MiB)
@@ -203,9 +202,9 @@ def grid(ceilings: Ceilings, n_samples=1_000_000, threads=2, repeats=5, rounds=3
     """Print fastem's pass time over its roofline floor for every shape of the grid.
 
     Every shape is prepared first (its rows, its start and one untimed pass), then the grid is
-    timed `rounds` times over, each time the median of `repeats` passes a shape; the ceilings
-    are measured again before every round after the first (`ceilings` is the first round's).
-    A shape's time is the median of its rounds and its floor that of the best ceilings seen.
+    timed `rounds` times over, each time the median of `repeats` passes a shape, against the
+    floor from the ceilings measured just before that round (`ceilings` for the first). A
+    shape's figures are the medians of its rounds' time and time over floor, with their range.
     `say` (default: print to stderr) reports the progress of the rounds.
     """
     import time
@@ -219,27 +218,28 @@ def grid(ceilings: Ceilings, n_samples=1_000_000, threads=2, repeats=5, rounds=3
             X = make_data(n_samples, d, k)
             for cov in covariance_types:
                 cases.append((d, k, cov, prepare_pass(X, k, cov, threads)))
-    measured, times = [ceilings], [[] for _ in cases]
+    times, ratios = [[] for _ in cases], [[] for _ in cases]
     for r in range(rounds):
         t0 = time.perf_counter()
         if r:
-            measured.append(measure_again(threads, ceilings.read_bytes, ceilings.gemm_n,
-                                          repeats))
-        for case, case_times in zip(cases, times):
-            case_times.append(float(np.median([case[3]() for _ in range(repeats)])))
+            ceilings = measure_again(threads, ceilings.read_bytes, ceilings.gemm_n, repeats)
+        print(f"round {r + 1}: read {ceilings.read_gbs:.1f} GB/s, "
+              f"DGEMM {ceilings.gemm_gflops['float64']:.1f} GF/s")
+        for (d, k, cov, timed_pass), case_times, case_ratios in zip(cases, times, ratios):
+            seconds = float(np.median([timed_pass() for _ in range(repeats)]))
+            case_times.append(seconds)
+            case_ratios.append(seconds / roofline_floor(n_samples, d, k, cov, 8, ceilings)[0])
         say(f"round {r + 1} of {rounds}: {time.perf_counter() - t0:.0f} s")
-    best = best_ceilings(measured)
-    for line in describe(best):
-        print(f"best of {len(measured)}: {line}")
     print()
-    print("| N x d x K | cov | fastem s/pass | rounds' range | floor | bound | time / floor |")
+    print("| N x d x K | cov | fastem s/pass | rounds' range | bound | time / floor | "
+          "rounds' range |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for (d, k, cov, _), case_times in zip(cases, times):
-        seconds = float(np.median(case_times))
-        floor, bound = roofline_floor(n_samples, d, k, cov, 8, best)
-        print(f"| {n_samples:,} x {d} x {k} | {cov} | {seconds:.4f} | "
-              f"{min(case_times):.4f}-{max(case_times):.4f} | {floor * 1e3:.2f} ms | {bound} | "
-              f"{seconds / floor:.2f}x |", flush=True)
+    for (d, k, cov, _), case_times, case_ratios in zip(cases, times, ratios):
+        bound = roofline_floor(n_samples, d, k, cov, 8, ceilings)[1]
+        print(f"| {n_samples:,} x {d} x {k} | {cov} | {np.median(case_times):.4f} | "
+              f"{min(case_times):.4f}-{max(case_times):.4f} | {bound} | "
+              f"{np.median(case_ratios):.2f}x | {min(case_ratios):.2f}-{max(case_ratios):.2f}x |",
+              flush=True)
 
 
 def main(argv=None) -> int:

@@ -54,7 +54,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 
 import numpy as np
@@ -70,8 +70,8 @@ __all__ = [
     "prepare_fit", "sklearn_at_start", "check_available", "peer_memory_bytes", "tolerance",
     "agree", "time_peers", "pilot_seconds", "pilot_fit_seconds", "flops_per_row",
     "pass_flops", "pass_bytes", "roofline_floor", "compute_dtype", "achieved",
-    "matmul_rate", "measure_ceilings", "best_ceilings", "first_fit", "machine_lines",
-    "blas_info", "openblas_env", "run_bench", "add_bench_parser",
+    "matmul_rate", "measure_ceilings", "first_fit", "machine_lines", "blas_info",
+    "openblas_env", "run_bench", "add_bench_parser",
 ]
 
 PEERS = ("fastem", "reference", "sklearn", "daal4py")
@@ -826,22 +826,6 @@ def measure_ceilings(threads=2, *, read_bytes=GIB, gemm_n=2048, repeats=5, read_
     )
     return Ceilings(read_gbs=max(methods.values()), read_methods=methods, read_bytes=a.nbytes,
                     gemm_gflops=gemm, gemm_n=gemm_n, threads=threads, blas=blas)
-
-
-def best_ceilings(measured) -> Ceilings:
-    """The best of several measurements of the same ceilings, each rate its highest: what the
-    machine can do, where a slow spell of a shared machine lowered one measurement. The other
-    fields are the first measurement's."""
-    measured = list(measured)
-    if not measured:
-        raise ValueError("best_ceilings needs at least one measurement")
-    first = measured[0]
-    methods = {name: max(c.read_methods.get(name, 0.0) for c in measured)
-               for name in first.read_methods}
-    gemm = {name: max(c.gemm_gflops.get(name, 0.0) for c in measured)
-            for name in first.gemm_gflops}
-    return replace(first, read_gbs=max(c.read_gbs for c in measured),
-                   read_methods=methods, gemm_gflops=gemm)
 
 
 # ---------------------------------------------------------------------------- machine

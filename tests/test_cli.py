@@ -280,25 +280,3 @@ def test_the_benchmarks_warm_up_compiles_the_lloyd_pass_for_each_dtype():
     assert done.returncode == 0, done.stderr[-2000:]
     assert "float32" in done.stdout.strip().splitlines()[-1]
 
-
-def test_the_best_of_several_ceilings_takes_each_rate_at_its_highest():
-    """The roofline grid's floor uses the best ceilings of its rounds: a round measured in a
-    slow spell must not lower the floor, and each rate may peak in a different round."""
-    from fastem._bench import Ceilings, best_ceilings
-
-    def ceilings(numba_sum, numpy_sum, dgemm, sgemm):
-        return Ceilings(read_gbs=max(numba_sum, numpy_sum),
-                        read_methods={"numba": numba_sum, "numpy": numpy_sum},
-                        read_bytes=2**30, gemm_gflops={"float64": dgemm, "float32": sgemm},
-                        gemm_n=2048, threads=2, blas="openblas")
-
-    best = best_ceilings([ceilings(16.6, 19.1, 29.0, 69.8), ceilings(22.3, 12.8, 36.1, 43.0),
-                          ceilings(10.2, 14.1, 33.9, 75.5)])
-    assert best.read_gbs == 22.3
-    assert best.read_methods == {"numba": 22.3, "numpy": 19.1}
-    assert best.gemm_gflops == {"float64": 36.1, "float32": 75.5}
-    assert (best.read_bytes, best.gemm_n, best.threads, best.blas) == (2**30, 2048, 2, "openblas")
-    only = ceilings(1.0, 2.0, 3.0, 4.0)
-    assert best_ceilings([only]) == only
-    with pytest.raises(ValueError, match="at least one"):
-        best_ceilings([])
