@@ -190,12 +190,6 @@ def prepare_pass(X, n_components, covariance_type, threads=2):
     return timed_pass
 
 
-def pass_seconds(X, n_components, covariance_type, threads=2, repeats=5) -> float:
-    """Median time of one fastem pass over X (:func:`prepare_pass`) of ``repeats``."""
-    timed_pass = prepare_pass(X, n_components, covariance_type, threads)
-    return float(np.median([timed_pass() for _ in range(repeats)]))
-
-
 def grid(ceilings: Ceilings, n_samples=1_000_000, threads=2, repeats=5, rounds=3,
          features=(2, 16, 64), components=(4, 16, 64),
          covariance_types=("full", "tied", "diag", "spherical"), say=None):

@@ -279,4 +279,3 @@ def test_the_benchmarks_warm_up_compiles_the_lloyd_pass_for_each_dtype():
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "float32" in done.stdout.strip().splitlines()[-1]
-
