@@ -35,8 +35,8 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._llvm import ACCUMULATORS, F64, I32, VEC, array_bytes, load_vector, splat
-from ._math import (exponent_and_mantissa_ir, exps_nonpositive_ir, log_at_least_one_ir,
-                    plus_ln2_multiple_ir)
+from ._math import (exponent_and_mantissa_ir, exps_nonpositive_ir, in_log_domain_ir,
+                    log_at_least_one_ir, plus_ln2_multiple_ir)
 
 # A responsibility below e^-575 (1e-250) of its row's largest term is set to 0. The row's
 # log-likelihood cannot notice (its sum of terms is at least 1), and a statistic changes by less
@@ -57,6 +57,8 @@ LOG_RESPONSIBILITY_FLOOR = -575.0
 # 0.90-0.95 of the time of 8 groups with exps interleaved in pairs (1 thread).
 GROUPS = 8 if ACCUMULATORS >= 16 else 4
 EXP_INTERLEAVE = 1 if ACCUMULATORS >= 16 else GROUPS
+
+LANE_INTS = ir.VectorType(ir.IntType(64), 8)  # an int64 per row of a vector
 
 
 def _is_matrix(a):
@@ -211,9 +213,6 @@ def normalize_columns(typingctx, logp, R, ll, mx, K, inverses, by_rows, n_valid)
     return sig, codegen
 
 
-LANE_INTS = ir.VectorType(ir.IntType(64), 8)
-
-
 def _add_to_block_sum(builder, s, largest, group, n_valid, block_largest, block_exponents,
                       block_mantissas):
     """Add the log-likelihoods largest + log(s) of the 8 rows of `group` (rows 8 group to
@@ -226,9 +225,8 @@ def _add_to_block_sum(builder, s, largest, group, n_valid, block_largest, block_
                        ir.Constant(LANE_INTS, list(range(8))))
     counted = builder.icmp_signed("<", rows, splat(builder, n_valid, LANE_INTS))
     exponent, mantissa = exponent_and_mantissa_ir(builder, s)
-    valid = builder.and_(builder.fcmp_ordered(">=", s, ir.Constant(VEC, [1.0] * 8)),
-                         builder.fcmp_ordered("<", s, ir.Constant(VEC, [float("inf")] * 8)))
-    mantissa = builder.select(valid, mantissa, ir.Constant(VEC, [float("nan")] * 8))
+    mantissa = builder.select(in_log_domain_ir(builder, s), mantissa,
+                              ir.Constant(VEC, [float("nan")] * 8))
     builder.store(builder.fadd(builder.load(block_largest), builder.select(
         counted, largest, ir.Constant(VEC, [0.0] * 8))), block_largest)
     builder.store(builder.add(builder.load(block_exponents), builder.select(
@@ -282,13 +280,12 @@ def column_maxima(typingctx, logp, m, best):
         best_base = builder.bitcast(best_array.data, logp_base.type)
         labels = builder.icmp_signed(
             ">", cgutils.unpack_tuple(builder, best_array.shape, 1)[0], ir.Constant(intp, 0))
-        index_vector = ir.VectorType(ir.IntType(64), 8)
 
         def sweep(with_rows):
             with cgutils.for_range(builder, builder.udiv(n_columns, ir.Constant(intp, 8))) as v:
                 col = builder.mul(v.index, ir.Constant(intp, 64))  # bytes: 8 float64
                 largest = cgutils.alloca_once_value(builder, load_vector(builder, logp_base, col))
-                where = cgutils.alloca_once_value(builder, ir.Constant(index_vector, [0] * 8))
+                where = cgutils.alloca_once_value(builder, ir.Constant(LANE_INTS, [0] * 8))
                 with cgutils.for_range_slice(builder, ir.Constant(intp, 1), n_rows,
                                               ir.Constant(intp, 1)) as (k, _):
                     x = load_vector(builder, logp_base, builder.add(builder.mul(k, logp_stride),
@@ -297,14 +294,14 @@ def column_maxima(typingctx, logp, m, best):
                     larger = builder.fcmp_ordered(">", x, so_far)
                     builder.store(builder.select(larger, x, so_far), largest)
                     if with_rows:
-                        k_vector = splat(builder, k, index_vector)  # intp: 64 bits
+                        k_vector = splat(builder, k, LANE_INTS)  # intp: 64 bits
                         builder.store(builder.select(larger, k_vector, builder.load(where)),
                                       where)
                 builder.store(builder.load(largest), builder.bitcast(
                     builder.gep(m_base, [col]), VEC.as_pointer()), align=8)
                 if with_rows:
                     builder.store(builder.load(where), builder.bitcast(
-                        builder.gep(best_base, [col]), index_vector.as_pointer()), align=8)
+                        builder.gep(best_base, [col]), LANE_INTS.as_pointer()), align=8)
 
         with builder.if_else(labels) as (then, otherwise):
             with then:

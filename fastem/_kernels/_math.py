@@ -308,9 +308,15 @@ def log_at_least_one_ir(builder, x):
         p = builder.call(fma, [p, z2, _splat_constant(vt, c)])
     log_m = builder.fmul(builder.fmul(_splat_constant(vt, 2.0), z), p)
     result = plus_ln2_multiple_ir(builder, builder.sitofp(e, vt), log_m)
-    valid = builder.and_(builder.fcmp_ordered(">=", x, one),
-                         builder.fcmp_ordered("<", x, _splat_constant(vt, np.inf)))
-    return builder.select(valid, result, _splat_constant(vt, np.nan))
+    return builder.select(in_log_domain_ir(builder, x), result, _splat_constant(vt, np.nan))
+
+
+def in_log_domain_ir(builder, x):
+    """Whether each lane of the float64 vector x is finite and at least 1, the values
+    :func:`log_at_least_one` takes (an i1 vector)."""
+    vt = x.type
+    return builder.and_(builder.fcmp_ordered(">=", x, _splat_constant(vt, 1.0)),
+                        builder.fcmp_ordered("<", x, _splat_constant(vt, np.inf)))
 
 
 def exponent_and_mantissa_ir(builder, x):
